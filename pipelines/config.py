@@ -1,0 +1,322 @@
+"""The one typed configuration of the product.
+
+Values come, lowest precedence first, from the field defaults, ``config/default.yaml`` (or the file named by
+``MLOPS_CONFIG_FILE``), environment variables prefixed ``MLOPS_`` with ``__`` between nested keys
+(``MLOPS_DRIFT__P_THRESHOLD=0.01``), and keyword arguments to :func:`get_settings`.
+
+This is the only module that reads environment variables for settings. Importing it is cheap (pydantic and
+yaml only) and has no side effects.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_FILE = REPO_ROOT / "config" / "default.yaml"
+
+Probability = float
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PathsSettings(_Section):
+    """Where batches and artifacts live: a local folder or an ``s3://bucket/prefix``."""
+
+    artifact_root: str = "var"
+    landing: str = "landing"
+    accepted: str = "accepted"
+    quarantine: str = "quarantine"
+    runs: str = "runs"
+    golden: str = "golden"
+
+
+class StorageSettings(_Section):
+    """S3 client options; credentials come from the usual AWS chain (env, profile, IAM role)."""
+
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+
+
+class MlflowSettings(_Section):
+    tracking_uri: str = "sqlite:///var/mlflow.db"
+    registry_uri: str | None = None
+    experiment_name: str = "continuous-training"
+    artifact_location: str | None = Field(
+        default=None, description="Artifact root for a new experiment; default: <artifact_root>/mlruns."
+    )
+    ui_url: str = "http://127.0.0.1:5000"
+
+
+class RegistrySettings(_Section):
+    model_name: str = "text-classifier"
+    promotion: Literal["manual", "auto"] = "manual"
+    review_tag: str = "review"
+    review_comment_tag: str = "review_comment"
+    review_timeout_minutes: int = Field(default=7 * 24 * 60, gt=0)
+    review_poke_seconds: int = Field(default=60, gt=0)
+
+
+class DataSettings(_Section):
+    text_column: str = "text"
+    label_column: str = "label"
+    slice_column: str = "domain"
+    labels: list[str] = Field(default_factory=lambda: ["negative", "neutral", "positive"], min_length=2)
+    holdout_share: Probability = Field(
+        default=0.2, gt=0, lt=1, description="Share of every batch kept out of training, by a hash of its text."
+    )
+    golden_max_rows: int = Field(default=2000, gt=0)
+
+    @field_validator("labels")
+    @classmethod
+    def _unique_labels(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"labels must be unique, got {v!r}")
+        return v
+
+
+class ValidationSettings(_Section):
+    min_rows: int = Field(default=50, ge=1)
+    min_text_chars: int = Field(default=3, ge=1)
+    max_text_chars: int = Field(default=5000, ge=1)
+    max_duplicate_share: Probability = Field(default=0.2, ge=0, le=1)
+    max_bad_char_share: Probability = Field(default=0.01, ge=0, le=1)
+    known_slices: list[str] | None = Field(
+        default=None, description="Allowed values of the slice column; None accepts any value."
+    )
+    slice_required: bool = False
+
+
+class DriftSettings(_Section):
+    encoder: str = Field(default="minilm", description="'minilm' (the packaged base MiniLM) or a local model folder.")
+    embed_batch_size: int = Field(default=64, gt=0)
+    max_length: int = Field(default=128, gt=0)
+    reference_max_rows: int = Field(default=2000, gt=0)
+    batch_max_rows: int = Field(default=2000, gt=0, description="Rows of a batch sampled for the embedding tests.")
+    p_threshold: Probability = Field(default=0.01, gt=0, lt=1)
+    mmd_permutations: int = Field(default=100, gt=0)
+    mmd_severe_distance: float = Field(default=0.15, gt=0)
+    label_p_threshold: Probability = Field(default=0.01, gt=0, lt=1)
+    length_p_threshold: Probability = Field(default=0.01, gt=0, lt=1)
+    ks_severe_share: Probability = Field(default=0.5, gt=0, le=1)
+    quality_drop_moderate: float = Field(default=0.05, ge=0, le=1)
+    quality_drop_severe: float = Field(default=0.15, ge=0, le=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DriftSettings:
+        if self.quality_drop_severe < self.quality_drop_moderate:
+            raise ValueError(
+                f"drift.quality_drop_severe={self.quality_drop_severe!r} must be >= "
+                f"drift.quality_drop_moderate={self.quality_drop_moderate!r}"
+            )
+        return self
+
+
+class DecisionSettings(_Section):
+    min_new_rows_fine_tune: int = Field(default=50, ge=0)
+    retrain_on: Literal["severe"] = "severe"
+    fine_tune_on: Literal["moderate"] = "moderate"
+    max_fine_tunes_before_retrain: int = Field(default=5, ge=1)
+
+
+class TrainSettings(_Section):
+    base_model: str = Field(default="minilm", description="'minilm' (packaged) or a local model folder.")
+    max_length: int = Field(default=256, gt=0)
+    learning_rate: float = Field(default=5e-5, gt=0)
+    fine_tune_learning_rate: float = Field(default=2e-5, gt=0)
+    epochs: float = Field(default=4, gt=0)
+    fine_tune_epochs: float = Field(default=2, gt=0)
+    batch_size: int = Field(default=16, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    class_weighted: bool = True
+    freeze_layers: int = Field(default=2, ge=0, description="Encoder layers frozen (with the embeddings) in fine-tune.")
+    replay_ratio: float = Field(default=0.3, ge=0, description="Replayed earlier rows per new row in fine-tune.")
+    validation_share: Probability = Field(default=0.15, gt=0, lt=1)
+    early_stopping_patience: int = Field(default=2, ge=1)
+    max_steps: int = Field(default=-1, description="Cap on optimiser steps; -1 for none.")
+    seed: int = 42
+    logging_steps: int = Field(default=10, gt=0)
+
+
+class CompressSettings(_Section):
+    prune: Literal["none", "heads", "magnitude"] = "heads"
+    prune_heads_share: float = Field(default=0.25, ge=0, lt=1)
+    magnitude_sparsity: float = Field(default=0.3, ge=0, lt=1)
+    quantize: bool = True
+    optimize_graph: bool = True
+    opset: int = Field(default=17, ge=13)
+    parity_atol: float = Field(default=1e-3, gt=0)
+    min_agreement: Probability = Field(default=0.95, gt=0, le=1)
+    parity_sample_rows: int = Field(default=256, gt=0)
+    max_length: int = Field(default=256, gt=0)
+    infer_batch_size: int = Field(default=32, gt=0)
+
+
+class GateSettings(_Section):
+    min_macro_f1: Probability = Field(default=0.5, ge=0, le=1)
+    min_class_recall: Probability = Field(default=0.2, ge=0, le=1)
+    noninferiority_margin: float = Field(default=0.02, ge=0, le=1)
+    alpha: Probability = Field(default=0.05, gt=0, lt=1)
+    bootstrap_samples: int = Field(default=1000, gt=0)
+    slice_tolerance: float = Field(default=0.05, ge=0, le=1)
+    min_slice_size: int = Field(default=30, gt=0)
+    max_latency_p95_ms: float = Field(default=200.0, gt=0)
+    max_size_mb: float = Field(default=200.0, gt=0)
+    seed: int = 0
+
+
+class RuntimeSettings(_Section):
+    mode: Literal["local", "docker", "kubernetes"] = "local"
+    image: str = "mlops-step:latest"
+    docker_url: str = "unix://var/run/docker.sock"
+    docker_network: str | None = None
+    mounts: list[str] = Field(default_factory=list, description="'source:target' bind mounts for the docker runtime.")
+    namespace: str = "mlops"
+    service_account: str = "mlops-steps"
+    s3_secret_name: str = "mlops-s3"
+    gpu_steps: list[str] = Field(default_factory=lambda: ["train"])
+    gpu_count: int = Field(default=1, ge=0)
+    gpu_node_selector: dict[str, str] = Field(default_factory=lambda: {"mlops/pool": "gpu"})
+    gpu_toleration_key: str = "nvidia.com/gpu"
+    cpu_request: str = "1"
+    memory_request: str = "4Gi"
+    memory_limit: str = "16Gi"
+
+
+class DagSettings(_Section):
+    schedule: str | None = "@daily"
+    retries: int = Field(default=2, ge=0)
+    retry_delay_seconds: int = Field(default=60, ge=0)
+    owner: str = "mlops"
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Build it with :func:`get_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MLOPS_", env_nested_delimiter="__", extra="forbid", validate_assignment=True
+    )
+
+    paths: PathsSettings = Field(default_factory=PathsSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    data: DataSettings = Field(default_factory=DataSettings)
+    validation: ValidationSettings = Field(default_factory=ValidationSettings)
+    drift: DriftSettings = Field(default_factory=DriftSettings)
+    decision: DecisionSettings = Field(default_factory=DecisionSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    compress: CompressSettings = Field(default_factory=CompressSettings)
+    gates: GateSettings = Field(default_factory=GateSettings)
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    dag: DagSettings = Field(default_factory=DagSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls))
+
+    def uri(self, *parts: str) -> str:
+        """Join ``parts`` under the artifact root (a local path or an ``s3://`` URI)."""
+        root = self.paths.artifact_root.rstrip("/")
+        return "/".join([root, *(p.strip("/") for p in parts if p)])
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Settings:
+        """Return a copy with dotted-key overrides applied (``{"drift.p_threshold": 0.05}``), validated."""
+        data = self.model_dump()
+        for key, value in overrides.items():
+            _set_dotted(data, key, value)
+        return _validated(lambda: Settings.model_validate(data))
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        path = Path(os.environ.get("MLOPS_CONFIG_FILE", DEFAULT_CONFIG_FILE))
+        if not path.exists():
+            if "MLOPS_CONFIG_FILE" in os.environ:
+                raise FileNotFoundError(f"MLOPS_CONFIG_FILE={str(path)!r} does not exist")
+            self._data: dict[str, Any] = {}
+            return
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {str(path)!r} must hold a mapping at top level, got {type(loaded).__name__}")
+        self._data = loaded
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+class ConfigError(ValueError):
+    """A setting has a bad value; the message names the key, the value and what was expected."""
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            raise ConfigError(f"unknown setting {key!r}: {part!r} is not a section")
+        node = node[part]
+    if parts[-1] not in node:
+        raise ConfigError(f"unknown setting {key!r}")
+    node[parts[-1]] = value
+
+
+def _env_name(loc: tuple[Any, ...]) -> str:
+    return "MLOPS_" + "__".join(str(p).upper() for p in loc)
+
+
+def _validated(build: Any) -> Settings:
+    try:
+        return build()
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not isinstance(p, int))
+            key = ".".join(str(p) for p in loc) or "<root>"
+            value = err.get("input")
+            lines.append(f"{key}={value!r}: {err['msg']} (set it in config/default.yaml or {_env_name(loc)})")
+        raise ConfigError("invalid configuration: " + "; ".join(lines)) from None
+
+
+def get_settings(**overrides: Any) -> Settings:
+    """Build and check the settings.
+
+    Args:
+        **overrides: top-level sections or dotted keys given as ``section__key`` (tests use these).
+
+    Returns:
+        The validated settings.
+
+    Raises:
+        ConfigError: a value is invalid; the message names the key, the value and the expectation.
+    """
+    sections: dict[str, Any] = {}
+    dotted: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if "__" in key:
+            dotted[key.replace("__", ".")] = value
+        else:
+            sections[key] = value
+    settings = _validated(lambda: Settings(**sections))
+    return settings.with_overrides(dotted) if dotted else settings

@@ -1,0 +1,107 @@
+"""MLflow runs for a pipeline run: one parent run per pipeline run, one nested run per logging step.
+
+Runs are found by tags before they are created, so a retried step reuses its run instead of adding one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipelines.config import Settings
+    from pipelines.context import StepContext
+
+TAG_PIPELINE_RUN = "mlops.pipeline_run_id"
+TAG_STEP = "mlops.step"
+
+
+def configure(settings: Settings) -> Any:
+    """Point MLflow at the configured store and return an ``MlflowClient``."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = settings.mlflow.tracking_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(settings.mlflow.registry_uri or uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=settings.mlflow.registry_uri or uri)
+
+
+def experiment_id(settings: Settings) -> str:
+    client = configure(settings)
+    name = settings.mlflow.experiment_name
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = settings.mlflow.artifact_location or settings.uri("mlruns")
+    if not location.startswith(("s3://", "file:", "mlflow-artifacts:")):
+        location = Path(location).resolve().as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # a concurrent task created it first
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def _find_run(client: Any, exp_id: str, filters: dict[str, str]) -> str | None:
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in filters.items())
+    runs = client.search_runs([exp_id], filter_string=query, max_results=1, order_by=["attributes.start_time ASC"])
+    return runs[0].info.run_id if runs else None
+
+
+def parent_run_id(ctx: StepContext) -> str:
+    """The MLflow parent run of this pipeline run, created on first use."""
+    if ctx.mlflow_parent_run_id:
+        return ctx.mlflow_parent_run_id
+    client = configure(ctx.settings)
+    exp_id = experiment_id(ctx.settings)
+    found = _find_run(client, exp_id, {TAG_PIPELINE_RUN: ctx.run_id, TAG_STEP: "pipeline"})
+    if found:
+        return found
+    tags = {TAG_PIPELINE_RUN: ctx.run_id, TAG_STEP: "pipeline", "mlflow.runName": f"pipeline {ctx.run_id}"}
+    if ctx.dag_id:
+        tags["mlops.dag_id"] = ctx.dag_id
+    run = client.create_run(exp_id, tags=tags)
+    client.set_terminated(run.info.run_id, status="FINISHED")
+    return run.info.run_id
+
+
+@contextmanager
+def step_run(ctx: StepContext) -> Iterator[Any]:
+    """Open (or reopen, on a retry) the nested MLflow run of ``ctx.step`` and make it active."""
+    import mlflow
+
+    client = configure(ctx.settings)
+    parent = parent_run_id(ctx)
+    exp_id = experiment_id(ctx.settings)
+    run_id = _find_run(client, exp_id, {TAG_PIPELINE_RUN: ctx.run_id, TAG_STEP: ctx.step})
+    if run_id is None:
+        run = client.create_run(
+            exp_id,
+            tags={
+                TAG_PIPELINE_RUN: ctx.run_id,
+                TAG_STEP: ctx.step,
+                "mlflow.parentRunId": parent,
+                "mlflow.runName": f"{ctx.step} {ctx.run_id}",
+            },
+        )
+        run_id = run.info.run_id
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    with mlflow.start_run(run_id=run_id) as run:
+        yield run
+
+
+def run_url(settings: Settings, run_id: str) -> str:
+    """Link to a run in the MLflow UI."""
+    exp = experiment_id(settings)
+    return f"{settings.mlflow.ui_url.rstrip('/')}/#/experiments/{exp}/runs/{run_id}"
