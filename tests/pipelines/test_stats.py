@@ -1,0 +1,99 @@
+"""The paired tests on constructed predictions whose answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from pipelines.stats import macro_f1, mcnemar_exact, non_inferiority, paired_bootstrap
+
+LABELS = ["negative", "neutral", "positive"]
+
+
+def _truth(n: int = 600, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.choice(LABELS, size=n, p=[0.4, 0.2, 0.4])
+
+
+def _with_errors(y: np.ndarray, error_rate: float, seed: int) -> np.ndarray:
+    """A copy of ``y`` where a random ``error_rate`` share of rows gets another label."""
+    rng = np.random.default_rng(seed)
+    out = y.copy()
+    wrong = rng.random(len(y)) < error_rate
+    for i in np.flatnonzero(wrong):
+        out[i] = rng.choice([label for label in LABELS if label != y[i]])
+    return out
+
+
+def test_macro_f1_matches_sklearn():
+    y = _truth()
+    p = _with_errors(y, 0.3, seed=2)
+    assert macro_f1(y, p, LABELS) == pytest.approx(f1_score(y, p, labels=LABELS, average="macro", zero_division=0))
+
+
+def test_macro_f1_unknown_label_names_it():
+    with pytest.raises(ValueError, match="'surprised'.*known labels"):
+        macro_f1(["negative"], ["surprised"], LABELS)
+
+
+def test_non_inferiority_clearly_worse_fails():
+    y = _truth()
+    champion = _with_errors(y, 0.10, seed=3)
+    candidate = _with_errors(y, 0.35, seed=4)
+    result = non_inferiority(y, candidate, champion, LABELS, margin=0.02, samples=500)
+    assert not result.passed
+    assert result.verdict == "worse"
+    assert result.bootstrap.ci_high < 0
+    assert result.mcnemar.p_value < 1e-6
+    assert "worse than champion" in result.reason
+
+
+def test_non_inferiority_clearly_better_passes():
+    y = _truth()
+    champion = _with_errors(y, 0.35, seed=5)
+    candidate = _with_errors(y, 0.10, seed=6)
+    result = non_inferiority(y, candidate, champion, LABELS, margin=0.02, samples=500)
+    assert result.passed
+    assert result.verdict == "better"
+    assert result.bootstrap.ci_low > 0
+
+
+def test_non_inferiority_equal_within_noise_passes():
+    y = _truth()
+    champion = _with_errors(y, 0.20, seed=7)
+    candidate = _with_errors(y, 0.20, seed=8)  # same error rate, different rows
+    result = non_inferiority(y, candidate, champion, LABELS, margin=0.02, samples=500)
+    assert result.passed
+    assert result.verdict in {"non_inferior", "inconclusive"}
+    assert result.bootstrap.ci_low < 0 < result.bootstrap.ci_high
+    assert result.mcnemar.p_value > 0.05
+
+
+def test_non_inferiority_identical_predictions_are_non_inferior():
+    y = _truth()
+    p = _with_errors(y, 0.2, seed=9)
+    result = non_inferiority(y, p, p, LABELS, margin=0.02, samples=200)
+    assert result.verdict == "non_inferior"
+    assert result.bootstrap.diff == 0 and result.bootstrap.ci_low == 0
+    assert result.mcnemar.p_value == 1.0
+
+
+def test_paired_bootstrap_same_seed_same_interval():
+    y = _truth(300)
+    a, b = _with_errors(y, 0.2, seed=10), _with_errors(y, 0.25, seed=11)
+    assert paired_bootstrap(y, a, b, LABELS, samples=300, seed=3) == paired_bootstrap(y, a, b, LABELS, samples=300, seed=3)
+
+
+def test_paired_bootstrap_length_mismatch_names_lengths():
+    with pytest.raises(ValueError, match="candidate=1, reference=2"):
+        paired_bootstrap(["negative", "positive"], ["negative"], ["negative", "positive"], LABELS)
+
+
+def test_mcnemar_counts_discordant_rows():
+    y = ["positive"] * 10
+    cand = ["positive"] * 8 + ["negative"] * 2
+    ref = ["negative"] * 5 + ["positive"] * 5
+    result = mcnemar_exact(y, cand, ref)
+    assert (result.candidate_only, result.reference_only) == (5, 2)
+    assert 0.4 < result.p_value < 0.5  # binomial(2; 7, 0.5) two-sided = 0.453
