@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dag-id", default=None, help="orchestrating DAG id, for lineage")
         p.add_argument("--partition", default=None, help="data interval start (ISO)")
         p.add_argument("--mlflow-parent-run-id", default=None)
+        p.add_argument("--result-file", default=None,
+                       help="also write the summary here (the Kubernetes runtime reads /airflow/xcom/return.json)")
     demo = sub.add_parser("demo-data", help="write the demo batches into the landing folder")
     demo.add_argument("--only", action="append", default=None, metavar="NAME", help="write only this batch")
     return parser
@@ -94,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
             dag_id=args.dag_id,
         )
         result = run_step(ctx)
+        if args.result_file:
+            from pathlib import Path
+
+            Path(args.result_file).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.result_file).write_text(json.dumps(result, default=str))
     except (ConfigError, ValueError, FileNotFoundError, PipelineError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -63,6 +63,7 @@ class RegistrySettings(_Section):
     review_comment_tag: str = "review_comment"
     review_timeout_minutes: int = Field(default=7 * 24 * 60, gt=0)
     review_poke_seconds: int = Field(default=60, gt=0)
+    audit_max_entries: int = Field(default=50, gt=0, description="Champion moves kept in the registered model's audit tag.")
 
 
 class DataSettings(_Section):
@@ -172,6 +173,8 @@ class GateSettings(_Section):
     min_slice_size: int = Field(default=30, gt=0)
     max_latency_p95_ms: float = Field(default=200.0, gt=0)
     max_size_mb: float = Field(default=200.0, gt=0)
+    latency_sample_rows: int = Field(default=50, gt=0, description="Batch-1 calls timed for the latency gate.")
+    latency_warmup: int = Field(default=3, ge=0)
     seed: int = 0
 
 
@@ -320,3 +323,20 @@ def get_settings(**overrides: Any) -> Settings:
             sections[key] = value
     settings = _validated(lambda: Settings(**sections))
     return settings.with_overrides(dotted) if dotted else settings
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as ``MLOPS_<SECTION>__<KEY>`` variables, so a step container sees exactly these settings.
+
+    Unset (None) values are left out; the container then uses the same defaults.
+    """
+    import json
+
+    env: dict[str, str] = {}
+    for section, values in settings.model_dump().items():
+        for key, value in values.items():
+            if value is None:
+                continue
+            name = f"MLOPS_{section.upper()}__{key.upper()}"
+            env[name] = value if isinstance(value, str) else json.dumps(value)
+    return env

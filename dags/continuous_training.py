@@ -1,0 +1,104 @@
+"""Continuous training: validate a new batch, check drift, decide, train, compress, gate, register, review.
+
+Scheduled (``dag.schedule`` in the configuration) and whenever the landing asset is updated; also triggered by
+hand with a typed form. Each step is one task; only small JSON summaries travel through XCom.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pendulum
+from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, task
+from mlops_airflow import tasks
+from mlops_airflow.operators import RunStepOperator
+from mlops_airflow.params import continuous_training_params
+from mlops_airflow.sensors import ReviewSensor
+
+from pipelines.config import get_settings
+
+settings = get_settings()
+_landing = settings.uri(settings.paths.landing)
+# An upstream job that drops a batch emits an event on this asset to start a run at once.
+LANDING = Asset(name="mlops_landing", uri=_landing if "://" in _landing else Path(_landing).resolve().as_uri())
+
+
+def _xcom(task_id: str, key: str) -> str:
+    return f"{{{{ ti.xcom_pull(task_ids='{task_id}')['{key}'] }}}}"
+
+
+schedule = (
+    AssetOrTimeSchedule(timetable=CronTriggerTimetable(settings.dag.schedule, timezone="UTC"), assets=LANDING)
+    if settings.dag.schedule
+    else LANDING
+)
+
+with DAG(
+    dag_id="continuous_training",
+    description="Validate, drift-check and, when needed, retrain and stage the text classifier",
+    schedule=schedule,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    params=continuous_training_params(),
+    tags=["mlops", "continuous-training"],
+    default_args={
+        "owner": settings.dag.owner,
+        "retries": settings.dag.retries,
+        "retry_delay": timedelta(seconds=settings.dag.retry_delay_seconds),
+        "retry_exponential_backoff": True,
+    },
+    doc_md=__doc__,
+) as dag:
+
+    @task(retries=0)
+    def pick_batch(params=None):
+        return tasks.pick_batch(params or {})
+
+    validate = RunStepOperator(task_id="validate", step="validate",
+                               inputs={"batch_uri": "{{ ti.xcom_pull(task_ids='pick_batch') }}"})
+    drift = RunStepOperator(task_id="drift", step="drift", inputs={"accepted_uri": _xcom("validate", "accepted_uri")})
+    decide = RunStepOperator(task_id="decide", step="decide")
+
+    @task.branch(retries=0)
+    def route(ti=None):
+        return tasks.choose_after_decide(ti.xcom_pull(task_ids="decide"))
+
+    @task(retries=0)
+    def skip():
+        """Nothing drifted: keep the champion."""
+
+    train = RunStepOperator(task_id="train", step="train", inputs={"accepted_uri": _xcom("validate", "accepted_uri")},
+                            execution_timeout=timedelta(hours=6))
+    compress = RunStepOperator(task_id="compress", step="compress",
+                               inputs={"model_uri": _xcom("train", "model_uri"),
+                                       "reference_uri": _xcom("train", "reference_uri")})
+    evaluate = RunStepOperator(task_id="evaluate", step="evaluate",
+                               inputs={"served_uri": _xcom("compress", "served_uri"),
+                                       "eval_uri": _xcom("train", "eval_uri")})
+
+    @task.branch(retries=0)
+    def gate(ti=None):
+        return tasks.choose_after_evaluate(ti.xcom_pull(task_ids="evaluate"))
+
+    @task(retries=0)
+    def gate_failed(ti=None):
+        tasks.gate_failed(ti.xcom_pull(task_ids="evaluate"))
+
+    register = RunStepOperator(task_id="register", step="register",
+                               inputs={"served_uri": _xcom("compress", "served_uri")})
+    wait_for_review = ReviewSensor.from_settings(task_id="wait_for_review", version=_xcom("register", "version"),
+                                                 retries=0)
+    promote = RunStepOperator(task_id="promote", step="promote",
+                              step_params={"action": _xcom("wait_for_review", "decision"),
+                                           "version": _xcom("register", "version")})
+
+    picked = pick_batch()
+    picked >> validate >> drift >> decide
+    branch = route()
+    decide >> branch >> [skip(), train]
+    train >> compress >> evaluate
+    gated = gate()
+    evaluate >> gated >> [gate_failed(), register]
+    register >> wait_for_review >> promote

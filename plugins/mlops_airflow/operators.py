@@ -1,0 +1,252 @@
+"""``RunStepOperator``: runs one step of ``pipelines`` in the task process, a Docker container or a Kubernetes pod.
+
+``runtime.mode`` in the configuration picks the runtime; the DAG is the same for all three. In the container
+runtimes the step runs as ``python -m pipelines <step> ...`` in the step image and its JSON summary (the last
+line of its output, or ``/airflow/xcom/return.json`` on Kubernetes) comes back as the task's XCom.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+
+from mlops_airflow.links import MlflowRunLink, ModelVersionLink
+from mlops_airflow.params import split_params
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from pipelines.config import Settings
+
+#: Where the Kubernetes xcom sidecar reads a pod's result (fixed by the provider).
+K8S_XCOM_FILE = "/airflow/xcom/return.json"
+
+
+class RunStepOperator(BaseOperator):
+    """Run the product step ``step`` with templated ``inputs``.
+
+    Args:
+        step: a name from ``pipelines.steps.STEPS``.
+        inputs: upstream URIs by name (templated; typically ``xcom_pull`` of an upstream summary).
+        step_params: extra step params (templated); merged over the run's form params.
+    """
+
+    template_fields: Sequence[str] = ("inputs", "step_params")
+    template_fields_renderers = {"inputs": "json", "step_params": "json"}
+    operator_extra_links = (MlflowRunLink(), ModelVersionLink())
+    ui_color = "#d6e9ff"
+
+    def __init__(
+        self,
+        *,
+        step: str,
+        inputs: dict[str, str] | None = None,
+        step_params: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.step = step
+        self.inputs = inputs or {}
+        self.step_params = step_params or {}
+        self._container_op: BaseOperator | None = None
+
+    # --- configuration ------------------------------------------------------------------------------
+    @cached_property
+    def base_settings(self) -> Settings:
+        from pipelines.config import get_settings
+
+        return get_settings()
+
+    def resolve(self, context: Context) -> tuple[Settings, dict[str, Any], dict[str, str]]:
+        """The run's settings (form overrides applied), step params, and non-empty inputs.
+
+        Raises:
+            ValueError: a form param is invalid (names it) or the step is unknown.
+        """
+        from pipelines.steps import STEPS
+
+        if self.step not in STEPS:
+            raise ValueError(f"task {self.task_id!r}: unknown step {self.step!r}; expected one of {list(STEPS)}")
+        params, overrides = split_params(dict(context.get("params") or {}))
+        params.update({k: v for k, v in (self.step_params or {}).items() if v not in (None, "", "None")})
+        settings = self.base_settings.with_overrides(overrides) if overrides else self.base_settings
+        inputs = {k: str(v) for k, v in (self.inputs or {}).items() if v not in (None, "", "None")}
+        return settings, params, inputs
+
+    # --- execution ----------------------------------------------------------------------------------
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from pipelines.config import ConfigError
+        from pipelines.errors import PipelineError
+
+        try:
+            settings, params, inputs = self.resolve(context)
+        except (ConfigError, ValueError) as exc:
+            raise AirflowFailException(str(exc)) from None
+        self.log.info("step %s, runtime %s, inputs %s, params %s", self.step, settings.runtime.mode, inputs, params)
+        if settings.runtime.mode == "local":
+            try:
+                result = self._run_local(context, settings, params, inputs)
+            except (PipelineError, ValueError, FileNotFoundError) as exc:
+                # Bad data, a rejected model or a wrong input: a retry cannot help.
+                raise AirflowFailException(f"step {self.step!r} failed: {exc}") from exc
+        else:
+            self._container_op = self.container_operator(context, settings, params, inputs)
+            result = _parse_summary(self._container_op.execute(context), self.step)
+        self._persist_links(context, settings, result)
+        return result
+
+    def _run_local(
+        self, context: Context, settings: Settings, params: dict[str, Any], inputs: dict[str, str]
+    ) -> dict[str, Any]:
+        from pipelines.context import StepContext
+        from pipelines.steps import run_step
+
+        ctx = StepContext(
+            step=self.step,
+            run_id=context["run_id"],
+            settings=settings,
+            inputs=inputs,
+            params=params,
+            partition=_partition(context),
+            dag_id=self.dag_id,
+        )
+        return run_step(ctx)
+
+    def cli_args(self, context: Context, params: dict[str, Any], inputs: dict[str, str]) -> list[str]:
+        """Arguments after ``python -m pipelines`` for this step."""
+        args = [self.step, "--run-id", context["run_id"], "--dag-id", self.dag_id]
+        partition = _partition(context)
+        if partition:
+            args += ["--partition", partition]
+        for key, value in sorted(inputs.items()):
+            args += ["--input", f"{key}={value}"]
+        for key, value in sorted(params.items()):
+            args += ["--param", f"{key}={json.dumps(value)}"]
+        return args
+
+    def container_operator(
+        self, context: Context, settings: Settings, params: dict[str, Any], inputs: dict[str, str]
+    ) -> BaseOperator:
+        """The DockerOperator or KubernetesPodOperator that runs this step (not yet executed)."""
+        from pipelines.config import settings_env
+
+        env = settings_env(settings)
+        args = self.cli_args(context, params, inputs)
+        task_id = f"{self.task_id}_{settings.runtime.mode}"
+        if settings.runtime.mode == "docker":
+            return _docker_operator(task_id, settings, env, args)
+        if settings.runtime.mode == "kubernetes":
+            return _pod_operator(task_id, self.step, settings, env, [*args, "--result-file", K8S_XCOM_FILE])
+        raise ValueError(f"runtime.mode={settings.runtime.mode!r} has no container operator")
+
+    def on_kill(self) -> None:
+        if self._container_op is not None:
+            self._container_op.on_kill()
+
+    def _persist_links(self, context: Context, settings: Settings, result: dict[str, Any]) -> None:
+        ui = settings.mlflow.ui_url.rstrip("/")
+        if result.get("mlflow_run_id") and result.get("mlflow_experiment_id"):
+            context["ti"].xcom_push(
+                key=MlflowRunLink.key,
+                value=f"{ui}/#/experiments/{result['mlflow_experiment_id']}/runs/{result['mlflow_run_id']}",
+            )
+        if result.get("model_name") and result.get("version"):
+            context["ti"].xcom_push(
+                key=ModelVersionLink.key, value=f"{ui}/#/models/{result['model_name']}/versions/{result['version']}"
+            )
+
+
+def _partition(context: Context) -> str | None:
+    start = context.get("data_interval_start")
+    return start.isoformat() if start is not None else None
+
+
+def _parse_summary(raw: Any, step: str) -> dict[str, Any]:
+    """The step summary from a container operator's return value (a dict, a JSON string or log lines)."""
+    if isinstance(raw, dict):
+        return raw
+    lines = raw if isinstance(raw, list) else [raw] if raw is not None else []
+    for line in reversed(lines):
+        text = line.decode() if isinstance(line, bytes) else str(line)
+        text = text.strip()
+        if text.startswith("{"):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError:
+                continue
+    raise ValueError(f"step {step!r}: the container printed no JSON summary as its last line")
+
+
+def _docker_operator(task_id: str, settings: Settings, env: dict[str, str], args: list[str]) -> BaseOperator:
+    from airflow.providers.docker.operators.docker import DockerOperator
+    from docker.types import Mount
+
+    mounts = []
+    for spec in settings.runtime.mounts:
+        source, _, target = spec.partition(":")
+        if not target:
+            raise ValueError(f"runtime.mounts entry {spec!r} must look like 'source:target'")
+        mounts.append(Mount(target=target, source=source, type="bind"))
+    return DockerOperator(
+        task_id=task_id,
+        image=settings.runtime.image,
+        command=args,
+        environment=env,
+        private_environment=_aws_credentials(),
+        docker_url=settings.runtime.docker_url,
+        network_mode=settings.runtime.docker_network,
+        mounts=mounts,
+        mount_tmp_dir=False,
+        auto_remove="success",
+        xcom_all=True,
+        do_xcom_push=True,
+        tty=False,
+    )
+
+
+def _aws_credentials() -> dict[str, str]:
+    # Forwarded, not read as settings: the step container needs the worker's S3 credentials.
+    import os
+
+    keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_USERNAME",
+            "MLFLOW_TRACKING_PASSWORD")
+    return {k: os.environ[k] for k in keys if os.environ.get(k)}
+
+
+def _pod_operator(task_id: str, step: str, settings: Settings, env: dict[str, str], args: list[str]) -> BaseOperator:
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    from kubernetes.client import models as k8s
+
+    rt = settings.runtime
+    gpu = step in rt.gpu_steps and rt.gpu_count > 0
+    limits = {"memory": rt.memory_limit}
+    if gpu:
+        limits["nvidia.com/gpu"] = str(rt.gpu_count)
+    return KubernetesPodOperator(
+        task_id=task_id,
+        name=f"mlops-{step}",
+        namespace=rt.namespace,
+        image=rt.image,
+        cmds=["python", "-m", "pipelines"],
+        arguments=args,
+        env_vars=env,
+        env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=rt.s3_secret_name))],
+        service_account_name=rt.service_account,
+        container_resources=k8s.V1ResourceRequirements(
+            requests={"cpu": rt.cpu_request, "memory": rt.memory_request}, limits=limits
+        ),
+        node_selector=dict(rt.gpu_node_selector) if gpu else None,
+        tolerations=[k8s.V1Toleration(key=rt.gpu_toleration_key, operator="Exists", effect="NoSchedule")]
+        if gpu
+        else None,
+        labels={"app.kubernetes.io/part-of": "mlops", "mlops/step": step},
+        do_xcom_push=True,
+        get_logs=True,
+        on_finish_action="delete_succeeded_pod",
+    )

@@ -1,0 +1,77 @@
+"""``ReviewSensor``: waits for a reviewer's decision on the challenger, recorded as a tag in MLflow."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseSensorOperator, PokeReturnValue
+
+from mlops_airflow.links import ModelVersionLink
+from mlops_airflow.params import split_params
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+class ReviewSensor(BaseSensorOperator):
+    """Wait until the model ``version`` is approved or rejected (the ``review`` tag on the version).
+
+    Runs in ``reschedule`` mode, so no worker slot is held between pokes. Under the ``auto`` promotion policy it
+    returns at once. On timeout the task fails with "review timed out" and nothing is promoted.
+
+    Args:
+        version: the model version to watch (templated; typically the register task's XCom).
+    """
+
+    template_fields: Sequence[str] = ("version",)
+    operator_extra_links = (ModelVersionLink(),)
+    ui_color = "#fff3c4"
+
+    def __init__(self, *, version: str, **kwargs: Any) -> None:
+        kwargs.setdefault("mode", "reschedule")
+        super().__init__(**kwargs)
+        self.version = version
+
+    def poke(self, context: Context) -> PokeReturnValue | bool:
+        from pipelines.config import get_settings
+        from pipelines.promote import review_state
+
+        settings = get_settings()
+        step_params, _ = split_params(dict(context.get("params") or {}))
+        policy = step_params.get("promotion", settings.registry.promotion)
+        name = settings.registry.model_name
+        if policy == "auto":
+            self.log.info("promotion policy is auto: no review needed for %s version %s", name, self.version)
+            return PokeReturnValue(is_done=True, xcom_value={"decision": "auto", "version": self.version})
+        state = review_state(settings, self.version)
+        self.log.info(
+            "waiting for review of %s version %s (tag %r in the MLflow UI: approved|rejected): %s",
+            name, self.version, settings.registry.review_tag, state or "no decision yet",
+        )
+        if state is None:
+            return False
+        action = {"approved": "approve", "rejected": "reject"}[state]
+        return PokeReturnValue(is_done=True, xcom_value={"decision": action, "version": self.version})
+
+    def execute(self, context: Context) -> Any:
+        from airflow.sdk.exceptions import AirflowSensorTimeout
+
+        try:
+            return super().execute(context)
+        except AirflowSensorTimeout:
+            raise AirflowSensorTimeout(
+                f"review timed out: no reviewer approved or rejected version {self.version} within "
+                f"{self.timeout:.0f}s; nothing was promoted and the champion is unchanged"
+            ) from None
+
+    @classmethod
+    def from_settings(cls, **kwargs: Any) -> ReviewSensor:
+        """A sensor whose poke interval and timeout come from ``registry`` settings."""
+        from pipelines.config import get_settings
+
+        registry = get_settings().registry
+        kwargs.setdefault("poke_interval", registry.review_poke_seconds)
+        kwargs.setdefault("timeout", timedelta(minutes=registry.review_timeout_minutes).total_seconds())
+        return cls(**kwargs)

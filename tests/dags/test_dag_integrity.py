@@ -1,0 +1,164 @@
+"""DAG integrity: imports, parse time, heavy imports, edges, params, and the operator per runtime."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DAG_FILES = sorted((REPO / "dags").glob("*.py"))
+HEAVY = ("torch", "transformers", "great_expectations", "alibi_detect", "mlflow", "onnx", "onnxruntime",
+         "pandas", "sklearn", "numpy")
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(REPO / "dags"))
+
+
+def test_dags_import_without_errors(dagbag):
+    assert dagbag.import_errors == {}, f"import errors: {dagbag.import_errors}"
+    assert set(dagbag.dag_ids) == {"continuous_training", "promote_or_rollback"}
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_dag_file_parses_fast_without_heavy_imports(path):
+    code = (
+        "import sys, time, importlib.util, json\n"
+        "import airflow.sdk\n"
+        "t = time.perf_counter()\n"
+        f"spec = importlib.util.spec_from_file_location('dagfile', {str(path)!r})\n"
+        "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)\n"
+        "took = time.perf_counter() - t\n"
+        f"print(json.dumps({{'s': took, 'heavy': [m for m in {HEAVY!r} if m in sys.modules]}}))\n"
+    )
+    env = {**__import__("os").environ, "PYTHONPATH": f"{REPO}:{REPO / 'plugins'}"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["heavy"] == [], f"{path.name} imports heavy libraries at parse time: {got['heavy']}"
+    assert got["s"] < 0.5, f"{path.name} took {got['s']:.3f}s to parse"
+
+
+def _edges(dag):
+    return {(t.task_id, d) for t in dag.tasks for d in t.downstream_task_ids}
+
+
+def test_continuous_training_edges(dagbag):
+    dag = dagbag.dags["continuous_training"]
+    assert _edges(dag) == {
+        ("pick_batch", "validate"), ("validate", "drift"), ("drift", "decide"), ("decide", "route"),
+        ("route", "skip"), ("route", "train"), ("train", "compress"), ("compress", "evaluate"),
+        ("evaluate", "gate"), ("gate", "gate_failed"), ("gate", "register"), ("register", "wait_for_review"),
+        ("wait_for_review", "promote"),
+    }
+    assert dag.max_active_runs == 1
+    assert "mlops" in dag.tags
+    for task in dag.tasks:
+        if task.task_type == "RunStepOperator":
+            assert task.retries >= 1, f"continuous_training.{task.task_id} has no retries"
+    assert dag.get_task("wait_for_review").mode == "reschedule"
+
+
+def test_continuous_training_params_validate(dagbag):
+    from airflow.sdk.definitions.param import ParamsDict
+
+    dag = dagbag.dags["continuous_training"]
+    params = ParamsDict(dag.params)
+    params.validate()
+    bad = ParamsDict(dag.params)
+    with pytest.raises(Exception, match="force_action|'explode'"):
+        bad["force_action"] = "explode"
+        bad.validate()
+    bad = ParamsDict(dag.params)
+    with pytest.raises(Exception, match="drift_p_threshold|1.5"):
+        bad["drift_p_threshold"] = 1.5
+        bad.validate()
+
+
+def test_split_params_names_the_bad_param():
+    from mlops_airflow.params import split_params
+
+    step, overrides = split_params({"force_action": "retrain", "promotion": "auto", "min_macro_f1": 0.6})
+    assert step == {"force_action": "retrain", "promotion": "auto"}
+    assert overrides == {"gates.min_macro_f1": 0.6}
+    with pytest.raises(ValueError, match="force_action='explode'"):
+        split_params({"force_action": "explode"})
+    with pytest.raises(ValueError, match="min_macro_f1='high'"):
+        split_params({"min_macro_f1": "high"})
+
+
+def _context(run_id="manual__2026-11-23T00:00:00+00:00"):
+    return {"run_id": run_id, "params": {"force_action": "auto"}, "data_interval_start": None}
+
+
+STEP_INPUTS = {
+    "validate": {"batch_uri": "s3://b/landing/x.csv"},
+    "drift": {"accepted_uri": "s3://b/accepted/x.parquet"},
+    "decide": {},
+    "train": {"accepted_uri": "s3://b/accepted/x.parquet"},
+    "compress": {"model_uri": "s3://b/runs/r/train/model", "reference_uri": "s3://b/runs/r/train/reference"},
+    "evaluate": {"served_uri": "s3://b/runs/r/compress/served", "eval_uri": "s3://b/runs/r/train/eval.parquet"},
+    "register": {"served_uri": "s3://b/runs/r/compress/served"},
+    "promote": {},
+}
+
+
+@pytest.mark.parametrize("step", list(STEP_INPUTS))
+def test_docker_runtime_container_spec(step):
+    from mlops_airflow.operators import RunStepOperator
+
+    from pipelines.config import get_settings
+
+    settings = get_settings(runtime__mode="docker", runtime__image="reg/mlops-step:1.2",
+                            runtime__mounts=["/data:/data"], paths__artifact_root="s3://b")
+    op = RunStepOperator(task_id=step, step=step)
+    docker_op = op.container_operator(_context(), settings, {"force_action": "auto"}, STEP_INPUTS[step])
+    assert type(docker_op).__name__ == "DockerOperator"
+    assert docker_op.image == "reg/mlops-step:1.2"
+    assert docker_op.command[:3] == [step, "--run-id", "manual__2026-11-23T00:00:00+00:00"]
+    for key, value in STEP_INPUTS[step].items():
+        assert f"{key}={value}" in docker_op.command
+    assert docker_op.environment["MLOPS_PATHS__ARTIFACT_ROOT"] == "s3://b"
+    assert [(m["Source"], m["Target"]) for m in docker_op.mounts] == [("/data", "/data")]
+
+
+@pytest.mark.parametrize("step", list(STEP_INPUTS))
+def test_kubernetes_runtime_pod_spec(step):
+    from mlops_airflow.operators import K8S_XCOM_FILE, RunStepOperator
+
+    from pipelines.config import get_settings
+
+    settings = get_settings(runtime__mode="kubernetes", runtime__image="reg/mlops-step:1.2", runtime__namespace="ml")
+    op = RunStepOperator(task_id=step, step=step)
+    pod_op = op.container_operator(_context(), settings, {}, STEP_INPUTS[step])
+    assert type(pod_op).__name__ == "KubernetesPodOperator"
+    pod = pod_op.build_pod_request_obj(dry_run=True)
+    container = pod.spec.containers[0]
+    assert container.image == "reg/mlops-step:1.2"
+    assert pod.metadata.namespace == "ml"
+    assert container.command == ["python", "-m", "pipelines"]
+    assert container.args[0] == step and container.args[-2:] == ["--result-file", K8S_XCOM_FILE]
+    env = {e.name: e.value for e in container.env}
+    assert env["MLOPS_RUNTIME__MODE"] == "kubernetes"
+    assert container.env_from[0].secret_ref.name == settings.runtime.s3_secret_name
+    assert pod.spec.service_account_name == settings.runtime.service_account
+    limits = container.resources.limits
+    if step == "train":
+        assert limits["nvidia.com/gpu"] == "1"
+        assert pod.spec.node_selector == settings.runtime.gpu_node_selector
+        assert pod.spec.tolerations[0].key == "nvidia.com/gpu"
+    else:
+        assert "nvidia.com/gpu" not in limits
+        assert not pod.spec.tolerations
+
+
+def test_parse_summary_reads_last_json_line():
+    from mlops_airflow.operators import _parse_summary
+
+    assert _parse_summary(["log line", '{"passed": true}', "INFO trailing"], "validate") == {"passed": True}
+    with pytest.raises(ValueError, match="no JSON summary"):
+        _parse_summary(["nothing here"], "validate")
