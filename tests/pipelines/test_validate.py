@@ -1,0 +1,173 @@
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipelines import demo
+from pipelines.context import StepContext
+from pipelines.errors import DataValidationFailed
+from pipelines.steps import run_step
+from pipelines.validate import run
+
+
+def _ctx(settings, batch_uri, run_id="r1"):
+    return StepContext(step="validate", run_id=run_id, settings=settings, inputs={"batch_uri": batch_uri})
+
+
+def _land(settings, name, data: bytes) -> str:
+    path = Path(settings.uri(settings.paths.landing, name))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return str(path)
+
+
+def _csv(df: pd.DataFrame) -> bytes:
+    return df.to_csv(index=False).encode("utf-8")
+
+
+@pytest.fixture
+def reference_frame(demo_frames):
+    return demo_frames["batch_000_reference"]
+
+
+def test_validate_demo_batch_accepted_and_landing_removed(settings, reference_frame):
+    uri = _land(settings, "batch_000_reference.csv", _csv(reference_frame))
+    summary = run_step(_ctx(settings, uri))
+    assert summary["passed"] is True and summary["batch_id"] == "batch_000_reference"
+    assert summary["rows"] == len(reference_frame)
+    accepted = Path(summary["accepted_uri"])
+    assert accepted == Path(settings.uri("accepted", "batch_000_reference.parquet"))
+    assert not Path(uri).exists()
+    import hashlib
+
+    assert hashlib.sha256(accepted.read_bytes()).hexdigest() == summary["content_hash"]
+    pd.testing.assert_frame_equal(pd.read_parquet(accepted), reference_frame.astype(str))
+    report = json.loads(Path(summary["report_uri"]).read_text())
+    assert report["passed"] and report["suite"]["name"] == "landing_batch"
+    assert len(report["suite"]["expectations"]) >= 9
+    assert Path(summary["data_docs_uri"]).is_file() and summary["data_docs_uri"].endswith(".html")
+    assert "landing_batch" in Path(summary["data_docs_uri"]).read_text()
+
+
+def test_validate_malformed_demo_batch_quarantined_with_report(settings):
+    uri = _land(settings, "batch_004_malformed.csv", demo.malformed_batch())
+    with pytest.raises(DataValidationFailed) as info:
+        run(_ctx(settings, uri))
+    message = str(info.value)
+    assert "batch_004_malformed" in message
+    assert "column 'label' is missing" in message and "column 'text' is missing" in message
+    assert "wrong delimiter ';'" in message
+    quarantine = Path(settings.uri("quarantine", "batch_004_malformed"))
+    assert (quarantine / "batch_004_malformed.csv").read_bytes() == demo.malformed_batch()
+    report = json.loads((quarantine / "validation.json").read_text())
+    assert report["passed"] is False and report["failures"] == info.value.failures
+    assert not Path(uri).exists()
+    assert info.value.quarantine_uri == str(quarantine)
+    assert Path(info.value.report_uri).is_file()
+    assert not Path(settings.uri("accepted", "batch_004_malformed.parquet")).exists()
+
+
+def _truncated(df):
+    data = _csv(df.assign(text='"quoted, text" ' + df["text"]))
+    cut = data.index(b'"quoted', len(data) // 2) + 4  # cut inside a quoted field
+    return data[:cut]
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "expected"),
+    [
+        ("empty.csv", lambda df: b"", "is empty (0 bytes)"),
+        ("image.csv", lambda df: b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)), "binary content"),
+        ("latin1.csv", lambda df: df.assign(text="café " + df["text"]).to_csv(index=False).encode("latin-1"),
+         "not valid UTF-8"),
+        ("truncated.csv", _truncated, "not a well-formed CSV"),
+        ("broken.parquet", lambda df: b"PAR1" + b"\x00garbage" * 10, "not a readable Parquet file"),
+        ("tabs.csv", lambda df: df.to_csv(index=False, sep="\t").encode(), "wrong delimiter '\\t'"),
+    ],
+)
+def test_validate_malformed_file_fails_cleanly(settings, reference_frame, name, make, expected):
+    data = make(reference_frame.head(80))
+    uri = _land(settings, name, data)
+    with pytest.raises(DataValidationFailed) as info:
+        run(_ctx(settings, uri))
+    assert expected in str(info.value)
+    batch_id = name.split(".")[0]
+    assert (Path(settings.uri("quarantine", batch_id)) / name).read_bytes() == data
+    assert (Path(settings.uri("quarantine", batch_id)) / "validation.json").is_file()
+    assert not Path(uri).exists()
+
+
+def test_validate_bad_rows_name_column_and_observed_value(settings, reference_frame):
+    df = reference_frame.head(100).copy()
+    df.loc[:4, "label"] = "meh"
+    df.loc[10:39, "text"] = df.loc[0, "text"]  # 30 duplicates
+    df.loc[50:52, "text"] = "ok"  # too short
+    df.loc[60:64, "text"] = "broken \ufffd text"  # replacement chars
+    uri = _land(settings, "bad_rows.csv", _csv(df))
+    with pytest.raises(DataValidationFailed) as info:
+        run(_ctx(settings, uri))
+    failures = "\n".join(info.value.failures)
+    assert "column 'label' has 5 of 100 values (5.0%) failing, e.g. 'meh'" in failures
+    assert "duplicate text share <= 0.2: column 'text' observed duplicate share 0.3" in failures
+    assert "text length in [3, 5000] characters: column 'text' has 3 of 100" in failures
+    assert "control or U+FFFD" in failures
+    assert len(info.value.failures) == 4
+
+
+def test_validate_threshold_from_config_changes_outcome(make_settings, reference_frame):
+    settings = make_settings(validation__min_rows=1000)
+    uri = _land(settings, "small.csv", _csv(reference_frame))
+    with pytest.raises(DataValidationFailed, match=r"at least 1000 rows: table observed 800"):
+        run(_ctx(settings, uri))
+
+
+def test_validate_known_slices_reject_unknown_domain(make_settings, reference_frame):
+    settings = make_settings(validation__known_slices=["electronics"])
+    uri = _land(settings, "slices.csv", _csv(reference_frame))
+    with pytest.raises(DataValidationFailed, match=r"column 'domain' has \d+ of 800 values .* e\.g\. 'books'"):
+        run(_ctx(settings, uri))
+
+
+def test_validate_rerun_returns_prior_outcome(settings, reference_frame):
+    uri = _land(settings, "batch_001.csv", _csv(reference_frame))
+    first = run(_ctx(settings, uri))
+    assert run(_ctx(settings, uri)) == first
+    bad = _land(settings, "batch_bad.csv", demo.malformed_batch())
+    with pytest.raises(DataValidationFailed) as one:
+        run(_ctx(settings, bad, run_id="r2"))
+    with pytest.raises(DataValidationFailed) as two:
+        run(_ctx(settings, bad, run_id="r2"))
+    assert one.value.failures == two.value.failures
+    with pytest.raises(FileNotFoundError, match="has not validated it before"):
+        run(_ctx(settings, uri, run_id="other-run"))
+
+
+def test_validate_accepted_batch_is_immutable(settings, reference_frame):
+    uri = _land(settings, "batch_x.csv", _csv(reference_frame))
+    run(_ctx(settings, uri))
+    uri = _land(settings, "batch_x.csv", _csv(reference_frame.head(400)))
+    with pytest.raises(ValueError, match=r"already exists with other content .* immutable"):
+        run(_ctx(settings, uri, run_id="r2"))
+    assert Path(uri).exists()
+
+
+def test_validate_missing_input_names_it(settings):
+    with pytest.raises(ValueError, match="'batch_uri'"):
+        run(StepContext(step="validate", run_id="r", settings=settings))
+
+
+def test_validate_on_s3(make_settings, s3_endpoint, aws_env, reference_frame):
+    settings = make_settings(paths__artifact_root="s3://test-bucket/validate", storage__s3_endpoint_url=s3_endpoint)
+    storage = StepContext(step="validate", run_id="s3", settings=settings).storage
+    uri = storage.write_bytes(settings.uri("landing", "b.csv"), _csv(reference_frame))
+    summary = run(_ctx(settings, uri, run_id="s3"))
+    assert summary["accepted_uri"] == "s3://test-bucket/validate/accepted/b.parquet"
+    assert not storage.exists(uri)
+    assert len(pd.read_parquet(io.BytesIO(storage.read_bytes(summary["accepted_uri"])))) == 800
+    bad = storage.write_bytes(settings.uri("landing", "m.csv"), demo.malformed_batch())
+    with pytest.raises(DataValidationFailed):
+        run(_ctx(settings, bad, run_id="s3"))
+    assert storage.read_bytes("s3://test-bucket/validate/quarantine/m/m.csv") == demo.malformed_batch()
+    assert not storage.exists(bad)
