@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import sys
 import time
 from typing import Any
 
@@ -40,6 +41,13 @@ def run_step(ctx: StepContext) -> dict[str, Any]:
     result = dict(result)
     result.setdefault("step", ctx.step)
     result["compute_s"] = round(time.perf_counter() - started, 3)
+    if "mlflow" in sys.modules and "mlflow_run_id" not in result:
+        # The step used MLflow: hand its run on, so the task can link to it.
+        from pipelines.tracking import find_step_run
+
+        found = find_step_run(ctx)
+        if found:
+            result["mlflow_experiment_id"], result["mlflow_run_id"] = found
     text = json.dumps(result, indent=2, sort_keys=True, default=str)
     ctx.storage.write_text(ctx.output("result.json"), text)
     log.info("step %s done in %.1fs: %s", ctx.step, result["compute_s"], ctx.output("result.json"))

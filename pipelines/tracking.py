@@ -101,6 +101,19 @@ def step_run(ctx: StepContext) -> Iterator[Any]:
         yield run
 
 
+def find_step_run(ctx: StepContext) -> tuple[str, str] | None:
+    """(experiment id, run id) of the step's nested run if the step logged one, else the parent run's, or None."""
+    client = configure(ctx.settings)
+    exp = client.get_experiment_by_name(ctx.settings.mlflow.experiment_name)
+    if exp is None:
+        return None
+    for step in (ctx.step, "pipeline"):
+        found = _find_run(client, exp.experiment_id, {TAG_PIPELINE_RUN: ctx.run_id, TAG_STEP: step})
+        if found:
+            return exp.experiment_id, found
+    return None
+
+
 def run_url(settings: Settings, run_id: str) -> str:
     """Link to a run in the MLflow UI."""
     exp = experiment_id(settings)

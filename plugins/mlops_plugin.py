@@ -1,7 +1,6 @@
 """Registers the product's extra links with Airflow, so the UI shows them on step tasks."""
 
 from airflow.plugins_manager import AirflowPlugin
-
 from mlops_airflow.links import MlflowRunLink, ModelVersionLink
 
 

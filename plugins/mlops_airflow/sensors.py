@@ -35,8 +35,9 @@ class ReviewSensor(BaseSensorOperator):
         self.version = version
 
     def poke(self, context: Context) -> PokeReturnValue | bool:
-        from pipelines.config import get_settings
         from pipelines.promote import review_state
+
+        from pipelines.config import get_settings
 
         settings = get_settings()
         step_params, _ = split_params(dict(context.get("params") or {}))

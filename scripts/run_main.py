@@ -1,0 +1,81 @@
+"""``make run``: the continuous-training DAG on the embedded default, unattended.
+
+Writes the demo batches into ``var/landing``, then runs the real ``continuous_training`` DAG twice with Airflow
+(SQLite metadata under ``var/airflow``, MLflow on ``var/mlflow.db``, the packaged MiniLM): first on the
+reference batch (no champion yet: bootstrap retrain), then on a drifted batch (fine-tune). Promotion is ``auto``
+for these runs so the job finishes without a reviewer; scheduled runs keep the configured policy (``manual``).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from scripts.dag_runner import REPO, prepare_airflow, run_dag
+
+RUNS = [
+    ("bootstrap on the reference batch", "batch_000_reference.csv"),
+    ("a drifted batch", "batch_002_moderate.csv"),
+]
+
+
+def main() -> int:
+    prepare_airflow(REPO / "var" / "airflow")
+    from pipelines.config import get_settings
+    from pipelines.demo import write_demo_batches
+    from pipelines.storage import get_storage, join
+
+    settings = get_settings()
+    storage = get_storage(settings)
+    landing = settings.uri(settings.paths.landing)
+    written = write_demo_batches(settings)
+    print(f"demo batches written to {landing}: {', '.join(Path(u).name for u in written)}")
+    print("promotion: auto for these runs, so the job finishes unattended (scheduled runs use registry.promotion)")
+    started = time.perf_counter()
+    outcomes = []
+    for title, name in RUNS:
+        uri = join(landing, name)
+        if not storage.exists(uri):
+            print(f"skipping {title}: {uri} is not in landing")
+            continue
+        print(f"\n=== continuous_training: {title} ({uri}) ===", flush=True)
+        outcome = run_dag("continuous_training", {"batch_uri": uri, "promotion": "auto"})
+        outcomes.append((title, outcome))
+        print(f"--- run {outcome.run_id}: {outcome.state} in {outcome.wall_s:.0f}s", flush=True)
+    print(_summary(settings, outcomes, time.perf_counter() - started))
+    return 0 if all(o.state == "success" for _, o in outcomes) else 1
+
+
+def _summary(settings, outcomes, total_s: float) -> str:
+    from pipelines.champion import champion_version
+
+    lines = ["", "=" * 78, f"continuous_training finished {len(outcomes)} run(s) in {total_s:.0f}s", ""]
+    for title, o in outcomes:
+        decide = o.results.get("decide", {})
+        evaluate = o.results.get("evaluate", {})
+        register = o.results.get("register", {})
+        lines.append(f"* {title}: {o.state}  (run {o.run_id})")
+        lines.append(f"    action: {decide.get('action')}  reasons: {'; '.join(decide.get('reasons', []))}")
+        if evaluate:
+            lines.append(f"    gates passed: {evaluate.get('passed')}  macro-F1: {evaluate.get('metrics', {}).get('macro_f1')}")
+            lines.append(f"    evaluation report: {evaluate.get('report_uri')}")
+        if register:
+            lines.append(f"    model version: {register.get('model_name')} v{register.get('version')}")
+        failed = [t for t, s in o.task_states.items() if s == "failed"]
+        if failed:
+            lines.append(f"    failed tasks: {', '.join(failed)}")
+    champion = champion_version(settings)
+    name = settings.registry.model_name
+    lines += [
+        "",
+        f"champion: {name} v{champion.version if champion else '-'}  (models:/{name}@champion)",
+        f"artifacts and step outputs: {settings.uri(settings.paths.runs)}/<run_id>/<step>/",
+        f"MLflow store: {settings.mlflow.tracking_uri}   Airflow metadata: var/airflow/airflow.db",
+        "look at them: `make ui`, then MLflow at http://127.0.0.1:5000 and Airflow at http://127.0.0.1:8080",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

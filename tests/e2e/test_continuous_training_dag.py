@@ -1,0 +1,136 @@
+"""End to end: the real continuous_training DAG (dag.test on SQLite) over the demo batches with the tiny model.
+
+bootstrap -> champion; in-domain batch -> skip; shifted batch -> fine-tune -> challenger -> approval tag ->
+promoted; malformed batch -> quarantined, champion untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def loop_env(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("e2e")
+    env = {
+        "MLOPS_PATHS__ARTIFACT_ROOT": str(root / "var"),
+        "MLOPS_MLFLOW__TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "MLOPS_TRAIN__BASE_MODEL": str(tiny_model_dir),
+        "MLOPS_DRIFT__ENCODER": str(tiny_model_dir),
+        "MLOPS_TRAIN__MAX_LENGTH": "64",
+        "MLOPS_TRAIN__EPOCHS": "3",
+        "MLOPS_TRAIN__FINE_TUNE_EPOCHS": "2",
+        "MLOPS_TRAIN__LEARNING_RATE": "0.001",
+        "MLOPS_TRAIN__FINE_TUNE_LEARNING_RATE": "0.0005",
+        "MLOPS_COMPRESS__MAX_LENGTH": "64",
+        "MLOPS_COMPRESS__PARITY_SAMPLE_ROWS": "64",
+        "MLOPS_DRIFT__MMD_PERMUTATIONS": "50",
+        "MLOPS_GATES__NONINFERIORITY_MARGIN": "0.1",
+        "MLOPS_GATES__MIN_MACRO_F1": "0.4",
+        "MLOPS_REGISTRY__REVIEW_POKE_SECONDS": "1",
+        "MLOPS_DAG__RETRIES": "0",
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    from scripts.dag_runner import prepare_airflow
+
+    prepare_airflow(os.environ["AIRFLOW_HOME"])
+    from pipelines.config import get_settings
+    from pipelines.demo import write_demo_batches
+
+    settings = get_settings()
+    write_demo_batches(settings)
+    yield settings
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def _landing(settings, name):
+    from pipelines.storage import join
+
+    return join(settings.uri(settings.paths.landing), name)
+
+
+def _champion(settings):
+    from pipelines.champion import champion_version
+
+    mv = champion_version(settings)
+    return mv.version if mv else None
+
+
+def _approve_when_staged(settings, stop: threading.Event):
+    from pipelines.champion import champion_version
+    from pipelines.tracking import configure
+
+    client = configure(settings)
+    while not stop.is_set():
+        mv = champion_version(settings, "challenger")
+        if mv is not None:
+            client.set_model_version_tag(settings.registry.model_name, mv.version, settings.registry.review_tag,
+                                         "approved")
+            client.set_model_version_tag(settings.registry.model_name, mv.version,
+                                         settings.registry.review_comment_tag, "looks good (e2e reviewer)")
+            return
+        time.sleep(0.5)
+
+
+def test_loop_end_to_end(loop_env):
+    from scripts.dag_runner import run_dag
+
+    settings = loop_env
+    from pipelines.storage import get_storage
+
+    storage = get_storage(settings)
+
+    # 1. bootstrap: no champion -> retrain -> auto promotion -> champion v1
+    boot = run_dag("continuous_training", {"batch_uri": _landing(settings, "batch_000_reference.csv"),
+                                           "promotion": "auto"})
+    assert boot.state == "success", boot.task_states
+    assert boot.results["decide"]["action"] == "retrain"
+    assert boot.task_states["skip"] == "skipped" and boot.task_states["gate_failed"] == "skipped"
+    assert boot.results["evaluate"]["metrics"]["macro_f1"] >= 0.4
+    champion_v1 = _champion(settings)
+    assert champion_v1 is not None
+    assert not storage.exists(_landing(settings, "batch_000_reference.csv"))
+
+    # 2. in-domain batch -> skip, nothing registered
+    same = run_dag("continuous_training", {"batch_uri": _landing(settings, "batch_001_in_domain.csv")})
+    assert same.state == "success", same.task_states
+    assert same.results["decide"]["action"] == "skip"
+    assert same.task_states["train"] == "skipped" and same.task_states["register"] == "skipped"
+    assert _champion(settings) == champion_v1
+
+    # 3. shifted batch -> fine-tune -> challenger -> reviewer approves in MLflow -> promoted
+    stop = threading.Event()
+    reviewer = threading.Thread(target=_approve_when_staged, args=(settings, stop), daemon=True)
+    reviewer.start()
+    try:
+        shifted = run_dag("continuous_training", {"batch_uri": _landing(settings, "batch_002_moderate.csv"),
+                                                  "promotion": "manual"})
+    finally:
+        stop.set()
+        reviewer.join(timeout=5)
+    assert shifted.state == "success", shifted.task_states
+    assert shifted.results["decide"]["action"] == "fine_tune"
+    assert shifted.results["wait_for_review"]["decision"] == "approve"
+    version = shifted.results["register"]["version"]
+    assert str(_champion(settings)) == str(version) != str(champion_v1)
+
+    # 4. malformed batch -> validate fails, batch quarantined, champion untouched
+    bad = run_dag("continuous_training", {"batch_uri": _landing(settings, "batch_004_malformed.csv")})
+    assert bad.state == "failed"
+    assert bad.task_states["validate"] == "failed"
+    assert bad.task_states.get("drift") in ("upstream_failed", None)
+    quarantined = storage.list(settings.uri(settings.paths.quarantine))
+    assert any(u.endswith("batch_004_malformed.csv") for u in quarantined), quarantined
+    assert not storage.exists(_landing(settings, "batch_004_malformed.csv"))
+    assert str(_champion(settings)) == str(version)
