@@ -84,6 +84,7 @@ class RunStepOperator(BaseOperator):
         from pipelines.config import ConfigError
         from pipelines.errors import PipelineError
 
+        _push_links(context)
         try:
             settings, params, inputs = self.resolve(context)
         except (ConfigError, ValueError) as exc:
@@ -97,8 +98,15 @@ class RunStepOperator(BaseOperator):
                 raise AirflowFailException(f"step {self.step!r} failed: {exc}") from exc
         else:
             self._container_op = self.container_operator(context, settings, params, inputs)
-            result = _parse_summary(self._container_op.execute(context), self.step)
-        self._persist_links(context, settings, result)
+            try:
+                raw = self._container_op.execute(context)
+            except Exception as exc:
+                # Exit code 2 is the CLI's "bad input / rejected" code: a retry cannot help.
+                if "'StatusCode': 2" in str(exc):
+                    raise AirflowFailException(f"step {self.step!r} failed in its container: {exc}") from exc
+                raise
+            result = _parse_summary(raw, self.step)
+        _push_links(context, settings.mlflow.ui_url, result)
         return result
 
     def _run_local(
@@ -149,17 +157,17 @@ class RunStepOperator(BaseOperator):
         if self._container_op is not None:
             self._container_op.on_kill()
 
-    def _persist_links(self, context: Context, settings: Settings, result: dict[str, Any]) -> None:
-        ui = settings.mlflow.ui_url.rstrip("/")
-        if result.get("mlflow_run_id") and result.get("mlflow_experiment_id"):
-            context["ti"].xcom_push(
-                key=MlflowRunLink.key,
-                value=f"{ui}/#/experiments/{result['mlflow_experiment_id']}/runs/{result['mlflow_run_id']}",
-            )
-        if result.get("model_name") and result.get("version"):
-            context["ti"].xcom_push(
-                key=ModelVersionLink.key, value=f"{ui}/#/models/{result['model_name']}/versions/{result['version']}"
-            )
+def _push_links(context: Context, ui_url: str = "", result: dict[str, Any] | None = None) -> None:
+    # Both keys are always pushed (empty until known), so the UI's link lookup always finds them.
+    result = result or {}
+    ui = ui_url.rstrip("/")
+    run_url = model_url = ""
+    if result.get("mlflow_run_id") and result.get("mlflow_experiment_id"):
+        run_url = f"{ui}/#/experiments/{result['mlflow_experiment_id']}/runs/{result['mlflow_run_id']}"
+    if result.get("model_name") and result.get("version"):
+        model_url = f"{ui}/#/models/{result['model_name']}/versions/{result['version']}"
+    context["ti"].xcom_push(key=MlflowRunLink.key, value=run_url)
+    context["ti"].xcom_push(key=ModelVersionLink.key, value=model_url)
 
 
 def _partition(context: Context) -> str | None:
