@@ -1,0 +1,373 @@
+"""Evaluation report: Markdown rendered from the evaluate summary, and the matplotlib figures.
+
+Both Markdown documents are rendered from JSON summaries (the evaluate result and the earlier steps' results), so
+the register step can build the reviewer's description from ``result.json`` files without re-running anything.
+Figures use the Agg backend and are written as PNG files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: MLflow keeps at most 5000 characters in a model version's or registered model's description (SQL column size).
+MAX_DESCRIPTION_CHARS = 5000
+
+
+# --- formatting helpers -------------------------------------------------------------------------------------
+def _f(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if isinstance(value, float | np.floating):
+        return f"{float(value):.{digits}f}"
+    return str(value)
+
+
+def _signed(value: Any, digits: int = 3) -> str:
+    return "–" if value is None else f"{float(value):+.{digits}f}"
+
+
+def _mark(passed: bool | None, skipped: bool = False) -> str:
+    if skipped:
+        return "⏭ skipped"
+    return "✅ pass" if passed else "❌ FAIL"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def gate_rows(gates: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """One table row per gate: name, result, value, threshold, note."""
+    rows = []
+    for name, gate in gates.items():
+        rows.append(
+            [
+                f"`{name}`",
+                _mark(gate.get("passed"), gate.get("skipped", False)),
+                _f(gate.get("value")),
+                f"{gate.get('comparator', '')} {_f(gate.get('threshold'))}".strip(),
+                str(gate.get("note", "")).replace("|", "/"),
+            ]
+        )
+    return rows
+
+
+def slice_table(gate: dict[str, Any]) -> str | None:
+    """The slice table (size, candidate and champion macro-F1, delta), or None when there is no slice."""
+    slices = gate.get("slices") or []
+    if not slices:
+        return None
+    rows = [
+        [
+            f"`{s['slice']}`",
+            s["n"],
+            _f(s.get("candidate")),
+            _f(s.get("champion")),
+            _signed(s.get("delta")),
+            _mark(s.get("passed"), not s.get("checked", True)),
+        ]
+        for s in slices
+    ]
+    return _table(["slice", "rows", "candidate F1", "champion F1", "Δ", "result"], rows)
+
+
+def confusion_tables(confusion: dict[str, Any]) -> str:
+    """The candidate's confusion matrix and, when there is a champion, the change against it."""
+    labels = confusion["labels"]
+    cand = np.asarray(confusion["candidate"])
+    out = ["Candidate (rows: true, columns: predicted):", ""]
+    out.append(_table(["true \\ pred", *labels], [[f"**{lab}**", *cand[i].tolist()] for i, lab in enumerate(labels)]))
+    if confusion.get("champion") is not None:
+        delta = cand - np.asarray(confusion["champion"])
+        rows = [[f"**{lab}**", *(f"{int(v):+d}" for v in delta[i])] for i, lab in enumerate(labels)]
+        out += ["", "Change against the champion (candidate − champion; more on the diagonal is better):", ""]
+        out.append(_table(["true \\ pred", *labels], rows))
+    return "\n".join(out)
+
+
+def _scoreboard(summary: dict[str, Any]) -> str:
+    m = summary["metrics"]
+    rows = [["candidate (served artifact)", _f(m.get("macro_f1")), _f(m.get("accuracy"))]]
+    if m.get("champion_macro_f1") is not None:
+        rows.append([f"champion v{summary.get('champion_version')}", _f(m["champion_macro_f1"]),
+                     _f(m.get("champion_accuracy"))])
+    rows.append(["TF-IDF + logistic regression baseline", _f(m.get("baseline_macro_f1")),
+                 _f(m.get("baseline_accuracy"))])
+    rows.append(["majority class", _f(m.get("majority_macro_f1")), _f(m.get("majority_accuracy"))])
+    return _table(["model", "macro-F1", "accuracy"], rows)
+
+
+def baseline_warning(summary: dict[str, Any]) -> str | None:
+    """A one-line warning when the candidate does not beat the TF-IDF baseline (shown, not a gate)."""
+    m = summary["metrics"]
+    base = m.get("baseline_macro_f1")
+    if base is not None and m.get("macro_f1") is not None and m["macro_f1"] < base:
+        return (f"⚠️ The candidate ({m['macro_f1']:.3f}) scores below the TF-IDF + logistic-regression baseline "
+                f"({base:.3f}) trained on the same data.")
+    return None
+
+
+# --- the evaluation report ----------------------------------------------------------------------------------
+def render_evaluation_report(summary: dict[str, Any]) -> str:
+    """The full evaluation report in Markdown, from the evaluate step's summary.
+
+    Args:
+        summary: the dict ``pipelines.evaluate.run`` returns.
+
+    Returns:
+        Markdown text.
+    """
+    verdict = "PASSED" if summary["passed"] else "FAILED"
+    lines = [f"# Evaluation: {verdict}", ""]
+    lines.append(f"- eval set: `{summary.get('eval_uri')}` ({summary.get('eval_rows')} rows)")
+    lines.append(f"- candidate: `{summary.get('served_uri')}`")
+    if summary.get("champion_version"):
+        lines.append(f"- champion: version {summary['champion_version']}")
+    else:
+        lines.append("- champion: none (bootstrap): the non-inferiority and slice gates are skipped")
+    lines.append("")
+    if summary.get("failures"):
+        lines += ["## Why it failed", ""] + [f"- {f}" for f in summary["failures"]] + [""]
+    lines += ["## Gates", "", _table(["gate", "result", "value", "threshold", "note"], gate_rows(summary["gates"])), ""]
+    lines += ["## Scores", "", _scoreboard(summary), ""]
+    if warning := baseline_warning(summary):
+        lines += [warning, ""]
+    per_class = summary["metrics"].get("per_class", {})
+    if per_class:
+        rows = [[f"`{lab}`", _f(v.get("precision")), _f(v.get("recall")), _f(v.get("f1")), v.get("support"),
+                 _f(v.get("champion_recall"))] for lab, v in per_class.items()]
+        lines += ["## Per class", "", _table(["class", "precision", "recall", "F1", "support", "champion recall"],
+                                             rows), ""]
+    ni = summary["gates"].get("non_inferiority", {})
+    if not ni.get("skipped"):
+        lines += ["## Non-inferiority against the champion", "", f"{ni.get('note', '')}", ""]
+        if ni.get("mcnemar"):
+            mc = ni["mcnemar"]
+            lines += [f"McNemar exact test: candidate alone right on {mc['candidate_only']} rows, champion alone "
+                      f"right on {mc['reference_only']} rows, p = {mc['p_value']:.3g}.", ""]
+    if table := slice_table(summary["gates"].get("slices", {})):
+        lines += ["## Slices", "", table, ""]
+    lines += ["## Confusion matrix", "", confusion_tables(summary["confusion"]), ""]
+    lat, size = summary["gates"].get("latency_p95_ms", {}), summary["gates"].get("size_mb", {})
+    lines += ["## Budgets", "",
+              f"- latency p95 at batch 1: {_f(lat.get('value'), 1)} ms (p50 {_f(lat.get('p50_ms'), 1)} ms, "
+              f"{lat.get('samples')} calls) against a budget of {_f(lat.get('threshold'), 1)} ms",
+              f"- served model size: {_f(size.get('value'), 2)} MB against a budget of {_f(size.get('threshold'), 1)} MB",
+              ""]
+    if summary.get("figures"):
+        lines += ["## Figures", ""] + [f"![{name}]({Path(uri).name})" for name, uri in summary["figures"].items()]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# --- the reviewer's description -----------------------------------------------------------------------------
+def render_review_description(
+    *,
+    model_name: str,
+    version: str | None,
+    run_id: str,
+    evaluate: dict[str, Any],
+    validate: dict[str, Any] | None,
+    drift: dict[str, Any] | None,
+    decide: dict[str, Any] | None,
+    train: dict[str, Any] | None,
+    review_tag: str,
+    review_comment_tag: str,
+    policy: str,
+    run_url: str | None = None,
+    max_chars: int = MAX_DESCRIPTION_CHARS,
+) -> str:
+    """The model version description a reviewer decides on, within MLflow's description size limit.
+
+    Args:
+        model_name: the registered model.
+        version: the version number, when known.
+        run_id: the pipeline run id.
+        evaluate: the evaluate summary.
+        validate: the validate summary, or None.
+        drift: the drift summary, or None.
+        decide: the decide summary, or None.
+        train: the train summary, or None.
+        review_tag: the tag a reviewer sets (``review``).
+        review_comment_tag: the optional comment tag.
+        policy: the promotion policy in force (manual or auto).
+        run_url: link to the pipeline's MLflow run.
+        max_chars: the size limit; the least important sections are dropped first to fit.
+
+    Returns:
+        Markdown text of at most ``max_chars`` characters.
+    """
+    m = evaluate["metrics"]
+    verdict = "all gates passed" if evaluate["passed"] else "gates FAILED"
+    head = [f"# Challenger for `{model_name}`" + (f" v{version}" if version else ""), "",
+            f"**{verdict}**; macro-F1 {_f(m.get('macro_f1'))} "
+            f"(champion {_f(m.get('champion_macro_f1'))}, TF-IDF baseline {_f(m.get('baseline_macro_f1'))}, "
+            f"majority class {_f(m.get('majority_macro_f1'))}). Pipeline run `{run_id}`"
+            + (f" ([MLflow run]({run_url}))" if run_url else "") + "."]
+    if warning := baseline_warning(evaluate):
+        head += ["", warning]
+
+    how = ["## How to decide", "",
+           f"Policy: `{policy}`. In the MLflow UI, on this version, add the tag `{review_tag}` = `approved` or "
+           f"`rejected`, optionally with `{review_comment_tag}` = your reason. Approval makes this version the "
+           "`champion` (stage Production) and archives the old one; rejection archives it and keeps the champion."]
+
+    decision = ["## Decision", ""]
+    if decide:
+        decision.append(f"Action **{decide.get('action')}** (drift severity {decide.get('severity')}).")
+        decision += [f"- {r}" for r in decide.get("reasons", [])]
+    else:
+        decision.append("No decide result for this run.")
+    if train:
+        decision.append(f"- trained from: {train.get('base', '–')}")
+
+    data = ["## Data and drift", ""]
+    if validate:
+        data.append(f"- batch `{validate.get('batch_id')}`: {validate.get('rows')} rows, validation "
+                    f"{'passed' if validate.get('passed') else 'failed'}, hash `{str(validate.get('content_hash'))[:16]}`")
+    if drift:
+        data.append(f"- drift severity **{drift.get('severity')}** against champion "
+                    f"v{drift.get('champion_version') or '–'}; rule: {drift.get('rule', '–')}")
+        rows = [[f"`{name}`", _f(t.get("statistic")), _f(t.get("p_value"), 4), _f(t.get("threshold"), 4),
+                 "yes" if t.get("drifted") else "no"] for name, t in (drift.get("tests") or {}).items()]
+        if rows:
+            data += ["", _table(["test", "statistic", "p-value", "threshold", "drifted"], rows)]
+
+    gates = ["## Gates", "", _table(["gate", "result", "value", "threshold", "note"], gate_rows(evaluate["gates"]))]
+    if evaluate.get("failures"):
+        gates += ["", "Failures:"] + [f"- {f}" for f in evaluate["failures"]]
+    lat, size = evaluate["gates"].get("latency_p95_ms", {}), evaluate["gates"].get("size_mb", {})
+    budgets = ["## Size and latency", "",
+               f"- latency p95 (batch 1): {_f(lat.get('value'), 1)} ms of {_f(lat.get('threshold'), 1)} ms budget",
+               f"- size: {_f(size.get('value'), 2)} MB of {_f(size.get('threshold'), 1)} MB budget"]
+    slices = ["## Slices", ""]
+    slices.append(slice_table(evaluate["gates"].get("slices", {})) or "No slice column in the evaluation set.")
+    confusion = ["## Confusion matrix", "", confusion_tables(evaluate["confusion"])]
+    footer = [f"Full report: `{evaluate.get('report_uri')}`"]
+
+    # Most important first; when over the limit, drop from the end of this list, keeping the footer.
+    sections = [head, how, gates, decision, budgets, slices, data, confusion]
+    while sections:
+        text = "\n\n".join("\n".join(s) for s in [*sections, footer]) + "\n"
+        if len(text) <= max_chars:
+            return text
+        sections.pop()
+    return ("\n".join(footer) + "\n")[:max_chars]
+
+
+# --- figures ------------------------------------------------------------------------------------------------
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def confusion_figure(path: Path, labels: Sequence[str], candidate: np.ndarray, champion: np.ndarray | None) -> Path:
+    """Confusion matrices (row-normalised colours, counts written) of the candidate and the champion."""
+    plt = _pyplot()
+    mats = [("candidate", candidate)] + ([("champion", champion)] if champion is not None else [])
+    fig, axes = plt.subplots(1, len(mats), figsize=(4.2 * len(mats), 3.8), squeeze=False)
+    for ax, (title, mat) in zip(axes[0], mats, strict=True):
+        mat = np.asarray(mat)
+        norm = mat / np.maximum(mat.sum(axis=1, keepdims=True), 1)
+        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        for i in range(mat.shape[0]):
+            for j in range(mat.shape[1]):
+                ax.text(j, i, int(mat[i, j]), ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black")
+        ax.set_xticks(range(len(labels)), labels, rotation=30)
+        ax.set_yticks(range(len(labels)), labels)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def per_class_figure(path: Path, labels: Sequence[str], precision: Sequence[float], recall: Sequence[float],
+                     recall_floor: float) -> Path:
+    """Per-class precision and recall bars, with the recall floor."""
+    plt = _pyplot()
+    x = np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.bar(x - 0.2, precision, width=0.4, label="precision")
+    ax.bar(x + 0.2, recall, width=0.4, label="recall")
+    ax.axhline(recall_floor, color="red", linestyle="--", linewidth=1, label=f"recall floor {recall_floor:.2f}")
+    ax.set_xticks(x, labels)
+    ax.set_ylim(0, 1)
+    ax.set_title("Per-class precision and recall (candidate)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def calibration(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> dict[str, Any]:
+    """Reliability bins and the expected calibration error of top-class confidences."""
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    acc, conf, count = [], [], []
+    for b in range(bins):
+        sel = which == b
+        count.append(int(sel.sum()))
+        acc.append(float(correct[sel].mean()) if sel.any() else None)
+        conf.append(float(confidence[sel].mean()) if sel.any() else None)
+    n = max(len(confidence), 1)
+    ece = sum(c / n * abs(a - f) for a, f, c in zip(acc, conf, count, strict=True) if c)
+    return {"edges": edges.tolist(), "accuracy": acc, "confidence": conf, "count": count, "ece": float(ece)}
+
+
+def reliability_figure(path: Path, bins: dict[str, Any]) -> Path:
+    """Reliability diagram: accuracy against confidence per bin, with the diagonal of perfect calibration."""
+    plt = _pyplot()
+    edges = np.asarray(bins["edges"])
+    centers = (edges[:-1] + edges[1:]) / 2
+    acc = np.array([a if a is not None else np.nan for a in bins["accuracy"]])
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect")
+    ax.bar(centers, np.nan_to_num(acc), width=edges[1] - edges[0], alpha=0.7, edgecolor="black", label="accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top class)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Reliability (ECE {bins['ece']:.3f})")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def comparison_figure(path: Path, metrics: dict[str, dict[str, float | None]]) -> Path:
+    """Grouped bars: each metric (macro-F1, accuracy, recall per class) for each model."""
+    plt = _pyplot()
+    models = [name for name, values in metrics.items() if any(v is not None for v in values.values())]
+    keys = list(next(iter(metrics.values())).keys())
+    x = np.arange(len(keys))
+    width = 0.8 / max(len(models), 1)
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(keys)), 4.2))
+    for i, name in enumerate(models):
+        values = [metrics[name].get(k) or 0.0 for k in keys]
+        ax.bar(x - 0.4 + width * (i + 0.5), values, width=width, label=name)
+    ax.set_xticks(x, keys, rotation=20)
+    ax.set_ylim(0, 1)
+    ax.set_title("Challenger vs champion vs baselines")
+    ax.legend(fontsize=8, ncol=len(models), loc="upper center", bbox_to_anchor=(0.5, -0.28))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

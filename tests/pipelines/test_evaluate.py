@@ -1,0 +1,152 @@
+"""The evaluate step on served pyfunc test doubles whose predictions are constructed, so every gate's answer is known."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from registry_doubles import corrupt, make_registry_settings, register_champion, save_served
+
+from pipelines.context import StepContext
+from pipelines.datasets import write_parquet
+from pipelines.evaluate import run
+from pipelines.steps import run_step
+
+
+@pytest.fixture
+def eval_set(demo_frames):
+    """The moderate demo batch (electronics 157, books 125, kitchen 118 rows) as the evaluation set."""
+    return demo_frames["batch_002_moderate"].reset_index(drop=True)
+
+
+@pytest.fixture
+def env(demo_frames, eval_set, tmp_path):
+    """Settings with two accepted batches (for the TF-IDF baseline) and the eval set written as Parquet."""
+    settings = make_registry_settings(tmp_path, gates__bootstrap_samples=300, gates__latency_sample_rows=10)
+    for name in ("batch_000_reference", "batch_001_in_domain"):
+        write_parquet(demo_frames[name], settings.uri("accepted", f"{name}.parquet"), settings)
+    eval_uri = write_parquet(eval_set, str(tmp_path / "eval.parquet"), settings)
+    return settings, eval_uri
+
+
+def _served(tmp_path: Path, name: str, eval_set, predicted, **kwargs) -> Path:
+    table = dict(zip(eval_set["text"], predicted, strict=True))
+    return save_served(tmp_path / name, table=table, **kwargs)
+
+
+def _ctx(settings, served: Path, eval_uri: str, run_id: str = "r1") -> StepContext:
+    return StepContext(step="evaluate", run_id=run_id, settings=settings,
+                       inputs={"served_uri": str(served), "eval_uri": eval_uri})
+
+
+def test_evaluate_bootstrap_passes_and_logs_report(env, eval_set, tmp_path):
+    settings, eval_uri = env
+    served = _served(tmp_path, "cand", eval_set, corrupt(eval_set["label"].to_numpy(), 0.1, seed=1))
+
+    result = run_step(_ctx(settings, served, eval_uri))
+
+    assert result["passed"], result["failures"]
+    assert result["champion_version"] is None
+    assert result["gates"]["non_inferiority"]["skipped"]
+    assert 0.85 < result["metrics"]["macro_f1"] < 0.95
+    assert result["metrics"]["baseline_macro_f1"] > result["metrics"]["majority_macro_f1"]
+    assert result["metrics"]["majority_macro_f1"] < 0.3
+    assert set(result["gates"]) == {"macro_f1_floor", "class_recall_floor", "non_inferiority", "slices",
+                                    "latency_p95_ms", "size_mb"}
+    for gate in result["gates"].values():
+        assert {"passed", "value", "threshold"} <= set(gate)
+    report = Path(result["report_uri"]).read_text()
+    assert "# Evaluation: PASSED" in report and "bootstrap" in report and "TF-IDF" in report
+    assert Path(result["figures"]["reliability"]).is_file()
+    assert json.loads(Path(result["report_uri"]).with_name("result.json").read_text())["passed"] is True
+
+    from pipelines.tracking import configure, experiment_id
+
+    client = configure(settings)
+    runs = client.search_runs([experiment_id(settings)], "tags.`mlops.step` = 'evaluate'")
+    assert len(runs) == 1
+    assert runs[0].data.metrics["eval.macro_f1"] == pytest.approx(result["metrics"]["macro_f1"], abs=1e-6)
+    logged = {a.path for a in client.list_artifacts(runs[0].info.run_id, "evaluation")}
+    assert {"evaluation/confusion_matrix.png", "evaluation/per_class.png", "evaluation/reliability.png",
+            "evaluation/champion_vs_challenger.png", "evaluation/report.md"} <= logged
+
+
+def test_evaluate_worse_challenger_fails_non_inferiority(env, eval_set, tmp_path):
+    settings, eval_uri = env
+    truth = eval_set["label"].to_numpy()
+    version = register_champion(settings, _served(tmp_path, "champ", eval_set, corrupt(truth, 0.05, seed=2)))
+    served = _served(tmp_path, "cand", eval_set, corrupt(truth, 0.30, seed=3))
+
+    result = run(_ctx(settings, served, eval_uri))
+
+    gate = result["gates"]["non_inferiority"]
+    assert not result["passed"]
+    assert not gate["passed"] and gate["verdict"] == "worse"
+    assert gate["ci_high"] < 0
+    assert result["gates"]["macro_f1_floor"]["passed"]  # only the comparison with the champion fails
+    assert any(f.startswith(f"non-inferiority against champion v{version}") for f in result["failures"])
+    assert "## Why it failed" in Path(result["report_uri"]).read_text()
+
+
+def test_evaluate_better_overall_but_worse_on_one_slice_fails(env, eval_set, tmp_path):
+    settings, eval_uri = env
+    truth = eval_set["label"].to_numpy()
+    kitchen = (eval_set["domain"] == "kitchen").to_numpy()
+    champion = corrupt(truth, 0.02, seed=4, mask=kitchen)
+    champion = corrupt(champion, 0.25, seed=5, mask=~kitchen)
+    candidate = corrupt(truth, 0.25, seed=6, mask=kitchen)
+    candidate = corrupt(candidate, 0.02, seed=7, mask=~kitchen)
+    register_champion(settings, _served(tmp_path, "champ", eval_set, champion))
+
+    result = run(_ctx(settings, _served(tmp_path, "cand", eval_set, candidate), eval_uri))
+
+    assert result["metrics"]["macro_f1"] > result["metrics"]["champion_macro_f1"]
+    assert result["gates"]["non_inferiority"]["passed"]
+    slices = result["gates"]["slices"]
+    assert not slices["passed"] and not result["passed"]
+    by_name = {s["slice"]: s for s in slices["slices"]}
+    assert not by_name["kitchen"]["passed"] and by_name["kitchen"]["delta"] < -0.05
+    assert by_name["books"]["passed"] and by_name["electronics"]["passed"]
+    assert any("slice domain='kitchen'" in f for f in result["failures"])
+    assert "| `kitchen` | 118 |" in Path(result["report_uri"]).read_text()
+
+
+def test_evaluate_majority_class_model_fails_floors(env, eval_set, tmp_path):
+    settings, eval_uri = env
+    served = save_served(tmp_path / "majority", default="negative")
+
+    result = run(_ctx(settings, served, eval_uri))
+
+    assert not result["passed"]
+    assert not result["gates"]["macro_f1_floor"]["passed"]
+    assert result["gates"]["class_recall_floor"]["below"] == ["neutral", "positive"]
+    assert any("< floor gates.min_macro_f1=0.5" in f for f in result["failures"])
+
+
+def test_evaluate_budgets_fail_with_numbers(env, eval_set, tmp_path):
+    settings, eval_uri = env
+    settings = settings.with_overrides({"gates.max_size_mb": 1.0, "gates.max_latency_p95_ms": 1e-6})
+    served = _served(tmp_path, "big", eval_set, eval_set["label"].to_numpy(), onnx_bytes=2 * 1024 * 1024)
+
+    result = run(_ctx(settings, served, eval_uri))
+
+    assert not result["passed"]
+    assert result["gates"]["size_mb"]["value"] == pytest.approx(2.0)
+    assert not result["gates"]["latency_p95_ms"]["passed"]
+    assert "served model 2.00 MB > gates.max_size_mb=1.0" in result["failures"]
+    assert any(f.startswith("latency p95") for f in result["failures"])
+
+
+def test_evaluate_eval_set_without_label_names_column(env, eval_set, tmp_path):
+    settings, _ = env
+    uri = write_parquet(eval_set.drop(columns=["label"]), str(tmp_path / "nolabel.parquet"), settings)
+    served = save_served(tmp_path / "any")
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['label'\]"):
+        run(_ctx(settings, served, uri))
+
+
+def test_evaluate_missing_served_folder_says_run_compress(env, tmp_path):
+    settings, eval_uri = env
+    with pytest.raises(FileNotFoundError, match="run the compress step first"):
+        run(_ctx(settings, tmp_path / "nowhere", eval_uri))
