@@ -40,13 +40,12 @@ def resolve_model_path(name: str) -> Path:
 
 @lru_cache(maxsize=4)
 def _load_encoder(path: str) -> tuple[Any, Any]:
-    import torch
     from transformers import AutoModel, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModel.from_pretrained(path)
     model.eval()
-    torch.set_grad_enabled(False)
+    model.requires_grad_(False)  # inference only; never switch autograd off process-wide
     return tokenizer, model
 
 

@@ -1,0 +1,664 @@
+"""Train step: retrain from the base model, or fine-tune the champion, with the transformers Trainer.
+
+``retrain`` starts from ``train.base_model`` with a fresh classification head and learns from every accepted
+batch (hold-out rows excluded). ``fine_tune`` starts from the champion's fp32 weights and learns from the new
+batch plus a replayed sample of earlier accepted rows (``train.replay_ratio``), with a lower learning rate and
+the embeddings and the lower ``train.freeze_layers`` encoder layers frozen.
+
+Both use the same Trainer setup: dynamic padding, length-grouped batches, a class-weighted loss, early stopping
+on a seeded, stratified validation split, and bf16 (or fp16) autocast on a GPU, fp32 on a CPU.
+
+Outputs under ``<step_uri>``: ``model/`` (save_pretrained, safetensors, with the tokenizer and ``labels.json``),
+``reference/`` (the drift reference of the training rows) and ``eval.parquet`` (the golden set plus the new
+batch's hold-out rows).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipelines.storage import is_s3
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from pipelines.config import Settings
+    from pipelines.context import StepContext
+
+log = logging.getLogger(__name__)
+
+ACTIONS = ("retrain", "fine_tune")
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` hands back: the best model and how training went."""
+
+    model: Any
+    metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    device: str = "cpu"
+    precision: str = "fp32"
+
+
+# --- data ------------------------------------------------------------------------------------------
+class TextDataset:
+    """Tokenised rows (no padding) as a map-style dataset of dicts, as the Trainer's collator expects."""
+
+    def __init__(self, encodings: dict[str, list[list[int]]], labels: list[int]) -> None:
+        self._encodings = encodings
+        self._labels = labels
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = {k: v[i] for k, v in self._encodings.items()}
+        item["labels"] = self._labels[i]
+        return item
+
+
+def encode(
+    tokenizer: Any, texts: list[str], labels: list[int], max_length: int, pad_to_max: bool = False
+) -> TextDataset:
+    """Tokenise ``texts`` (truncated to ``max_length``); padding is left to the collator unless ``pad_to_max``."""
+    enc = tokenizer(texts, truncation=True, max_length=max_length, padding="max_length" if pad_to_max else False)
+    keep = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+    return TextDataset({k: enc[k] for k in keep}, labels)
+
+
+def label_ids(df: pd.DataFrame, settings: Settings) -> list[int]:
+    """Map the label column to class ids in ``settings.data.labels`` order.
+
+    Raises:
+        ValueError: a label is not one of the configured labels.
+    """
+    labels = settings.data.labels
+    index = {name: i for i, name in enumerate(labels)}
+    values = df[settings.data.label_column].astype(str)
+    unknown = sorted(set(values) - set(index))
+    if unknown:
+        raise ValueError(
+            f"column {settings.data.label_column!r} holds labels {unknown[:10]!r} outside data.labels={labels!r}; "
+            "fix the batch or set MLOPS_DATA__LABELS"
+        )
+    return [index[v] for v in values]
+
+
+def class_weights(ids: list[int], num_labels: int) -> list[float]:
+    """Balanced class weights ``n / (k * count_c)``; a class absent from ``ids`` gets 1.0."""
+    counts = [0] * num_labels
+    for i in ids:
+        counts[i] += 1
+    n, k = len(ids), sum(1 for c in counts if c)
+    return [n / (k * c) if c else 1.0 for c in counts]
+
+
+def validation_split(df: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Seeded split into (train, validation), stratified by label where every class has two rows or more."""
+    from sklearn.model_selection import train_test_split
+
+    labels = df[settings.data.label_column].astype(str)
+    n_val = max(1, round(len(df) * settings.train.validation_share))
+    if len(df) - n_val < 1:
+        raise ValueError(
+            f"{len(df)} training rows leave none for training after a validation share of "
+            f"{settings.train.validation_share}; add data or lower train.validation_share"
+        )
+    stratify = labels if labels.value_counts().min() >= 2 and n_val >= labels.nunique() else None
+    train, val = train_test_split(df, test_size=n_val, random_state=settings.train.seed, stratify=stratify)
+    return train.reset_index(drop=True), val.reset_index(drop=True)
+
+
+# --- model -----------------------------------------------------------------------------------------
+def device_and_precision() -> tuple[str, str]:
+    """(``cuda``|``cpu``, ``bf16``|``fp16``|``fp32``): bf16 autocast where the GPU supports it, else fp16."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda", "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "cpu", "fp32"
+
+
+def load_base(settings: Settings) -> tuple[Any, Any]:
+    """The base encoder with a fresh classification head, and its tokenizer."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+
+    from pipelines.encoders import resolve_model_path
+
+    path = resolve_model_path(settings.train.base_model)
+    labels = settings.data.labels
+    set_seed(settings.train.seed)  # the fresh head's initial weights
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+    )
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def load_classifier(path: str | Path, settings: Settings) -> tuple[Any, Any]:
+    """A trained classifier folder (save_pretrained) and its tokenizer; its labels must match the settings.
+
+    Raises:
+        ValueError: the model's labels differ from ``data.labels``.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(path)
+    found = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    if found != list(settings.data.labels):
+        raise ValueError(
+            f"model at {str(path)!r} predicts labels {found!r} but data.labels={settings.data.labels!r}; "
+            "a label change needs action 'retrain'"
+        )
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def freeze_lower_layers(model: Any, n_layers: int) -> list[str]:
+    """Freeze the embeddings and the lowest ``n_layers`` encoder layers; return the frozen parameter names.
+
+    Raises:
+        ValueError: the model has no ``base_model.encoder.layer`` stack (not a BERT-like encoder).
+    """
+    base = model.base_model
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if layers is None or not hasattr(base, "embeddings"):
+        raise ValueError(
+            f"cannot freeze layers of {type(model).__name__}: expected a BERT-like encoder with "
+            "embeddings and encoder.layer; set train.freeze_layers=0"
+        )
+    if n_layers > len(layers):
+        log.warning("train.freeze_layers=%d > %d encoder layers; freezing all of them", n_layers, len(layers))
+    modules = [base.embeddings, *list(layers)[: min(n_layers, len(layers))]]
+    prefix = model.base_model_prefix
+    frozen = []
+    for module in modules:
+        for name, param in module.named_parameters():
+            param.requires_grad = False
+            frozen.append(name)
+    log.info(
+        "froze the embeddings and %d encoder layer(s) of %s (%d tensors)",
+        min(n_layers, len(layers)),
+        prefix,
+        len(frozen),
+    )
+    return frozen
+
+
+# --- the Trainer setup -----------------------------------------------------------------------------
+def _weighted_trainer_class() -> type:
+    import torch
+    from transformers import Trainer
+
+    class WeightedTrainer(Trainer):
+        """A Trainer whose loss is cross-entropy weighted per class (``class_weights``, or unweighted)."""
+
+        def __init__(self, *args: Any, class_weights: list[float] | None = None, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._class_weights = class_weights
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            logits = outputs.logits
+            weight = None
+            if self._class_weights is not None:
+                weight = torch.tensor(self._class_weights, dtype=torch.float32, device=logits.device)
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels, weight=weight)
+            return (loss, outputs) if return_outputs else loss
+
+    return WeightedTrainer
+
+
+def _progress_callback(history: list[dict[str, float]], counter: dict[str, float]) -> Any:
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        """Logs step, loss and samples/s every ``logging_steps``; times pure training (no eval, no saving)."""
+
+        def on_epoch_begin(self, args, state, control, **kw):  # noqa: ANN001
+            counter["training"] = 1
+            counter["epoch_started"] = time.perf_counter()
+
+        def on_epoch_end(self, args, state, control, **kw):  # noqa: ANN001
+            counter["training"] = 0
+            counter["train_s"] += time.perf_counter() - counter["epoch_started"]
+
+        def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001
+            logs = logs or {}
+            elapsed = counter["train_s"] + (
+                time.perf_counter() - counter["epoch_started"] if counter["training"] else 0.0
+            )
+            rate = counter["samples"] / elapsed if elapsed > 0 else 0.0
+            row = {"step": state.global_step, "epoch": float(state.epoch or 0)}
+            if "loss" in logs:
+                row.update(loss=float(logs["loss"]), samples_per_s=rate)
+                log.info(
+                    "step %d/%d epoch %.2f loss %.4f lr %.2e %.1f samples/s",
+                    state.global_step,
+                    state.max_steps,
+                    row["epoch"],
+                    logs["loss"],
+                    logs.get("learning_rate", 0.0),
+                    rate,
+                )
+            elif "eval_loss" in logs:
+                row.update({k: float(v) for k, v in logs.items() if k.startswith("eval_") and _is_number(v)})
+                log.info(
+                    "eval at step %d: loss %.4f macro-F1 %.3f accuracy %.3f",
+                    state.global_step,
+                    logs["eval_loss"],
+                    logs.get("eval_macro_f1", float("nan")),
+                    logs.get("eval_accuracy", float("nan")),
+                )
+            else:
+                return
+            history.append(row)
+            _log_mlflow_metrics({k: v for k, v in row.items() if k != "step"}, step=state.global_step)
+
+    return Progress()
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _log_mlflow_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def _compute_metrics(eval_pred: Any) -> dict[str, float]:
+    import numpy as np
+    from sklearn.metrics import accuracy_score, f1_score
+
+    logits, labels = eval_pred
+    pred = np.asarray(logits).argmax(-1)
+    return {
+        "accuracy": float(accuracy_score(labels, pred)),
+        "macro_f1": float(f1_score(labels, pred, average="macro", zero_division=0)),
+    }
+
+
+class _CountingCollator:
+    """Dynamic padding that counts the samples it pads while training (for samples/s)."""
+
+    def __init__(self, inner: Any, counter: dict[str, float]) -> None:
+        self._inner = inner
+        self._counter = counter
+
+    def __call__(self, features: list[dict[str, Any]]) -> Any:
+        if self._counter["training"]:
+            self._counter["samples"] += len(features)
+        return self._inner(features)
+
+
+def fit(
+    settings: Settings,
+    model: Any,
+    tokenizer: Any,
+    train_df: pd.DataFrame,
+    val_df: pd.DataFrame,
+    *,
+    learning_rate: float,
+    epochs: float,
+    work_dir: str | Path,
+    optimized: bool = True,
+) -> FitResult:
+    """Train ``model`` on ``train_df`` with early stopping on ``val_df``; return the best model and its metrics.
+
+    Args:
+        settings: the settings (``train`` section: batch size, length, seed, weighting, patience ...).
+        model: a sequence-classification model; frozen parameters stay frozen.
+        tokenizer: its tokenizer.
+        train_df: rows to learn from (text and label columns).
+        val_df: rows for early stopping and the reported validation metrics.
+        learning_rate: peak learning rate (linear decay after ``train.warmup_ratio`` warm-up).
+        epochs: maximum epochs.
+        work_dir: scratch folder for checkpoints.
+        optimized: True for the product's setup (dynamic padding, length-grouped batches); False pads every
+            row to ``train.max_length`` in random order (the baseline of ``bench/train.py``).
+
+    Returns:
+        The best model (by validation macro-F1), final metrics, the logged history, device and precision.
+    """
+    import torch
+    from transformers import (
+        DataCollatorWithPadding,
+        EarlyStoppingCallback,
+        PrinterCallback,
+        TrainingArguments,
+        default_data_collator,
+        set_seed,
+    )
+
+    cfg = settings.train
+    text, num_labels = settings.data.text_column, len(settings.data.labels)
+    train_ids, val_ids = label_ids(train_df, settings), label_ids(val_df, settings)
+    train_ds = encode(tokenizer, train_df[text].astype(str).tolist(), train_ids, cfg.max_length, not optimized)
+    val_ds = encode(tokenizer, val_df[text].astype(str).tolist(), val_ids, cfg.max_length, not optimized)
+    device, precision = device_and_precision()
+    counter: dict[str, float] = {"training": 0, "samples": 0, "train_s": 0.0, "epoch_started": 0.0}
+    history: list[dict[str, float]] = []
+    inner = DataCollatorWithPadding(tokenizer) if optimized else default_data_collator
+    args = TrainingArguments(
+        output_dir=str(work_dir),
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size * 2,
+        learning_rate=learning_rate,
+        num_train_epochs=epochs,
+        max_steps=cfg.max_steps,
+        weight_decay=cfg.weight_decay,
+        warmup_ratio=cfg.warmup_ratio,
+        lr_scheduler_type="linear",
+        group_by_length=optimized,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_only_model=True,
+        save_total_limit=1,
+        load_best_model_at_end=True,
+        metric_for_best_model="macro_f1",
+        greater_is_better=True,
+        logging_strategy="steps",
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        report_to="none",
+        disable_tqdm=True,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        dataloader_num_workers=0,
+        dataloader_pin_memory=device == "cuda",
+        remove_unused_columns=False,
+    )
+    set_seed(cfg.seed)
+    trainer_cls = _weighted_trainer_class()
+    weights = class_weights(train_ids, num_labels) if cfg.class_weighted else None
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=val_ds,
+        data_collator=_CountingCollator(inner, counter),
+        compute_metrics=_compute_metrics,
+        callbacks=[
+            EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience),
+            _progress_callback(history, counter),
+        ],
+        class_weights=weights,
+    )
+    trainer.remove_callback(PrinterCallback)  # the progress callback logs instead of printing dicts
+    torch.set_grad_enabled(True)  # in case a library switched autograd off process-wide
+    initial = trainer.evaluate()
+    log.info(
+        "training %s rows (%d validation) on %s in %s, lr %.1e, up to %s epochs, class weights %s",
+        len(train_ds),
+        len(val_ds),
+        device,
+        precision,
+        learning_rate,
+        epochs,
+        [round(w, 2) for w in weights] if weights else "off",
+    )
+    out = trainer.train()
+    final = trainer.evaluate()
+    train_s = counter["train_s"] or out.metrics.get("train_runtime", 0.0)
+    metrics = {
+        "train_loss": float(out.training_loss),
+        "val_loss": float(final["eval_loss"]),
+        "val_macro_f1": float(final["eval_macro_f1"]),
+        "val_accuracy": float(final["eval_accuracy"]),
+        "val_loss_initial": float(initial["eval_loss"]),
+        "val_macro_f1_initial": float(initial["eval_macro_f1"]),
+        "val_accuracy_initial": float(initial["eval_accuracy"]),
+        "samples_per_s": float(counter["samples"] / train_s) if train_s else 0.0,
+        "train_seconds": float(train_s),
+        "train_rows": float(len(train_ds)),
+        "val_rows": float(len(val_ds)),
+        "epochs_run": float(trainer.state.epoch or 0.0),
+        "steps": float(trainer.state.global_step),
+    }
+    if device == "cuda":
+        import torch
+
+        metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return FitResult(model=trainer.model, metrics=metrics, history=history, device=device, precision=precision)
+
+
+# --- the step --------------------------------------------------------------------------------------
+def resolve_action(ctx: StepContext) -> str:
+    """The action: param ``action``, else the decide step's result.
+
+    Raises:
+        ValueError: no action is known, it is ``skip``, or it is not one of retrain / fine_tune.
+    """
+    action = ctx.params.get("action")
+    if not action:
+        decided = ctx.result_of("decide")
+        action = decided.get("action") if decided else None
+    if not action:
+        raise ValueError(
+            f"train has no action for run {ctx.run_id!r}: pass --param action='\"retrain\"' or run decide first"
+        )
+    if action == "skip":
+        raise ValueError(f"action 'skip' for run {ctx.run_id!r}: nothing to train")
+    if action not in ACTIONS:
+        raise ValueError(f"action={action!r} is not one of {', '.join(ACTIONS)} (or skip)")
+    return action
+
+
+def _clean(df: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+    text, label = settings.data.text_column, settings.data.label_column
+    missing = [c for c in (text, label) if c not in df.columns]
+    if missing:
+        raise ValueError(f"training data lacks column(s) {missing!r}; expected {text!r} and {label!r}")
+    df = df.dropna(subset=[text, label])
+    df = df[df[text].astype(str).str.strip() != ""]
+    return df.drop_duplicates(subset=[text, label]).reset_index(drop=True)
+
+
+def _training_data(ctx: StepContext, action: str, accepted_uri: str) -> dict[str, Any]:
+    """Training rows and hold-out rows for ``action``."""
+    import pandas as pd
+
+    from pipelines.datasets import load_accepted, read_table, split_holdout
+
+    settings = ctx.settings
+    new = read_table(accepted_uri, settings)
+    new["batch_uri"] = accepted_uri
+    new = _clean(new, settings)
+    new_train, new_holdout = split_holdout(new, settings)
+    earlier = _clean(load_accepted(settings, exclude={accepted_uri}), settings)
+    earlier_train, earlier_holdout = split_holdout(earlier, settings)
+    if action == "retrain":
+        rows = _clean(pd.concat([earlier_train, new_train], ignore_index=True), settings)
+        replay = 0
+    else:
+        n_replay = min(len(earlier_train), round(len(new_train) * settings.train.replay_ratio))
+        sample = earlier_train.sample(n=n_replay, random_state=settings.train.seed) if n_replay else earlier_train[:0]
+        rows = _clean(pd.concat([new_train, sample], ignore_index=True), settings)
+        replay = n_replay
+    if rows.empty:
+        raise ValueError(
+            f"no trainable rows for {action}: batch {accepted_uri!r} has {len(new)} rows, all in the hold-out "
+            f"(data.holdout_share={settings.data.holdout_share})"
+        )
+    holdout = pd.concat([earlier_holdout, new_holdout], ignore_index=True)
+    return {"rows": rows, "new_holdout": new_holdout, "holdout": holdout, "new_rows": len(new), "replay": replay}
+
+
+def _start_model(ctx: StepContext, action: str, scratch: Path) -> tuple[Any, Any, str]:
+    """The model to train, its tokenizer, and a description of where it came from."""
+    settings = ctx.settings
+    if action == "retrain":
+        model, tokenizer = load_base(settings)
+        return model, tokenizer, settings.train.base_model
+    uri = ctx.inputs.get("champion_model_uri")
+    if uri:
+        path = ctx.storage.download_dir(uri, scratch / "champion")
+        base = uri
+    else:
+        from pipelines.champion import get_champion
+
+        champion = get_champion(settings)
+        if champion is None:
+            raise ValueError(
+                f"fine_tune needs a champion, but model {settings.registry.model_name!r} has no 'champion' alias "
+                "(and no input champion_model_uri was given); run with action 'retrain' first"
+            )
+        path, base = champion.fp32_dir, f"{champion.name} v{champion.version}"
+    model, tokenizer = load_classifier(path, settings)
+    freeze_lower_layers(model, settings.train.freeze_layers)
+    return model, tokenizer, str(base)
+
+
+def _plot_history(history: list[dict[str, float]], title: str) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    train = [h for h in history if "loss" in h]
+    evals = [h for h in history if "eval_loss" in h]
+    ax1.plot([h["step"] for h in train], [h["loss"] for h in train], label="train loss")
+    ax1.plot([h["step"] for h in evals], [h["eval_loss"] for h in evals], "o-", label="validation loss")
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("loss")
+    ax1.legend()
+    ax2.plot([h["step"] for h in evals], [h.get("eval_macro_f1", 0) for h in evals], "o-", label="macro-F1")
+    ax2.plot([h["step"] for h in evals], [h.get("eval_accuracy", 0) for h in evals], "s-", label="accuracy")
+    ax2.set_xlabel("step")
+    ax2.set_ylim(0, 1)
+    ax2.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _close(fig: Any) -> None:
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def _publish_dir(ctx: StepContext, local: Path, uri: str) -> str:
+    if not is_s3(uri) and Path(uri).exists():
+        shutil.rmtree(uri)  # a rerun replaces the folder instead of mixing files
+    return ctx.storage.upload_dir(local, uri)
+
+
+def run(ctx: StepContext) -> dict[str, Any]:
+    """Retrain or fine-tune on the accepted data; save the model, the drift reference and the evaluation set.
+
+    Inputs: ``accepted_uri`` (the new batch); optional ``champion_model_uri`` (fp32 folder to fine-tune).
+    Params: ``action`` (else the decide step's result).
+
+    Returns:
+        action, model_uri, reference_uri, eval_uri, base, metrics, device, precision, rows.
+
+    Raises:
+        ValueError: the action is skip or unknown, fine_tune has no champion, or there are no trainable rows.
+    """
+    import mlflow
+    import pandas as pd
+
+    from pipelines.datasets import ensure_golden, write_parquet
+    from pipelines.reference import save_reference
+    from pipelines.tracking import step_run
+
+    settings, cfg = ctx.settings, ctx.settings.train
+    action = resolve_action(ctx)
+    accepted_uri = ctx.require("accepted_uri")
+    data = _training_data(ctx, action, accepted_uri)
+    train_df, val_df = validation_split(data["rows"], settings)
+    lr = cfg.learning_rate if action == "retrain" else cfg.fine_tune_learning_rate
+    epochs = cfg.epochs if action == "retrain" else cfg.fine_tune_epochs
+    model_uri, reference_uri, eval_uri = ctx.output("model"), ctx.output("reference"), ctx.output("eval.parquet")
+    log.info(
+        "%s on %d rows (%d new, %d replayed) from %s",
+        action,
+        len(data["rows"]),
+        data["new_rows"],
+        data["replay"],
+        accepted_uri,
+    )
+    with tempfile.TemporaryDirectory(prefix="mlops-train-") as tmp, step_run(ctx):
+        scratch = Path(tmp)
+        model, tokenizer, base = _start_model(ctx, action, scratch)
+        mlflow.log_params(
+            {
+                "action": action,
+                "base": base,
+                "learning_rate": lr,
+                "epochs": epochs,
+                "batch_size": cfg.batch_size,
+                "max_length": cfg.max_length,
+                "class_weighted": cfg.class_weighted,
+                "seed": cfg.seed,
+                "freeze_layers": cfg.freeze_layers if action == "fine_tune" else 0,
+                "replay_rows": data["replay"],
+                "train_rows": len(train_df),
+                "val_rows": len(val_df),
+            }
+        )
+        result = fit(
+            settings,
+            model,
+            tokenizer,
+            train_df,
+            val_df,
+            learning_rate=lr,
+            epochs=epochs,
+            work_dir=scratch / "checkpoints",
+        )
+        mlflow.log_metrics({f"final_{k}": v for k, v in result.metrics.items()})
+        mlflow.set_tags({"device": result.device, "precision": result.precision, "action": action})
+        fig = _plot_history(result.history, f"{action} from {Path(base).name or base}")
+        mlflow.log_figure(fig, "training_curve.png")
+        _close(fig)
+
+        model_dir = scratch / "model"
+        result.model.save_pretrained(model_dir, safe_serialization=True)
+        tokenizer.save_pretrained(model_dir)
+        (model_dir / "labels.json").write_text(json.dumps(list(settings.data.labels)))
+        _publish_dir(ctx, model_dir, model_uri)
+        ref_dir = save_reference(
+            settings,
+            data["rows"],
+            scratch / "reference",
+            meta={"action": action, "accepted_uri": accepted_uri, "run_id": ctx.run_id},
+        )
+        _publish_dir(ctx, ref_dir, reference_uri)
+
+    golden = ensure_golden(settings, data["holdout"])
+    eval_df = pd.concat([golden, data["new_holdout"]], ignore_index=True)
+    eval_df = eval_df.drop_duplicates(subset=[settings.data.text_column]).reset_index(drop=True)
+    write_parquet(eval_df, eval_uri, settings)
+    metrics = {k: round(v, 5) for k, v in result.metrics.items()}
+    return {
+        "action": action,
+        "model_uri": model_uri,
+        "reference_uri": reference_uri,
+        "eval_uri": eval_uri,
+        "eval_rows": len(eval_df),
+        "base": base,
+        "accepted_uri": accepted_uri,
+        "new_rows": data["new_rows"],
+        "replay_rows": data["replay"],
+        "metrics": metrics,
+        "device": result.device,
+        "precision": result.precision,
+    }

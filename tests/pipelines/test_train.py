@@ -1,0 +1,149 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from pipelines.context import StepContext
+from pipelines.datasets import write_parquet
+from pipelines.steps import run_step
+
+
+def _accept(settings, frame, name):
+    uri = settings.uri(settings.paths.accepted, name + ".parquet")
+    write_parquet(frame, uri, settings)
+    return uri
+
+
+def _ctx(settings, run_id, accepted_uri, **kw):
+    return StepContext(
+        step="train",
+        run_id=run_id,
+        settings=settings,
+        inputs={"accepted_uri": accepted_uri, **kw.pop("inputs", {})},
+        **kw,
+    )
+
+
+def _tensors(model_dir):
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(model_dir) / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def retrained(tmp_path_factory, tiny_model_dir, demo_frames):
+    """One retrain on the reference batch (action from the decide result), shared by the tests below."""
+    from pipelines.config import get_settings
+
+    root = tmp_path_factory.mktemp("train")
+    settings = get_settings(
+        paths__artifact_root=str(root / "var"),
+        mlflow__tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+        train__base_model=str(tiny_model_dir),
+        drift__encoder=str(tiny_model_dir),
+        train__max_length=64,
+        train__epochs=3,
+        train__batch_size=16,
+        train__learning_rate=1e-3,
+    )
+    uri = _accept(settings, demo_frames["batch_000_reference"], "batch_000")
+    ctx = _ctx(settings, "run-1", uri)
+    ctx.storage.write_text(ctx.output("../decide/result.json"), json.dumps({"action": "retrain"}))
+    return settings, run_step(ctx)
+
+
+def test_train_retrain_learns_and_writes_outputs(retrained, demo_frames):
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    settings, result = retrained
+
+    assert result["action"] == "retrain" and result["base"] == settings.train.base_model
+    m = result["metrics"]
+    assert m["val_accuracy"] > m["val_accuracy_initial"] + 0.1, m
+    assert m["val_macro_f1"] > m["val_macro_f1_initial"], m
+    assert m["samples_per_s"] > 0 and m["train_rows"] > 400
+    assert (result["device"], result["precision"]) == ("cpu", "fp32")
+    model_dir = Path(result["model_uri"])
+    for name in ["model.safetensors", "config.json", "labels.json", "tokenizer_config.json", "vocab.txt"]:
+        assert (model_dir / name).is_file(), name
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["id2label"] == {"0": "negative", "1": "neutral", "2": "positive"}
+    assert (Path(result["reference_uri"]) / "reference.npz").is_file()
+    eval_df = pd.read_parquet(result["eval_uri"])
+    assert len(eval_df) == result["eval_rows"] > 50 and eval_df["text"].is_unique
+    train_texts = set(demo_frames["batch_000_reference"]["text"]) - set(eval_df["text"])
+    assert len(train_texts) >= m["train_rows"]
+
+    client = MlflowClient(settings.mlflow.tracking_uri)
+    runs = client.search_runs(
+        [client.get_experiment_by_name(settings.mlflow.experiment_name).experiment_id],
+        filter_string="tags.`mlops.step` = 'train' and tags.`mlops.pipeline_run_id` = 'run-1'",
+    )
+    assert len(runs) == 1
+    assert runs[0].data.params["action"] == "retrain" and "final_val_macro_f1" in runs[0].data.metrics
+    assert "training_curve.png" in [a.path for a in client.list_artifacts(runs[0].info.run_id)]
+
+
+def test_train_fine_tune_freezes_lower_layers(retrained, demo_frames):
+    from pipelines.datasets import split_holdout
+
+    champion_settings, champion = retrained
+    settings = champion_settings.with_overrides(
+        {"train.freeze_layers": 1, "train.fine_tune_learning_rate": 2e-3, "train.fine_tune_epochs": 5}
+    )
+    new = _accept(settings, demo_frames["batch_003_severe"], "batch_003")
+
+    result = run_step(
+        _ctx(
+            settings, "run-2", new, params={"action": "fine_tune"}, inputs={"champion_model_uri": champion["model_uri"]}
+        )
+    )
+
+    assert result["action"] == "fine_tune" and result["base"] == champion["model_uri"]
+    batch = demo_frames["batch_003_severe"].drop_duplicates(subset=["text", "label"])
+    new_trainable = len(split_holdout(batch, settings)[0])
+    assert result["replay_rows"] == round(new_trainable * settings.train.replay_ratio)
+    m = result["metrics"]
+    assert m["val_loss"] < m["val_loss_initial"] - 0.1, m
+    assert m["val_macro_f1"] > m["val_macro_f1_initial"] + 0.05 and m["val_accuracy"] >= m["val_accuracy_initial"], m
+    before, after = _tensors(champion["model_uri"]), _tensors(result["model_uri"])
+    frozen = [k for k in before if ".embeddings." in k or ".encoder.layer.0." in k]
+    trained = [k for k in before if ".encoder.layer.1." in k or k.startswith("classifier.")]
+    assert frozen and trained
+    for key in frozen:
+        assert before[key].equal(after[key]), key
+    assert all(not before[k].equal(after[k]) for k in trained)
+
+
+def test_train_fine_tune_without_champion_says_so(settings, demo_frames):
+    uri = _accept(settings, demo_frames["batch_001_in_domain"], "batch_001")
+    with pytest.raises(ValueError, match="fine_tune needs a champion"):
+        run_step(_ctx(settings, "run-1", uri, params={"action": "fine_tune"}))
+
+
+def test_train_skip_action_has_nothing_to_train(settings, demo_frames):
+    uri = _accept(settings, demo_frames["batch_001_in_domain"], "batch_001")
+    with pytest.raises(ValueError, match="nothing to train"):
+        run_step(_ctx(settings, "run-1", uri, params={"action": "skip"}))
+
+
+def test_train_without_action_names_the_fix(settings, demo_frames):
+    uri = _accept(settings, demo_frames["batch_001_in_domain"], "batch_001")
+    with pytest.raises(ValueError, match="run decide first"):
+        run_step(_ctx(settings, "run-1", uri))
+
+
+def test_label_ids_unknown_label_names_it(settings):
+    import pandas as pd
+
+    from pipelines.train import label_ids
+
+    with pytest.raises(ValueError, match=r"\['mixed'\].*data.labels"):
+        label_ids(pd.DataFrame({"text": ["a", "b"], "label": ["positive", "mixed"]}), settings)
+
+
+def test_class_weights_balance_counts():
+    from pipelines.train import class_weights
+
+    assert class_weights([0, 0, 0, 1], 3) == [4 / 6, 2.0, 1.0]
