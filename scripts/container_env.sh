@@ -26,6 +26,7 @@ AIRFLOW_IMAGE="${MLOPS_AIRFLOW_IMAGE:-localhost/mlops-airflow:test}"
 WHEELHOUSE="${MLOPS_WHEELHOUSE:-$STATE/wheelhouse}"
 DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 HOST_PYTHON="${HOST_PYTHON:-$REPO/.venv/bin/python}"
+BASE_PYTHON_VERSION="${BASE_PYTHON_VERSION:-3.11.2}"
 export CONTAINERS_CONF="$STATE/containers.conf"
 
 log() { echo "[container_env $(date +%H:%M:%S)] $*" >&2; }
@@ -93,6 +94,12 @@ wheelhouse() {
   mkdir -p "$WHEELHOUSE"
   log "pip wheel -r requirements.txt -> $WHEELHOUSE (minutes; torch must resolve to the CPU wheel on this host)"
   "$HOST_PYTHON" -m pip wheel -q -r "$REPO/requirements.txt" "${EXTRA_WHEELS[@]}" -w "$WHEELHOUSE"
+  # The base image's Python (Debian bookworm: 3.11.2) can be older than the host's; some releases need >= 3.11.5.
+  # Resolve once more for that interpreter so the wheelhouse also holds the versions it accepts.
+  "$HOST_PYTHON" -m pip download -q -r "$REPO/requirements.txt" "${EXTRA_WHEELS[@]}" -d "$WHEELHOUSE" \
+    --find-links "$WHEELHOUSE" --only-binary=:all: --python-version "$BASE_PYTHON_VERSION" --implementation cp \
+    --abi cp311 --abi abi3 --abi none --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 --platform manylinux_2_5_x86_64 --platform linux_x86_64
   echo "$want" >"$stamp"
   log "wheelhouse: $(find "$WHEELHOUSE" -name '*.whl' | wc -l) wheels, $(du -sh "$WHEELHOUSE" | cut -f1)"
 }

@@ -91,7 +91,10 @@ def _run(client, image, root: Path, args: list[str], **kwargs):
     return client.containers.run(
         image,
         args,
-        environment={"MLOPS_PATHS__ARTIFACT_ROOT": str(root), "MLOPS_MLFLOW__TRACKING_URI": f"sqlite:///{root}/mlflow.db"},
+        environment={
+            "MLOPS_PATHS__ARTIFACT_ROOT": str(root),
+            "MLOPS_MLFLOW__TRACKING_URI": f"sqlite:///{root}/mlflow.db",
+        },
         volumes={str(root): {"bind": str(root), "mode": "rw"}},
         network_mode="none",
         remove=True,
@@ -126,8 +129,13 @@ def test_validate_in_container_fails_with_message_on_malformed_batch(client, ima
 
     run_id = f"ctr-{uuid.uuid4().hex[:8]}"
     with pytest.raises(docker.errors.ContainerError) as info:
-        _run(client, image, root, ["validate", "--run-id", run_id, "--input", f"batch_uri={root}/landing/{BAD}.csv"],
-             stderr=True)
+        _run(
+            client,
+            image,
+            root,
+            ["validate", "--run-id", run_id, "--input", f"batch_uri={root}/landing/{BAD}.csv"],
+            stderr=True,
+        )
     assert info.value.exit_status == 2
     stderr = info.value.stderr.decode() if isinstance(info.value.stderr, bytes) else str(info.value.stderr)
     assert "error:" in stderr and BAD in stderr
@@ -158,7 +166,9 @@ def test_validate_through_run_step_operator_docker_runtime(docker_setup, image, 
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     run_id = f"ctr-{uuid.uuid4().hex[:8]}"
-    op = operators.RunStepOperator(task_id="validate", step="validate", inputs={"batch_uri": f"{root}/landing/{GOOD}.csv"})
+    op = operators.RunStepOperator(
+        task_id="validate", step="validate", inputs={"batch_uri": f"{root}/landing/{GOOD}.csv"}
+    )
     start = time.monotonic()
     ti = _TaskInstance()
     xcom = op.execute({"run_id": run_id, "params": {}, "data_interval_start": None, "ti": ti})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -65,7 +66,10 @@ def test_compose_config_accepted_by_docker_compose():
         pytest.skip("docker-compose is not installed (scripts/install_container_tools.sh installs it)")
     proc = subprocess.run(
         [*cmd, "-f", str(COMPOSE), "--env-file", str(ENV_EXAMPLE), "config", "-q"],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
 
@@ -79,7 +83,10 @@ def test_compose_config_missing_secret_names_the_variable(tmp_path):
     env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     proc = subprocess.run(
         [*cmd, "-f", str(COMPOSE), "--env-file", str(env_file), "config", "-q"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode != 0
     assert "set POSTGRES_PASSWORD in .env" in proc.stderr
@@ -102,7 +109,7 @@ def test_compose_mlops_variables_are_settings_keys(compose, monkeypatch):
         assert section in Settings.model_fields, f"{key}: no settings section {section!r}"
         model = Settings.model_fields[section].annotation
         assert field in model.model_fields, f"{key}: no field {field!r} in section {section!r}"
-    for key in [k for k in list(__import__("os").environ) if k.startswith("MLOPS_")]:
+    for key in [k for k in os.environ if k.startswith("MLOPS_")]:
         monkeypatch.delenv(key)
     for key, value in found.items():
         monkeypatch.setenv(key, value)

@@ -140,7 +140,9 @@ def test_terraform_checkov_passes():
         pytest.skip("checkov is not installed (pip install checkov in its own venv; set CHECKOV=/path/to/checkov)")
     proc = subprocess.run(
         [checkov, "-d", str(TF), "--framework", "terraform", "--quiet", "--compact", "--skip-download"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     summary = [line for line in proc.stdout.splitlines() if "checks" in line or line.startswith("Check:")]
     assert proc.returncode == 0, "\n".join(summary) or proc.stderr[-2000:]
