@@ -115,3 +115,47 @@ def make_registry_settings(tmp_path: Path, **overrides):
     }
     base.update(overrides)
     return get_settings(**base)
+
+
+def add_version(settings, served_dir: Path, alias: str | None = None) -> str:
+    """Register ``served_dir`` as a new version with the MLflow client (optionally with an alias and the matching
+    stage); returns the version. For tests of the champion moves, which do not need the register step."""
+    import warnings
+
+    from pipelines.tracking import configure, experiment_id
+
+    client = configure(settings)
+    run = client.create_run(experiment_id(settings))
+    client.log_artifacts(run.info.run_id, str(served_dir), "model")
+    client.set_terminated(run.info.run_id)
+    name = settings.registry.model_name
+    try:
+        client.create_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        pass
+    mv = client.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+    if alias:
+        client.set_registered_model_alias(name, alias, mv.version)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            stage = {"champion": "Production", "challenger": "Staging"}[alias]
+            client.transition_model_version_stage(name, mv.version, stage)
+    return str(mv.version)
+
+
+def registry_state(settings) -> dict[str, Any]:
+    """Aliases and stages of every version: ``{"champion": v, "challenger": v, "stages": {v: stage}}``."""
+    from pipelines.tracking import configure
+
+    client = configure(settings)
+    name = settings.registry.model_name
+    versions = client.search_model_versions(f"name='{name}'")
+    state: dict[str, Any] = {"stages": {str(mv.version): mv.current_stage for mv in versions}}
+    for alias in ("champion", "challenger"):
+        # search_model_versions leaves aliases out on the SQL store; get_model_version lists them.
+        holders = [v for v in state["stages"] if alias in client.get_model_version(name, v).aliases]
+        assert len(holders) <= 1, f"alias {alias} on {holders}"
+        state[alias] = holders[0] if holders else None
+    production = [v for v, stage in state["stages"].items() if stage == "Production"]
+    assert production == ([state["champion"]] if state["champion"] else []), (production, state)
+    return state

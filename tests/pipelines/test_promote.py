@@ -1,0 +1,172 @@
+"""Champion moves against a real MLflow registry (SQLite): promote, reject, rollback, the audit trail, the step."""
+
+from __future__ import annotations
+
+import pytest
+from registry_doubles import add_version, make_registry_settings, registry_state, save_served
+
+from pipelines.context import StepContext
+from pipelines.promote import AUDIT_TAG, promote, read_audit, reject, review_state, rollback, run
+from pipelines.tracking import configure
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return make_registry_settings(tmp_path, registry__model_name="sentiment")
+
+
+@pytest.fixture
+def served(tmp_path):
+    return save_served(tmp_path / "served", default="neutral")
+
+
+def _ctx(settings, run_id="p1", **params):
+    return StepContext(step="promote", run_id=run_id, settings=settings, params=params, dag_id="promote_or_rollback")
+
+
+def test_promote_moves_champion_archives_previous_and_records_audit(settings, served):
+    v1, v2 = add_version(settings, served), add_version(settings, served, alias="challenger")
+
+    first = promote(settings, v1, by="alice", reason="first model", when="2026-01-01T00:00:00+00:00")
+    second = promote(settings, v2, by="bob", reason="better on kitchen", when="2026-01-02T00:00:00+00:00")
+
+    assert first == {"champion_before": None, "champion_after": "1", "changed": True}
+    assert second == {"champion_before": "1", "champion_after": "2", "changed": True}
+    state = registry_state(settings)  # asserts one champion alias and one Production version
+    assert state["champion"] == v2 and state["challenger"] is None
+    assert state["stages"] == {v1: "Archived", v2: "Production"}
+    trail = read_audit(settings)
+    assert [(e["action"], e["from"], e["to"], e["by"], e["why"]) for e in trail] == [
+        ("promote", None, "1", "alice", "first model"),
+        ("promote", "1", "2", "bob", "better on kitchen"),
+    ]
+    model = configure(settings).get_registered_model("sentiment")
+    assert AUDIT_TAG in model.tags
+    assert "| 2026-01-02T00:00:00+00:00 | promote | v2 | v1 | v2 | bob | better on kitchen |" in model.description
+    assert configure(settings).get_model_version("sentiment", v2).tags["review"] == "approved"
+
+
+def test_promote_repeated_changes_nothing(settings, served):
+    v1 = add_version(settings, served)
+    promote(settings, v1, by="alice", reason="first")
+    again = promote(settings, v1, by="alice", reason="first")
+    assert again == {"champion_before": "1", "champion_after": "1", "changed": False}
+    assert len(read_audit(settings)) == 1
+    assert registry_state(settings)["champion"] == v1
+
+
+def test_promote_unknown_version_names_it(settings, served):
+    add_version(settings, served)
+    with pytest.raises(ValueError, match="registered model 'sentiment' has no version '7'"):
+        promote(settings, 7, by="alice", reason="typo")
+
+
+def test_reject_archives_challenger_and_keeps_champion(settings, served):
+    v1 = add_version(settings, served)
+    promote(settings, v1, by="alice", reason="first")
+    v2 = add_version(settings, served, alias="challenger")
+
+    out = reject(settings, v2, by="carol", reason="worse on neutral")
+    reject(settings, v2, by="carol", reason="worse on neutral")  # repeated: no second entry
+
+    assert out == {"champion_before": v1, "champion_after": v1, "changed": False}
+    state = registry_state(settings)
+    assert state["champion"] == v1 and state["challenger"] is None
+    assert state["stages"][v2] == "Archived"
+    assert review_state(settings, v2) == "rejected"
+    tags = configure(settings).get_model_version("sentiment", v2).tags
+    assert tags["review_comment"] == "worse on neutral"
+    assert [e["action"] for e in read_audit(settings)] == ["promote", "reject"]
+    with pytest.raises(ValueError, match="version 2 was rejected"):
+        promote(settings, v2, by="dave", reason="oops")
+
+
+def test_reject_champion_is_refused(settings, served):
+    v1 = add_version(settings, served)
+    promote(settings, v1, by="alice", reason="first")
+    with pytest.raises(ValueError, match="version 1 is the champion and cannot be rejected"):
+        reject(settings, v1, by="carol", reason="no")
+    assert registry_state(settings)["champion"] == v1
+
+
+def test_rollback_without_version_restores_previous_champion(settings, served):
+    v1, v2 = add_version(settings, served), add_version(settings, served)
+    promote(settings, v1, by="alice", reason="first")
+    promote(settings, v2, by="bob", reason="second")
+
+    out = rollback(settings, by="ops", reason="v2 misbehaves in production", request="run-7")
+    retried = rollback(settings, by="ops", reason="v2 misbehaves in production", request="run-7")
+
+    assert out == {"champion_before": "2", "champion_after": "1", "changed": True}
+    assert retried["champion_after"] == "1" and not retried["changed"]
+    state = registry_state(settings)
+    assert state["champion"] == v1 and state["stages"] == {v1: "Production", v2: "Archived"}
+    last = read_audit(settings)[-1]
+    assert (last["action"], last["from"], last["to"], last["request"]) == ("rollback", "2", "1", "run-7")
+    assert len(read_audit(settings)) == 3
+
+
+def test_rollback_explicit_version_and_refusals(settings, served):
+    v1, v2, v3 = (add_version(settings, served) for _ in range(3))
+    with pytest.raises(ValueError, match="no earlier champion of 'sentiment' in the audit trail"):
+        rollback(settings, by="ops", reason="nothing yet")
+    for v in (v1, v2, v3):
+        promote(settings, v, by="alice", reason=f"v{v}")
+    assert rollback(settings, v1, by="ops", reason="back to the first")["champion_after"] == v1
+    assert registry_state(settings)["stages"] == {v1: "Production", v2: "Archived", v3: "Archived"}
+    v4 = add_version(settings, served)
+    with pytest.raises(ValueError, match="version 4 was never champion"):
+        rollback(settings, v4, by="ops", reason="not a champion")
+
+
+def test_review_state_reads_the_review_tag(settings, served):
+    v = add_version(settings, served, alias="challenger")
+    client = configure(settings)
+    assert review_state(settings, v) is None
+    client.set_model_version_tag("sentiment", v, "review", "Approved ")
+    assert review_state(settings, v) == "approved"
+    client.set_model_version_tag("sentiment", v, "review", "rejected")
+    assert review_state(settings, v) == "rejected"
+    client.set_model_version_tag("sentiment", v, "review", "maybe later")
+    assert review_state(settings, v) is None
+
+
+def test_promote_step_auto_waits_then_follows_the_reviewer(settings, served):
+    v1 = add_version(settings, served)
+    promote(settings, v1, by="alice", reason="first")
+    v2 = add_version(settings, served, alias="challenger")
+
+    pending = run(_ctx(settings, action="auto"))
+    assert pending["status"] == "pending" and pending["champion_after"] == v1
+
+    client = configure(settings)
+    client.set_model_version_tag("sentiment", v2, "review", "approved")
+    client.set_model_version_tag("sentiment", v2, "review_comment", "looks good on the slices")
+    done = run(_ctx(settings, action="auto", version=v2))
+
+    assert done == {"action": "approve", "version": v2, "status": "promoted", "champion_before": v1,
+                    "champion_after": v2}
+    assert read_audit(settings)[-1]["why"] == "looks good on the slices"
+    assert read_audit(settings)[-1]["by"] == "reviewer (tag review=approved)"
+    assert registry_state(settings)["champion"] == v2
+
+
+def test_promote_step_reject_and_rollback_actions(settings, served):
+    v1 = add_version(settings, served)
+    promote(settings, v1, by="alice", reason="first")
+    v2 = add_version(settings, served, alias="challenger")
+
+    rejected = run(_ctx(settings, action="reject", version="None", reason="too slow", by="carol"))
+    assert (rejected["status"], rejected["version"], rejected["champion_after"]) == ("rejected", v2, v1)
+
+    v3 = add_version(settings, served, alias="challenger")
+    run(_ctx(settings, run_id="p2", action="approve", by="carol"))
+    rolled = run(_ctx(settings, run_id="p3", action="rollback", version=""))
+    assert rolled == {"action": "rollback", "version": v1, "status": "rolled_back", "champion_before": v3,
+                      "champion_after": v1}
+    assert registry_state(settings)["champion"] == v1
+
+
+def test_promote_step_unknown_action_names_choices(settings):
+    with pytest.raises(ValueError, match="param action='deploy' must be one of auto, approve, reject, rollback"):
+        run(_ctx(settings, action="deploy"))
