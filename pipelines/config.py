@@ -104,7 +104,13 @@ class DriftSettings(_Section):
     batch_max_rows: int = Field(default=2000, gt=0, description="Rows of a batch sampled for the embedding tests.")
     p_threshold: Probability = Field(default=0.01, gt=0, lt=1)
     mmd_permutations: int = Field(default=100, gt=0)
-    mmd_severe_distance: float = Field(default=0.15, gt=0)
+    mmd_max_rows: int = Field(
+        default=500, gt=1, description="Rows of each side (reference, batch) sampled for the MMD permutation test."
+    )
+    mmd_severe_distance: float = Field(
+        default=0.05, gt=0, description="Squared MMD at or above which embedding drift is severe (calibrated)."
+    )
+    ks_correction: Literal["bonferroni", "fdr"] = "bonferroni"
     label_p_threshold: Probability = Field(default=0.01, gt=0, lt=1)
     length_p_threshold: Probability = Field(default=0.01, gt=0, lt=1)
     ks_severe_share: Probability = Field(default=0.5, gt=0, le=1)

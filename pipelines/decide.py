@@ -1,0 +1,156 @@
+"""Step ``decide``: map the drift result, the champion's quality drop and the amount of new data to an action.
+
+Policy (thresholds in ``settings.decision``; the severity rule itself lives in ``pipelines.drift``):
+
+1. A run parameter ``force_action`` other than ``auto`` wins.
+2. No reference (no champion yet): ``retrain`` from the base model (bootstrap).
+3. ``severe`` drift (embedding shift, most dimensions drifted, or a large quality drop): ``retrain``.
+4. ``moderate`` drift: ``fine_tune`` from the champion, unless the batch has fewer than
+   ``min_new_rows_fine_tune`` rows (``skip``: too little to learn from) or the champion already descends from
+   ``max_fine_tunes_before_retrain`` fine-tunes in a row (``retrain``, so fine-tunes do not stack forever).
+5. Otherwise ``skip``.
+
+The summary's ``reasons`` are human-readable lines ("label drift p=0.003 < 0.01") that go into the model
+version's report.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipelines.config import Settings
+    from pipelines.context import StepContext
+
+ACTIONS = ("skip", "fine_tune", "retrain")
+FORCE_CHOICES = ("auto", *ACTIONS)
+
+
+def run(ctx: StepContext) -> dict[str, Any]:
+    """Choose ``skip``, ``fine_tune`` or ``retrain`` for this run.
+
+    Args:
+        ctx: the step context. Reads this run's drift and validate results (or inputs ``drift_result_uri`` /
+            ``validate_result_uri`` pointing at their ``result.json``); param ``force_action``
+            (auto|skip|fine_tune|retrain, default auto).
+
+    Returns:
+        ``action``, ``reasons``, ``severity``, ``forced``, ``auto_action``, ``has_reference``, ``new_rows``,
+        ``champion_version``.
+
+    Raises:
+        ValueError: ``force_action`` is not an allowed value, or the policy needs a drift result and none exists.
+    """
+    force = ctx.params.get("force_action", "auto")
+    force = "auto" if force in (None, "") else force
+    if not isinstance(force, str) or force not in FORCE_CHOICES:
+        raise ValueError(
+            f"param force_action={force!r} is not allowed; expected one of: {', '.join(FORCE_CHOICES)}"
+        )
+    drift = _result(ctx, "drift", "drift_result_uri")
+    validate = _result(ctx, "validate", "validate_result_uri")
+    if force != "auto":
+        summary = {
+            "action": force,
+            "reasons": [f"forced by run parameter force_action={force!r}"],
+            "forced": True,
+            "auto_action": None,
+            "severity": drift.get("severity") if drift else None,
+            "has_reference": drift.get("has_reference") if drift else None,
+            "new_rows": _new_rows(drift, validate),
+            "champion_version": drift.get("champion_version") if drift else None,
+        }
+        if drift is not None:
+            auto = decide(drift, validate, ctx.settings)
+            summary["auto_action"] = auto["action"]
+            summary["reasons"].append(f"the policy alone would choose {auto['action']}: " + "; ".join(auto["reasons"]))
+        return summary
+    if drift is None:
+        raise ValueError(
+            f"decide needs the drift result of run {ctx.run_id!r}: run the drift step first, pass "
+            "--input drift_result_uri=<drift result.json>, or force an action with --param force_action=\"retrain\""
+        )
+    return {**decide(drift, validate, ctx.settings), "forced": False}
+
+
+def decide(drift: dict[str, Any], validate: dict[str, Any] | None, settings: Settings) -> dict[str, Any]:
+    """Apply the policy to a drift summary.
+
+    Args:
+        drift: the drift step's summary (``severity``, ``has_reference``, ``tests``, ``reasons`` ...).
+        validate: the validate step's summary (for ``rows``), or None.
+        settings: the settings holding ``decision`` thresholds.
+
+    Returns:
+        ``action``, ``auto_action`` (the same), ``reasons``, ``severity``, ``has_reference``, ``new_rows``,
+        ``champion_version``.
+    """
+    cfg = settings.decision
+    severity = drift.get("severity", "none")
+    if severity not in ("none", "moderate", "severe"):
+        raise ValueError(f"drift severity={severity!r} is not one of none, moderate, severe")
+    new_rows = _new_rows(drift, validate)
+    reasons: list[str] = []
+    if not drift.get("has_reference", True):
+        action = "retrain"
+        reasons.append("no champion and no drift reference yet: retrain from the base model (bootstrap)")
+    elif severity == cfg.retrain_on:
+        action = "retrain"
+        reasons.append("severe drift: retrain from the base model on all accepted data")
+        reasons.extend(drift.get("reasons", []))
+    elif severity == cfg.fine_tune_on:
+        reasons.extend(drift.get("reasons", []))
+        fine_tunes = drift.get("fine_tunes_since_retrain")
+        if new_rows is not None and new_rows < cfg.min_new_rows_fine_tune:
+            action = "skip"
+            reasons.insert(0, f"moderate drift but only {new_rows} new rows < decision.min_new_rows_fine_tune="
+                              f"{cfg.min_new_rows_fine_tune}: too little to fine-tune on")
+        elif fine_tunes is not None and fine_tunes >= cfg.max_fine_tunes_before_retrain:
+            action = "retrain"
+            reasons.insert(0, f"moderate drift, but the champion already follows {fine_tunes} fine-tunes >= "
+                              f"decision.max_fine_tunes_before_retrain={cfg.max_fine_tunes_before_retrain}: retrain")
+        else:
+            action = "fine_tune"
+            reasons.insert(0, f"moderate drift on {new_rows if new_rows is not None else 'the'} new rows: "
+                              "fine-tune the champion")
+    else:
+        action = "skip"
+        reasons.append("no drift: " + _quiet_tests(drift.get("tests", {})))
+    return {
+        "action": action,
+        "auto_action": action,
+        "reasons": reasons,
+        "severity": severity,
+        "has_reference": bool(drift.get("has_reference", True)),
+        "new_rows": new_rows,
+        "champion_version": drift.get("champion_version"),
+    }
+
+
+def _quiet_tests(tests: dict[str, Any]) -> str:
+    parts = []
+    for name, test in tests.items():
+        if test.get("skipped"):
+            parts.append(f"{name} skipped ({test['skipped']})")
+        elif isinstance(test.get("p_value"), (int, float)) and name != "ks_embedding":
+            parts.append(f"{name} p={test['p_value']:.3g} >= {test['threshold']}")
+        elif name == "ks_embedding":
+            parts.append(f"embedding KS: 0 of {test.get('dims')} dimensions drifted")
+        elif isinstance(test.get("statistic"), (int, float)):
+            parts.append(f"{name} {test['statistic']:.3g} < {test['threshold']}")
+    return ", ".join(parts) or "no test fired"
+
+
+def _new_rows(drift: dict[str, Any] | None, validate: dict[str, Any] | None) -> int | None:
+    for source in (validate, drift):
+        if source and isinstance(source.get("rows"), int):
+            return source["rows"]
+    return None
+
+
+def _result(ctx: StepContext, step: str, input_name: str) -> dict[str, Any] | None:
+    uri = ctx.inputs.get(input_name)
+    if uri:
+        return json.loads(ctx.storage.read_text(uri))
+    return ctx.result_of(step)
