@@ -1,0 +1,235 @@
+"""Register the served artifact as one model version per pipeline run, staged as the challenger.
+
+How the version is made (MLflow 3): the served pyfunc folder is uploaded as a *LoggedModel* whose source run is
+the pipeline's parent run (so it appears under that run's "Logged models"), and the model version is created from
+``models:/<model_id>`` with ``run_id`` = the parent run. The version's artifact is therefore the whole served folder,
+bundle included: the int8 ONNX graph that is served, the fp32 weights the next fine-tune starts from and the drift
+reference, so a rollback restores all three together.
+
+Idempotency: the version carries the tag ``mlops.pipeline_run_id``; a retried or re-run register for the same run
+id finds it (and a LoggedModel already uploaded for it) and completes what is missing instead of creating another.
+
+The version gets the ``challenger`` alias and the legacy stage ``Staging``: aliases are the source of truth in
+MLflow 3, stages are deprecated but still shown in the registry UI's stage column, so both are set to tell the same
+story (see :mod:`pipelines.promote`). Under the promotion policy ``auto`` (``registry.promotion`` or the run's
+``promotion`` param) a version whose every gate passed is promoted at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipelines.champion import CHALLENGER, CHAMPION
+from pipelines.errors import ModelRejected
+from pipelines.tracking import TAG_PIPELINE_RUN
+
+if TYPE_CHECKING:
+    from pipelines.config import Settings
+    from pipelines.context import StepContext
+
+log = logging.getLogger(__name__)
+
+_MAX_TAG = 5000
+
+
+def git_commit() -> str:
+    """The commit of this checkout (or the ``GIT_COMMIT`` file an image build writes), else ``unknown``."""
+    from pipelines.config import REPO_ROOT
+
+    baked = REPO_ROOT / "GIT_COMMIT"
+    if baked.is_file():
+        return baked.read_text().strip() or "unknown"
+    try:
+        out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+
+
+def find_version(settings: Settings, run_id: str) -> Any | None:
+    """The model version registered for pipeline run ``run_id``, or None."""
+    from pipelines.tracking import configure
+
+    client = configure(settings)
+    name = settings.registry.model_name
+    found = client.search_model_versions(f"name='{name}' and tags.`{TAG_PIPELINE_RUN}` = '{run_id}'")
+    return min(found, key=lambda mv: int(mv.version)) if found else None
+
+
+def _tag(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return text[:_MAX_TAG]
+
+
+def _lineage_tags(ctx: StepContext, results: dict[str, dict[str, Any] | None]) -> dict[str, str]:
+    from pipelines.datasets import accepted_uris
+    from pipelines.storage import basename
+
+    s = ctx.settings
+    validate, drift, decide, train, evaluate = (results.get(k) or {} for k in
+                                                ("validate", "drift", "decide", "train", "evaluate"))
+    tags: dict[str, Any] = {
+        TAG_PIPELINE_RUN: ctx.run_id,
+        "mlops.dag_id": ctx.dag_id or "",
+        "mlops.git_commit": git_commit(),
+        "mlops.image": s.runtime.image if s.runtime.mode != "local" else f"local ({s.runtime.image} not used)",
+        "mlops.runtime": s.runtime.mode,
+        "mlops.served_uri": ctx.inputs.get("served_uri", ""),
+        "batch.id": validate.get("batch_id", ""),
+        "batch.uri": validate.get("accepted_uri") or train.get("accepted_uri", ""),
+        "batch.content_hash": validate.get("content_hash", ""),
+        "batch.rows": validate.get("rows", ""),
+        "data.accepted_batches": [basename(u) for u in accepted_uris(s)],
+        "validation.passed": str(validate.get("passed", "")).lower(),
+        "validation.report_uri": validate.get("report_uri", ""),
+        "drift.severity": drift.get("severity", ""),
+        "drift.rule": drift.get("rule", ""),
+        "drift.champion_version": drift.get("champion_version") or "",
+        "drift.tests": {k: {f: v.get(f) for f in ("statistic", "p_value", "threshold", "drifted")}
+                        for k, v in (drift.get("tests") or {}).items()},
+        "drift.report_uri": drift.get("report_uri", ""),
+        "decision.action": decide.get("action") or train.get("action", ""),
+        "decision.reasons": decide.get("reasons", []),
+        "train.base": train.get("base", ""),
+        "train.model_uri": train.get("model_uri", ""),
+        "train.eval_uri": train.get("eval_uri", ""),
+        "eval.passed": str(bool(evaluate.get("passed"))).lower(),
+        "eval.report_uri": evaluate.get("report_uri", ""),
+        "eval.gates": {k: g.get("passed") for k, g in (evaluate.get("gates") or {}).items()},
+        "eval.champion_version": evaluate.get("champion_version") or "",
+    }
+    metrics = evaluate.get("metrics") or {}
+    for key in ("macro_f1", "accuracy", "champion_macro_f1", "baseline_macro_f1", "majority_macro_f1", "ece"):
+        if metrics.get(key) is not None:
+            tags[f"eval.{key}"] = f"{float(metrics[key]):.6f}"
+    for gate in ("latency_p95_ms", "size_mb"):
+        value = ((evaluate.get("gates") or {}).get(gate) or {}).get("value")
+        if value is not None:
+            tags[f"eval.{gate}"] = f"{float(value):.4f}"
+    return {k: _tag(v) for k, v in tags.items()}
+
+
+def _logged_model(client: Any, ctx: StepContext, parent: str, served_dir: Path, metrics: dict[str, float]) -> str:
+    """The id of the LoggedModel holding the served folder for this run, uploading it once."""
+    from mlflow.entities import LoggedModelOutput
+
+    from pipelines.tracking import experiment_id
+
+    exp = experiment_id(ctx.settings)
+    found = client.search_logged_models([exp], filter_string=f"tags.`{TAG_PIPELINE_RUN}` = '{ctx.run_id}'")
+    ready = [m for m in found if str(m.status).endswith("READY")]
+    if ready:
+        return ready[0].model_id
+    for stale in found:  # an upload interrupted by a crash: mark it failed, upload again
+        client.finalize_logged_model(stale.model_id, "FAILED")
+    model = client.create_logged_model(exp, name="served", source_run_id=parent,
+                                       tags={TAG_PIPELINE_RUN: ctx.run_id, "mlops.step": "register"},
+                                       model_type="served-pyfunc")
+    log.info("register: uploading %s as logged model %s", served_dir, model.model_id)
+    client.log_model_artifacts(model.model_id, str(served_dir))
+    client.finalize_logged_model(model.model_id, "READY")
+    client.log_outputs(parent, [LoggedModelOutput(model.model_id, 0)])
+    for key, value in metrics.items():  # the model version page shows its logged model's metrics
+        client.log_metric(parent, key, value, model_id=model.model_id)
+    return model.model_id
+
+
+def run(ctx: StepContext) -> dict[str, Any]:
+    """Register the served model of this run (once), describe it for review, and stage it as the challenger.
+
+    Inputs: ``served_uri``. Reads the ``validate``, ``drift``, ``decide``, ``train`` and ``evaluate`` results of
+    the same run for the description and the lineage tags. Params: ``promotion`` (manual | auto) overrides
+    ``registry.promotion``.
+
+    Returns:
+        ``model_name``, ``version``, ``alias`` (challenger, or champion once promoted), ``model_uri``, ``created``,
+        ``policy``, ``promoted``, ``champion_before``.
+
+    Raises:
+        ValueError: the evaluate result of this run is missing.
+        ModelRejected: the candidate did not pass evaluation (nothing is registered).
+        FileNotFoundError: the served folder has no bundle.
+    """
+    from pipelines import report
+    from pipelines.champion import find_bundle
+    from pipelines.promote import alias_version, mirror_stage, promote
+    from pipelines.storage import is_s3
+    from pipelines.tracking import configure, parent_run_id, run_url
+
+    s = ctx.settings
+    name, reg = s.registry.model_name, s.registry
+    served_uri = ctx.require("served_uri")
+    results = {k: ctx.result_of(k) for k in ("validate", "drift", "decide", "train", "evaluate")}
+    evaluate = results["evaluate"]
+    if evaluate is None:
+        raise ValueError(
+            f"register needs the evaluate result of run {ctx.run_id!r} ({ctx.run_uri}/evaluate/result.json); "
+            "run the evaluate step first"
+        )
+    if not evaluate.get("passed"):
+        raise ModelRejected(f"candidate of run {ctx.run_id!r} failed evaluation; it is not registered",
+                            failures=evaluate.get("failures"), report_uri=evaluate.get("report_uri"))
+    policy = str(ctx.params.get("promotion") or reg.promotion)
+    if policy not in {"manual", "auto"}:
+        raise ValueError(f"param promotion={policy!r} must be 'manual' or 'auto'")
+
+    client = configure(s)
+    parent = parent_run_id(ctx)
+    tags = _lineage_tags(ctx, results)
+    mv = find_version(s, ctx.run_id)
+    created = mv is None
+    if created:
+        with tempfile.TemporaryDirectory(prefix="mlops-register-") as tmp:
+            served_dir = ctx.storage.download_dir(served_uri, Path(tmp) / "served") if is_s3(served_uri) \
+                else Path(served_uri)
+            if not served_dir.is_dir():
+                raise FileNotFoundError(f"served model folder {served_uri!r} does not exist; run compress first")
+            find_bundle(served_dir)
+            metrics = {f"eval.{k}": float(v) for k, v in evaluate["metrics"].items()
+                       if isinstance(v, int | float) and not isinstance(v, bool)}
+            model_id = _logged_model(client, ctx, parent, served_dir, metrics)
+        from mlflow.exceptions import MlflowException
+
+        try:
+            client.create_registered_model(name, description=f"# {name}\n\nNo champion yet.\n")
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        mv = client.create_model_version(name, source=f"models:/{model_id}", run_id=parent, model_id=model_id,
+                                         tags={TAG_PIPELINE_RUN: ctx.run_id})
+        log.info("register: created %s version %s for run %s", name, mv.version, ctx.run_id)
+    else:
+        log.info("register: run %s already has %s version %s; reusing it", ctx.run_id, name, mv.version)
+    version = str(mv.version)
+
+    for key, value in tags.items():
+        if mv.tags.get(key) != value:
+            client.set_model_version_tag(name, version, key, value)
+    description = report.render_review_description(
+        model_name=name, version=version, run_id=ctx.run_id, evaluate=evaluate, validate=results["validate"],
+        drift=results["drift"], decide=results["decide"], train=results["train"], review_tag=reg.review_tag,
+        review_comment_tag=reg.review_comment_tag, policy=policy, run_url=run_url(s, parent),
+    )
+    if mv.description != description:
+        client.update_model_version(name, version, description=description)
+
+    champion_before = alias_version(client, name, CHAMPION)
+    fresh = mv.current_stage in {"None", "Staging"} and not mv.tags.get(reg.review_tag)
+    if fresh and champion_before != version:
+        client.set_registered_model_alias(name, CHALLENGER, version)
+        mirror_stage(client, name, version, "Staging")
+    promoted = False
+    if policy == "auto" and champion_before != version and fresh:
+        promote(s, version, by="policy:auto", reason="promotion policy auto: every gate passed", request=ctx.run_id)
+        promoted = True
+    alias = CHAMPION if alias_version(client, name, CHAMPION) == version else (
+        CHALLENGER if alias_version(client, name, CHALLENGER) == version else None)
+    return {"model_name": name, "version": version, "alias": alias, "model_uri": f"models:/{name}/{version}",
+            "created": created, "policy": policy, "promoted": promoted, "champion_before": champion_before,
+            "parent_run_id": parent}

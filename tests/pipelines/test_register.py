@@ -1,0 +1,194 @@
+"""The register step against a real MLflow store (SQLite, and once through ``mlflow server``), fed by a real
+evaluate run on served test doubles."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pandas as pd
+import pytest
+from registry_doubles import corrupt, make_registry_settings, registry_state, save_served
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+
+from pipelines.context import StepContext
+from pipelines.datasets import write_parquet
+from pipelines.errors import ModelRejected
+from pipelines.promote import read_audit
+from pipelines.register import find_version, run
+from pipelines.steps import run_step
+from pipelines.tracking import configure, experiment_id
+
+
+@pytest.fixture
+def eval_set(demo_frames):
+    return demo_frames["batch_002_moderate"].reset_index(drop=True)
+
+
+@pytest.fixture
+def text_model(demo_frames):
+    """A TF-IDF + logistic regression fitted on the reference batch: the served double's answer for unseen text."""
+    train = demo_frames["batch_000_reference"]
+    return make_pipeline(TfidfVectorizer(), LogisticRegression(max_iter=500)).fit(train["text"], train["label"])
+
+
+def _settings(tmp_path, demo_frames, eval_set, **overrides):
+    settings = make_registry_settings(tmp_path, gates__bootstrap_samples=200, gates__latency_sample_rows=5,
+                                      registry__model_name="sentiment", **overrides)
+    write_parquet(demo_frames["batch_000_reference"], settings.uri("accepted", "batch_000_reference.parquet"),
+                  settings)
+    eval_uri = write_parquet(eval_set, str(tmp_path / "eval.parquet"), settings)
+    return settings, eval_uri
+
+
+def _upstream(settings, run_id: str) -> None:
+    """Summaries of validate, drift, decide and train for the run, shaped as those steps write them."""
+    results = {
+        "validate": {"passed": True, "batch_id": "batch_002_moderate", "rows": 400, "content_hash": "ab" * 32,
+                     "accepted_uri": settings.uri("accepted", "batch_002_moderate.parquet"),
+                     "report_uri": "validate/report.html"},
+        "drift": {"severity": "moderate", "has_reference": True, "champion_version": None, "rule": "mmd drifted",
+                  "tests": {"mmd": {"statistic": 0.031, "p_value": 0.0, "threshold": 0.01, "drifted": True}},
+                  "report_uri": "drift/report.md"},
+        "decide": {"action": "fine_tune", "severity": "moderate", "reasons": ["moderate drift: MMD p < 0.01"]},
+        "train": {"action": "fine_tune", "base": "sentiment v1", "model_uri": "train/model"},
+    }
+    storage = StepContext(step="x", run_id=run_id, settings=settings).storage
+    for step, result in results.items():
+        ctx = StepContext(step=step, run_id=run_id, settings=settings)
+        storage.write_text(ctx.output("result.json"), json.dumps(result))
+
+
+def _evaluated(settings, eval_uri, served, run_id: str) -> dict:
+    _upstream(settings, run_id)
+    ctx = StepContext(step="evaluate", run_id=run_id, settings=settings, dag_id="continuous_training",
+                      inputs={"served_uri": str(served), "eval_uri": eval_uri})
+    return run_step(ctx)
+
+
+def _register(settings, served, run_id: str, **params) -> dict:
+    ctx = StepContext(step="register", run_id=run_id, settings=settings, dag_id="continuous_training",
+                      inputs={"served_uri": str(served)}, params=params)
+    return run_step(ctx)
+
+
+def test_register_bootstrap_auto_promotes_and_champion_predicts_raw_text(tmp_path, demo_frames, eval_set,
+                                                                         text_model):
+    settings, eval_uri = _settings(tmp_path, demo_frames, eval_set)
+    served = save_served(tmp_path / "served", fallback=text_model)
+    assert _evaluated(settings, eval_uri, served, "run-1")["passed"]
+
+    result = _register(settings, served, "run-1", promotion="auto")
+
+    assert result["version"] == "1" and result["alias"] == "champion" and result["promoted"]
+    assert result["created"] and result["champion_before"] is None
+    state = registry_state(settings)
+    assert state["champion"] == "1" and state["challenger"] is None and state["stages"] == {"1": "Production"}
+    assert [(e["action"], e["from"], e["to"], e["by"]) for e in read_audit(settings)] == [
+        ("promote", None, "1", "policy:auto")]
+
+    model = mlflow.pyfunc.load_model("models:/sentiment@champion")
+    out = model.predict(pd.DataFrame({"text": ["the battery died after two days, awful", "works great, love it"]}))
+    assert list(out["label"]) == ["negative", "positive"]
+    assert {"prob_negative", "prob_neutral", "prob_positive"} <= set(out.columns)
+
+
+def test_register_manual_stages_challenger_with_report_and_lineage(tmp_path, demo_frames, eval_set):
+    settings, eval_uri = _settings(tmp_path, demo_frames, eval_set)
+    truth = eval_set["label"].to_numpy()
+    served = save_served(tmp_path / "served", table=dict(zip(eval_set["text"], corrupt(truth, 0.1, seed=1),
+                                                             strict=True)))
+    evaluation = _evaluated(settings, eval_uri, served, "run-2")
+
+    result = _register(settings, served, "run-2")
+
+    assert result["alias"] == "challenger" and result["policy"] == "manual" and not result["promoted"]
+    client = configure(settings)
+    mv = client.get_model_version("sentiment", result["version"])
+    assert mv.current_stage == "Staging" and "challenger" in mv.aliases
+    assert mv.run_id == result["parent_run_id"]
+    parent = client.get_run(mv.run_id)
+    assert parent.data.tags["mlops.step"] == "pipeline" and parent.data.tags["mlops.pipeline_run_id"] == "run-2"
+    # The description is the reviewer's report.
+    text = mv.description
+    assert len(text) <= 5000
+    for needle in ("# Challenger for `sentiment` v1", "## How to decide", "`review` = `approved` or `rejected`",
+                   "| `non_inferiority` | ⏭ skipped", "## Decision", "moderate drift: MMD p < 0.01",
+                   "## Size and latency", "## Slices", "| `kitchen` | 118 |", "## Data and drift",
+                   "## Confusion matrix"):
+        assert needle in text, needle
+    # Lineage and metrics on the version.
+    assert mv.tags["batch.content_hash"] == "ab" * 32
+    assert mv.tags["decision.action"] == "fine_tune"
+    assert json.loads(mv.tags["decision.reasons"]) == ["moderate drift: MMD p < 0.01"]
+    assert mv.tags["drift.severity"] == "moderate"
+    assert mv.tags["mlops.dag_id"] == "continuous_training" and mv.tags["mlops.pipeline_run_id"] == "run-2"
+    assert len(mv.tags["mlops.git_commit"]) in {7, 40} or mv.tags["mlops.git_commit"] == "unknown"
+    assert float(mv.tags["eval.macro_f1"]) == pytest.approx(evaluation["metrics"]["macro_f1"], abs=1e-5)
+    assert json.loads(mv.tags["data.accepted_batches"]) == ["batch_000_reference.parquet"]
+    logged = client.get_logged_model(mv.source.split("/")[-1])
+    assert logged.source_run_id == mv.run_id
+    assert logged.metrics and any(m.key == "eval.macro_f1" for m in logged.metrics)
+    # The evaluation images are attached to the evaluate run under the same parent.
+    runs = client.search_runs([experiment_id(settings)], "tags.`mlops.step` = 'evaluate'")
+    assert runs[0].data.tags["mlflow.parentRunId"] == mv.run_id
+    images = {a.path for a in client.list_artifacts(runs[0].info.run_id, "evaluation")}
+    assert "evaluation/confusion_matrix.png" in images and "evaluation/reliability.png" in images
+
+
+def test_register_rerun_for_same_run_id_reuses_the_version(tmp_path, demo_frames, eval_set):
+    settings, eval_uri = _settings(tmp_path, demo_frames, eval_set)
+    served = save_served(tmp_path / "served", table=dict(zip(eval_set["text"], eval_set["label"], strict=True)))
+    _evaluated(settings, eval_uri, served, "run-3")
+
+    first = _register(settings, served, "run-3")
+    second = _register(settings, served, "run-3")
+
+    assert (first["version"], first["created"]) == ("1", True)
+    assert (second["version"], second["created"]) == ("1", False)
+    client = configure(settings)
+    assert len(client.search_model_versions("name='sentiment'")) == 1
+    assert len(client.search_logged_models([experiment_id(settings)])) == 1
+    assert find_version(settings, "run-3").version == 1
+
+
+def test_register_worse_challenger_is_rejected_and_never_promoted(tmp_path, demo_frames, eval_set):
+    settings, eval_uri = _settings(tmp_path, demo_frames, eval_set, registry__promotion="auto")
+    truth = eval_set["label"].to_numpy()
+    good = save_served(tmp_path / "good", table=dict(zip(eval_set["text"], corrupt(truth, 0.05, seed=2),
+                                                         strict=True)))
+    _evaluated(settings, eval_uri, good, "run-a")
+    assert _register(settings, good, "run-a")["alias"] == "champion"
+    worse = save_served(tmp_path / "worse", table=dict(zip(eval_set["text"], corrupt(truth, 0.3, seed=3),
+                                                           strict=True)))
+    evaluation = _evaluated(settings, eval_uri, worse, "run-b")
+    assert not evaluation["gates"]["non_inferiority"]["passed"]
+
+    with pytest.raises(ModelRejected, match=r"candidate of run 'run-b' failed evaluation(.|\n)*non-inferiority"):
+        _register(settings, worse, "run-b")
+
+    assert registry_state(settings) == {"stages": {"1": "Production"}, "champion": "1", "challenger": None}
+
+
+def test_register_without_evaluate_result_says_run_evaluate(tmp_path, demo_frames, eval_set):
+    settings, _ = _settings(tmp_path, demo_frames, eval_set)
+    with pytest.raises(ValueError, match="register needs the evaluate result of run 'nope'.*run the evaluate step"):
+        run(StepContext(step="register", run_id="nope", settings=settings, inputs={"served_uri": str(tmp_path)}))
+
+
+def test_register_and_promote_through_mlflow_server(tmp_path, demo_frames, eval_set, text_model, mlflow_server):
+    settings, eval_uri = _settings(tmp_path, demo_frames, eval_set, mlflow__tracking_uri=mlflow_server)
+    served = save_served(tmp_path / "served", fallback=text_model)
+    _evaluated(settings, eval_uri, served, "run-s")
+
+    result = _register(settings, served, "run-s")
+    assert result["alias"] == "challenger"
+    configure(settings).set_model_version_tag("sentiment", result["version"], "review", "approved")
+    promoted = run_step(StepContext(step="promote", run_id="run-s", settings=settings, params={"action": "auto"}))
+
+    assert (promoted["status"], promoted["champion_after"]) == ("promoted", result["version"])
+    assert registry_state(settings)["champion"] == result["version"]
+    out = mlflow.pyfunc.load_model("models:/sentiment@champion").predict(pd.DataFrame({"text": ["love it"]}))
+    assert out["label"].iloc[0] == "positive"
