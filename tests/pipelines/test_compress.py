@@ -1,0 +1,164 @@
+import json
+
+import numpy as np
+import pytest
+
+from pipelines.context import StepContext
+from pipelines.datasets import write_parquet
+from pipelines.errors import ModelRejected
+from pipelines.steps import run_step
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model_dir, demo_frames):
+    """A tiny BERT retrained on the reference batch; yields (settings, train result)."""
+    from pipelines.config import get_settings
+
+    root = tmp_path_factory.mktemp("compress")
+    settings = get_settings(
+        paths__artifact_root=str(root / "var"),
+        mlflow__tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+        train__base_model=str(tiny_model_dir),
+        drift__encoder=str(tiny_model_dir),
+        train__max_length=64,
+        train__epochs=3,
+        train__learning_rate=1e-3,
+        compress__max_length=64,
+        compress__parity_sample_rows=64,
+    )
+    uri = settings.uri(settings.paths.accepted, "batch_000.parquet")
+    write_parquet(demo_frames["batch_000_reference"], uri, settings)
+    ctx = StepContext(
+        step="train", run_id="run-1", settings=settings, inputs={"accepted_uri": uri}, params={"action": "retrain"}
+    )
+    return settings, run_step(ctx)
+
+
+def _compress(settings, train, run_id="run-1", **inputs):
+    ctx = StepContext(
+        step="compress",
+        run_id=run_id,
+        settings=settings,
+        inputs={"model_uri": train["model_uri"], "reference_uri": train["reference_uri"], **inputs},
+    )
+    return run_step(ctx)
+
+
+def test_compress_serves_int8_pyfunc_that_predicts_raw_text(trained):
+    import mlflow
+    import pandas as pd
+
+    from pipelines.champion import find_bundle
+
+    settings, train = trained
+    result = _compress(settings, train)
+
+    assert result["agreement"] >= settings.compress.min_agreement
+    assert result["parity_max_abs_diff"] <= settings.compress.parity_atol
+    assert result["prune"]["method"] == "heads" and result["quantized"] is True
+    assert result["fused_ops"].get("Attention", 0) == 2
+    assert result["size_mb"] < result["sizes"]["onnx_fp32_mb"]
+    assert set(result["latency"]) >= {"p50_ms_batch1", "p95_ms_batch1", "p50_ms_batch32", "p95_ms_batch32"}
+    bundle = find_bundle(result["served_uri"])
+    for name in [
+        "model.onnx",
+        "labels.json",
+        "tokenizer/tokenizer.json",
+        "fp32/model.safetensors",
+        "reference/reference.npz",
+    ]:
+        assert (bundle / name).is_file(), name
+
+    model = mlflow.pyfunc.load_model(result["served_uri"])
+    texts = ["the battery died after a week, total junk", "an ordinary read", "kept me up all night, a masterpiece"]
+    out = model.predict(pd.DataFrame({"text": texts}))
+    assert list(out.columns) == ["label", "prob_negative", "prob_neutral", "prob_positive"]
+    assert len(out) == 3 and set(out["label"]) <= {"negative", "neutral", "positive"}
+    assert np.allclose(out.filter(like="prob_").sum(axis=1), 1.0, atol=1e-5)
+    again = model.predict(list(reversed(texts)))
+    assert again["label"].tolist() == list(reversed(out["label"].tolist()))
+    assert [spec.type.name for spec in model.metadata.get_input_schema().inputs] == ["string"]
+    assert "prob_neutral" in model.metadata.get_output_schema().input_names()
+
+
+def test_compress_served_model_loads_without_the_repository(trained, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    settings, train = trained
+    result = _compress(settings, train)
+    code = (
+        "import sys, mlflow; m = mlflow.pyfunc.load_model(sys.argv[1]); "
+        "print(m.predict(['a masterpiece', 'died after a week']).to_json(orient='records'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run(
+        [sys.executable, "-c", code, result["served_uri"]], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(rows) == 2 and {"label", "prob_positive"} <= set(rows[0])
+
+
+def test_compress_served_predictions_match_fp32_labels(trained):
+    import pandas as pd
+
+    from pipelines.champion import find_bundle
+    from pipelines.serving import OnnxPredictor
+    from pipelines.train import load_classifier
+
+    settings, train = trained
+    result = _compress(settings, train)  # same run id: replaces the served folder
+    eval_df = pd.read_parquet(train["eval_uri"])
+    texts = eval_df["text"].tolist()[:64]
+    model, tokenizer = load_classifier(train["model_uri"], settings)
+    from pipelines.compress import torch_logits
+
+    fp32 = torch_logits(model, tokenizer, texts, 64, 32).argmax(1)
+    served = OnnxPredictor(find_bundle(result["served_uri"])).predict_proba(texts).argmax(1)
+    assert np.mean(fp32 == served) >= settings.compress.min_agreement
+
+
+def test_compress_magnitude_pruning_without_quantization(trained):
+    settings, train = trained
+    settings = settings.with_overrides(
+        {"compress.prune": "magnitude", "compress.quantize": False, "compress.optimize_graph": False}
+    )
+    result = _compress(settings, train, run_id="run-2")
+
+    assert result["prune"]["method"] == "magnitude" and result["prune"]["applied_share"] > 0
+    assert result["prune"]["weights_zeroed"] > 0 and result["quantized"] is False
+    assert result["size_mb"] == result["sizes"]["onnx_fp32_mb"] and result["fused_ops"] == {}
+
+
+def test_compress_parity_failure_is_rejected(trained):
+    settings, train = trained
+    strict = settings.with_overrides({"compress.parity_atol": 1e-12, "compress.prune": "none"})
+    with pytest.raises(ModelRejected, match=r"does not reproduce PyTorch.*compress.parity_atol=1e-12"):
+        _compress(strict, train, run_id="run-3")
+
+
+def test_compress_without_held_out_texts_says_where_to_get_them(trained, tmp_path):
+    settings, train = trained
+    empty = settings.with_overrides({"paths.artifact_root": str(tmp_path / "empty")})
+    with pytest.raises(ValueError, match="give input eval_uri"):
+        _compress(empty, train, run_id="run-4")
+
+
+def test_heads_to_prune_keeps_one_head_per_layer():
+    from pipelines.compress import heads_to_prune
+
+    scores = np.array([[0.1, 0.2, 0.3, 0.4], [5.0, 6.0, 7.0, 8.0]])
+    assert heads_to_prune(scores, 0.5) == {0: [0, 1, 2], 1: [0]}
+    assert heads_to_prune(scores, 0.0) == {}
+
+
+def test_texts_from_input_frame_without_text_column_names_it():
+    import pandas as pd
+
+    from pipelines.serving import texts_from_input
+
+    with pytest.raises(ValueError, match="expected a column 'text'"):
+        texts_from_input(pd.DataFrame({"a": ["x"], "b": ["y"]}))
+    assert texts_from_input(["x", "y"]) == ["x", "y"] and texts_from_input("z") == ["z"]
