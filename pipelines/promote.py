@@ -346,7 +346,8 @@ def run(ctx: StepContext) -> dict[str, Any]:
         promotion: overrides ``registry.promotion`` (manual | auto) for ``auto``.
 
     Returns:
-        ``action``, ``version``, ``status`` (promoted | rejected | rolled_back | pending | no_challenger),
+        ``action``, ``version``, ``status`` (promoted | already_champion | rejected | rolled_back | pending |
+        no_challenger),
         ``champion_before``, ``champion_after``.
 
     Raises:
@@ -391,7 +392,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
         raise ValueError(f"no version to {action}: model {name!r} has no {CHALLENGER!r} alias; pass param version")
     if action == "approve":
         out = promote(s, version, by=by, reason=reason or "approved", request=ctx.run_id)
-        status = "promoted"
+        status = "promoted" if out["changed"] else "already_champion"
     elif action == "reject":
         out = reject(s, version, by=by, reason=reason or "rejected", request=ctx.run_id)
         status = "rejected"

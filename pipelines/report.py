@@ -46,10 +46,15 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+#: The order gates are listed in (result.json is written with sorted keys, so the order is restored here).
+GATE_ORDER = ["macro_f1_floor", "class_recall_floor", "non_inferiority", "slices", "latency_p95_ms", "size_mb"]
+
+
 def gate_rows(gates: dict[str, dict[str, Any]]) -> list[list[str]]:
-    """One table row per gate: name, result, value, threshold, note."""
+    """One table row per gate, in :data:`GATE_ORDER`: name, result, value, threshold, note."""
     rows = []
-    for name, gate in gates.items():
+    order = {name: i for i, name in enumerate(GATE_ORDER)}
+    for name, gate in sorted(gates.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])):
         rows.append(
             [
                 f"`{name}`",

@@ -170,3 +170,11 @@ def test_promote_step_reject_and_rollback_actions(settings, served):
 def test_promote_step_unknown_action_names_choices(settings):
     with pytest.raises(ValueError, match="param action='deploy' must be one of auto, approve, reject, rollback"):
         run(_ctx(settings, action="deploy"))
+
+
+def test_promote_step_auto_after_auto_registration_is_a_no_op(settings, served):
+    v1 = add_version(settings, served)
+    promote(settings, v1, by="policy:auto", reason="every gate passed", request="r1")
+    out = run(_ctx(settings, run_id="r1", action="auto", version=v1))
+    assert (out["status"], out["champion_before"], out["champion_after"]) == ("already_champion", v1, v1)
+    assert len(read_audit(settings)) == 1
