@@ -12,6 +12,7 @@ that must travel together, so that a rollback restores all of it:
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,7 +91,9 @@ def get_champion(settings: Settings, alias: str = CHAMPION, dst: str | Path | No
     if mv is None:
         return None
     name = settings.registry.model_name
-    target = Path(dst) if dst else Path(tempfile.gettempdir()) / "mlops-models" / name / str(mv.version)
+    # The cache is keyed by the store too: two stores can both hold "version 3" of a model of the same name.
+    store = hashlib.sha1((settings.mlflow.registry_uri or settings.mlflow.tracking_uri).encode()).hexdigest()[:12]
+    target = Path(dst) if dst else Path(tempfile.gettempdir()) / "mlops-models" / store / name / str(mv.version)
     if not (target / "MLmodel").is_file():
         target.mkdir(parents=True, exist_ok=True)
         mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}", dst_path=str(target))
