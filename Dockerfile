@@ -99,7 +99,8 @@ COPY pipelines/ /app/pipelines/
 COPY config/ /app/config/
 COPY dags/ /opt/airflow/dags/
 COPY plugins/ /opt/airflow/plugins/
-RUN mkdir -p /opt/airflow/logs /opt/airflow/auth && chown -R mlops:mlops /opt/airflow/logs /opt/airflow/auth
+# AIRFLOW_HOME itself is writable (airflow.cfg is written on first start); dags/ and plugins/ stay read-only.
+RUN mkdir -p /opt/airflow/logs /opt/airflow/auth && chown mlops:mlops /opt/airflow /opt/airflow/logs /opt/airflow/auth
 USER 10001:10001
 WORKDIR /opt/airflow
 EXPOSE 8080

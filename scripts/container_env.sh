@@ -8,6 +8,7 @@
 #   scripts/container_env.sh wheelhouse   # pip wheel -r requirements.txt on the host (the build may not reach PyPI)
 #   scripts/container_env.sh image        # podman build --target step from the wheelhouse
 #   scripts/container_env.sh airflow-image  # podman build --target airflow from the wheelhouse
+#   scripts/container_env.sh mlflow-image   # podman build --target mlflow from the wheelhouse
 #   scripts/container_env.sh env          # print the variables the tests read (eval "$(scripts/container_env.sh env)")
 #   scripts/container_env.sh stop         # stop the service started by `service`
 #
@@ -23,6 +24,7 @@ SOCK="$STATE/podman.sock"
 BASE_IMAGE="${MLOPS_BASE_IMAGE:-localhost/mlops-base:bookworm}"
 STEP_IMAGE="${MLOPS_STEP_IMAGE:-localhost/mlops-step:test}"
 AIRFLOW_IMAGE="${MLOPS_AIRFLOW_IMAGE:-localhost/mlops-airflow:test}"
+MLFLOW_IMAGE="${MLOPS_MLFLOW_IMAGE:-localhost/mlops-mlflow:test}"
 WHEELHOUSE="${MLOPS_WHEELHOUSE:-$STATE/wheelhouse}"
 DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 HOST_PYTHON="${HOST_PYTHON:-$REPO/.venv/bin/python}"
@@ -138,8 +140,9 @@ case "${1:-all}" in
   wheelhouse) wheelhouse ;;
   image) build step "$STEP_IMAGE" ;;
   airflow-image) build airflow "$AIRFLOW_IMAGE" ;;
+  mlflow-image) build mlflow "$MLFLOW_IMAGE" ;;
   env) env_vars ;;
   stop) stop ;;
   all) configure; service; base; wheelhouse; build step "$STEP_IMAGE"; env_vars ;;
-  *) echo "usage: $0 [all|configure|service|base|wheelhouse|image|airflow-image|env|stop]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|configure|service|base|wheelhouse|image|airflow-image|mlflow-image|env|stop]" >&2; exit 2 ;;
 esac

@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytestmark = pytest.mark.containers
 
@@ -25,19 +26,19 @@ GOOD = "batch_001_in_domain"
 BAD = "batch_004_malformed"
 
 
-def _prepare() -> dict[str, str]:
+def _prepare(what: str = "all") -> dict[str, str]:
     start = time.monotonic()
     proc = subprocess.run(
-        [str(REPO / "scripts" / "container_env.sh"), "all"], capture_output=True, text=True, timeout=3600
+        [str(REPO / "scripts" / "container_env.sh"), what], capture_output=True, text=True, timeout=3600
     )
     if proc.returncode != 0:
-        pytest.fail(f"scripts/container_env.sh all failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+        pytest.fail(f"scripts/container_env.sh {what} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     env = {}
     for line in proc.stdout.splitlines():
         if line.startswith("export "):
             key, _, value = line.removeprefix("export ").partition("=")
             env[key] = value
-    print(f"container environment ready in {time.monotonic() - start:.1f}s")
+    print(f"container_env.sh {what}: {time.monotonic() - start:.1f}s")
     return env
 
 
@@ -177,3 +178,80 @@ def test_validate_through_run_step_operator_docker_runtime(docker_setup, image, 
     assert xcom == result
     assert xcom["passed"] is True and xcom["batch_id"] == GOOD
     print(f"validate through RunStepOperator + DockerOperator: {elapsed:.1f}s")
+
+
+@pytest.fixture(scope="session")
+def other_image(docker_setup, client):
+    """Build (or reuse) the airflow or mlflow target; only where this session prepared the environment itself."""
+
+    def _build(target: str) -> str:
+        if "MLOPS_TEST_DOCKER_URL" in os.environ:
+            name = os.environ.get(f"MLOPS_TEST_{target.upper()}_IMAGE")
+            if not name:
+                pytest.skip(f"set MLOPS_TEST_{target.upper()}_IMAGE to test the {target} image")
+        else:
+            _prepare(f"{target}-image")
+            name = f"localhost/mlops-{target}:test"
+        client.images.get(name)
+        return name
+
+    return _build
+
+
+def test_airflow_image_parses_the_dags(client, other_image):
+    image = other_image("airflow")
+    script = (
+        "set -e; export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=sqlite:////tmp/airflow.db; "
+        "airflow db migrate >/dev/null 2>&1; airflow dags reserialize >/dev/null 2>&1; "
+        "airflow dags list -o json 2>/dev/null; echo; airflow dags list-import-errors -o json 2>/dev/null"
+    )
+    out = client.containers.run(image, ["-c", script], entrypoint="/bin/sh", network_mode="none", remove=True)
+    lines = [line for line in out.decode().splitlines() if line.startswith("[")]
+    dag_ids = {d["dag_id"] for d in json.loads(lines[0])}
+    assert {"continuous_training", "promote_or_rollback"} <= dag_ids
+    assert len(lines) == 1 or json.loads(lines[1]) == [], lines[1:]
+
+
+def test_mlflow_image_requires_basic_auth(client, other_image):
+    image = other_image("mlflow")
+    password = "test-admin-password-0123"
+    # The same start script as docker-compose.yaml's mlflow service, on SQLite and a local artifact folder.
+    compose = yaml.safe_load((REPO / "docker-compose.yaml").read_text())
+    script = compose["services"]["mlflow"]["command"][0].replace("$$", "$")
+    env = {
+        "MLFLOW_AUTH_ADMIN_USERNAME": "admin",
+        "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+        "MLFLOW_AUTH_CONFIG_PATH": "/data/basic_auth.ini",
+        "MLFLOW_AUTH_DATABASE_URI": "sqlite:////data/auth.db",
+        "MLFLOW_BACKEND_STORE_URI": "sqlite:////data/mlflow.db",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret",
+        "MLFLOW_ARTIFACT_BUCKET": "unused",
+    }
+    container = client.containers.run(
+        image,
+        [script.replace('"s3://$MLFLOW_ARTIFACT_BUCKET"', "/data/mlartifacts")],
+        entrypoint=["/bin/sh", "-c"],
+        environment=env,
+        network_mode="none",
+        detach=True,
+    )
+    probe = (
+        "import base64, sys, time, urllib.error, urllib.request\n"
+        "def get(path, auth=None):\n"
+        "    req = urllib.request.Request('http://localhost:5000' + path)\n"
+        "    if auth: req.add_header('Authorization', 'Basic ' + base64.b64encode(auth.encode()).decode())\n"
+        "    try: return urllib.request.urlopen(req, timeout=60).status\n"
+        "    except urllib.error.HTTPError as e: return e.code\n"
+        "for _ in range(120):\n"
+        "    try:\n"
+        "        if get('/health') == 200: break\n"
+        "    except OSError: time.sleep(1)\n"
+        "q = '/api/2.0/mlflow/experiments/search?max_results=1'\n"
+        "print(get(q), get(q, 'admin:wrong'), get(q, 'admin:' + sys.argv[1]))\n"
+    )
+    try:
+        code, out = container.exec_run(["python", "-c", probe, password])
+        assert code == 0, out.decode()
+        assert out.decode().split() == ["401", "401", "200"]
+    finally:
+        container.remove(force=True)
