@@ -314,9 +314,10 @@ def _ks_embedding(ref: np.ndarray, emb: np.ndarray, cfg: DriftSettings) -> dict[
     else:  # fdr: Benjamini-Hochberg over the dimensions
         from alibi_detect.utils.statstest import fdr
 
-        _, threshold = fdr(p_values, q_val=cfg.p_threshold)
-        threshold = float(threshold)
-        drifted_mask = p_values < threshold
+        any_drift, thresholds = fdr(p_values, q_val=cfg.p_threshold)
+        # With discoveries fdr returns the cut-off; without, the per-rank line, whose smallest value is q / n.
+        threshold = float(np.min(thresholds))
+        drifted_mask = p_values <= threshold if any_drift else np.zeros(len(p_values), dtype=bool)
     share = float(drifted_mask.mean())
     return {
         "statistic": share,

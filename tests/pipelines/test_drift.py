@@ -172,6 +172,7 @@ def test_drift_minilm_defaults_on_demo_batches(make_settings, demo_frames, tmp_p
     }
 
 
+@pytest.mark.slow  # 30-60 s on two shared cores: MiniLM over long drug reviews
 def test_drift_minilm_defaults_on_real_text(make_settings, drug_reviews, tweets, tmp_path):
     # Default thresholds; smaller row caps keep the long drug reviews within seconds on two cores.
     settings = make_settings(drift__encoder="minilm", drift__mmd_permutations=100,
@@ -187,3 +188,12 @@ def test_drift_minilm_defaults_on_real_text(make_settings, drug_reviews, tweets,
     assert period["tests"]["mmd"]["statistic"] < settings.drift.mmd_severe_distance / 3
     print({k: (v["severity"], round(v["tests"]["mmd"]["statistic"], 4), v["tests"]["ks_embedding"]["statistic"])
            for k, v in {"period": period, "tweets": other}.items()})
+
+
+def test_drift_fdr_correction_from_config(make_settings, demo_frames, demo_reference):
+    settings = make_settings(drift__ks_correction="fdr")
+    quiet = _drift(settings, _accepted(settings, "in", demo_frames["batch_001_in_domain"]), demo_reference, "in")
+    shifted = _drift(settings, _accepted(settings, "mod", demo_frames["batch_002_moderate"]), demo_reference, "mod")
+    assert quiet["tests"]["ks_embedding"]["correction"] == "fdr" and not quiet["tests"]["ks_embedding"]["drifted"]
+    assert shifted["tests"]["ks_embedding"]["drifted"] and shifted["tests"]["ks_embedding"]["drifted_dims"] > 0
+    assert quiet["severity"] == "none" and shifted["severity"] == "moderate"
