@@ -58,6 +58,10 @@ RUN set -eux; \
     pip install -r /tmp/step-requirements.txt; \
     rm /tmp/step-requirements.txt; \
     python -c 'import torch, transformers, great_expectations, alibi_detect, mlflow, onnxruntime'
+# `torch==X` also matches the CPU build X+cpu (e.g. from a wheelhouse): make a CUDA image that got one fail here.
+RUN if [ "${VARIANT}" = cuda ]; then \
+      python -c 'import sys, torch; sys.exit(None if torch.version.cuda else f"VARIANT=cuda installed the CPU build torch {torch.__version__}")'; \
+    fi
 
 # ---------------------------------------------------------------------------------------------------------------
 FROM step-deps AS airflow-deps

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytestmark = pytest.mark.containers
+# The first preparation builds a base image and three images (about 10 minutes on 2 cores); later runs reuse them.
+pytestmark = [pytest.mark.containers, pytest.mark.timeout(3600)]
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = "batch_001_in_domain"
