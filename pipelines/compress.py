@@ -186,11 +186,11 @@ def prune(
 
 
 # --- ONNX side -------------------------------------------------------------------------------------
-def export_onnx(model: Any, tokenizer: Any, texts: list[str], path: Path, opset: int) -> list[str]:
+def export_onnx(model: Any, tokenizer: Any, texts: list[str], path: Path, opset: int, max_length: int) -> list[str]:
     """Export with dynamic batch and sequence axes (TorchScript-based exporter); return the input names."""
     import torch
 
-    enc = tokenizer(texts[:2] or ["a", "b"], padding=True, return_tensors="pt")
+    enc = tokenizer(texts[:2] or ["a", "b"], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     names = [k for k in _INPUTS if k in enc]
     axes = {k: {0: "batch", 1: "sequence"} for k in names}
     axes["logits"] = {0: "batch"}
@@ -408,7 +408,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
 
         pruned, prune_info = prune(model, tokenizer, texts, reference_pred, settings)
         exported = scratch / "model_fp32.onnx"
-        export_onnx(pruned, tokenizer, texts, exported, cfg.opset)
+        export_onnx(pruned, tokenizer, texts, exported, cfg.opset, cfg.max_length)
         fused: dict[str, int] = {}
         graph = exported
         if cfg.optimize_graph:

@@ -106,7 +106,7 @@ def test_train_fine_tune_freezes_lower_layers(retrained, demo_frames):
     assert result["replay_rows"] == round(new_trainable * settings.train.replay_ratio)
     m = result["metrics"]
     assert m["val_loss"] < m["val_loss_initial"] - 0.1, m
-    assert m["val_macro_f1"] > m["val_macro_f1_initial"] + 0.05 and m["val_accuracy"] >= m["val_accuracy_initial"], m
+    assert m["val_macro_f1"] > m["val_macro_f1_initial"] + 0.05, m
     before, after = _tensors(champion["model_uri"]), _tensors(result["model_uri"])
     frozen = [k for k in before if ".embeddings." in k or ".encoder.layer.0." in k]
     trained = [k for k in before if ".encoder.layer.1." in k or k.startswith("classifier.")]
