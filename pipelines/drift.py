@@ -148,7 +148,7 @@ def _compare(
     log.info("drift: severity %s (%s)", severity, "; ".join(reasons) or "no test fired")
 
     plot_dir = tmp / "plots"
-    plots = _plots(ref, emb, sample[label_col].astype(str).tolist(), df[text_col].astype(str).str.len().to_numpy(),
+    plots = _plots(ref, emb, df[label_col].astype(str).tolist(), df[text_col].astype(str).str.len().to_numpy(),
                    settings, plot_dir)
     plot_uris = {name: ctx.output(path.name) for name, path in plots.items()}
     for name, path in plots.items():

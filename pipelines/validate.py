@@ -137,14 +137,14 @@ def run(ctx: StepContext) -> dict[str, Any]:
 
     data = storage.read_bytes(batch_uri)
     source_hash = hashlib.sha256(data).hexdigest()
-    df, read_failures = _read_table(data, batch_uri, settings)
+    df, read_failures, notes = _read_table(data, batch_uri)
     log.info("validate %s: %s", batch_id, f"{len(df)} rows, columns {list(df.columns)}" if df is not None else "unreadable")
 
     with tempfile.TemporaryDirectory(prefix="mlops-validate-") as tmp:
         docs_dir = Path(tmp) / DOCS_DIR
         if df is not None:
             failures, results, docs_page = _run_suite(ctx, df, docs_dir)
-            failures = read_failures + failures
+            failures = read_failures + (notes if failures else []) + failures
         else:
             failures, results, docs_page = read_failures, None, None
         passed = not failures
@@ -157,6 +157,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
             "rows": int(len(df)) if df is not None else 0,
             "columns": [str(c) for c in df.columns] if df is not None else [],
             "failures": failures,
+            "warnings": notes,
             "suite": build_suite(settings).to_json_dict() if df is not None else None,
             "gx_results": results,
         }
@@ -216,35 +217,39 @@ def _prior_outcome(ctx: StepContext, batch_uri: str, report_uri: str) -> dict[st
     )
 
 
-def _read_table(data: bytes, uri: str, settings: Settings) -> tuple[pd.DataFrame | None, list[str]]:
-    """Parse the raw bytes; a file that is not a readable table gives (None, [reason])."""
+def _read_table(data: bytes, uri: str) -> tuple[pd.DataFrame | None, list[str], list[str]]:
+    """Parse the raw bytes into (frame or None, failures, notes); an unreadable file gives (None, [reason], [])."""
     import pandas as pd
 
     name = basename(uri)
     if not data:
-        return None, [f"file {name!r} is empty (0 bytes); expected a CSV with a header row or a Parquet file"]
+        return None, [f"file {name!r} is empty (0 bytes); expected a CSV with a header row or a Parquet file"], []
     if name.lower().endswith(".parquet"):
         try:
-            return pd.read_parquet(io.BytesIO(data)), []
+            return pd.read_parquet(io.BytesIO(data)), [], []
         except Exception as exc:  # pyarrow raises several types for broken or truncated files
-            return None, [f"file {name!r} is not a readable Parquet file ({type(exc).__name__}: {exc})"]
+            return None, [f"file {name!r} is not a readable Parquet file ({type(exc).__name__}: {exc})"], []
     if b"\x00" in data[:65536]:
-        return None, [f"file {name!r} is not a text CSV file (binary content: NUL bytes); expected UTF-8 CSV"]
+        return None, [f"file {name!r} is not a text CSV file (binary content: NUL bytes); expected UTF-8 CSV"], []
+    notes = []
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        return None, [
+        # Rare damage is tolerated: undecodable bytes become U+FFFD and count against max_bad_char_share, so a
+        # file in another encoding fails that check while one broken byte in a large batch does not.
+        text = data.decode("utf-8-sig", errors="replace")
+        notes.append(
             f"file {name!r} is not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}: {exc.reason}); "
-            "re-export it as UTF-8"
-        ]
+            "undecodable bytes were replaced by U+FFFD; re-export it as UTF-8"
+        )
     hint = _delimiter_hint(text, name)
     try:
         # Only an empty field is missing: a text that reads "NA" or "null" is a text.
         df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""])
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
         reason = " ".join(str(exc).split())
-        return None, [f"file {name!r} is not a well-formed CSV ({type(exc).__name__}: {reason})", *hint]
-    return df, hint
+        return None, [f"file {name!r} is not a well-formed CSV ({type(exc).__name__}: {reason})", *hint], notes
+    return df, hint, notes
 
 
 def _delimiter_hint(text: str, name: str) -> list[str]:

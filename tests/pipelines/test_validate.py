@@ -171,3 +171,13 @@ def test_validate_on_s3(make_settings, s3_endpoint, aws_env, reference_frame):
         run(_ctx(settings, bad, run_id="s3"))
     assert storage.read_bytes("s3://test-bucket/validate/quarantine/m/m.csv") == demo.malformed_batch()
     assert not storage.exists(bad)
+
+
+def test_validate_rare_undecodable_bytes_pass_with_warning(settings, reference_frame):
+    data = _csv(reference_frame)
+    broken = data.replace(b"laptop", b"lapt\xf6p", 1)  # one Latin-1 byte in 800 rows: share 0.00125 < 0.01
+    uri = _land(settings, "rare.csv", broken)
+    summary = run(_ctx(settings, uri))
+    report = json.loads(Path(summary["report_uri"]).read_text())
+    assert summary["passed"] and "is not valid UTF-8 (byte 0xf6" in report["warnings"][0]
+    assert pd.read_parquet(summary["accepted_uri"])["text"].str.contains("\ufffd").sum() == 1
