@@ -158,8 +158,10 @@ def test_drift_champion_quality_on_batch(make_settings, demo_frames, tmp_path, m
 
 
 # --- the real encoder ----------------------------------------------------------------------------------
+@pytest.mark.slow  # 25-60 s on two shared cores: the real MiniLM over 1,600 texts
 def test_drift_minilm_defaults_on_demo_batches(make_settings, demo_frames, tmp_path):
-    settings = make_settings(drift__encoder="minilm", drift__mmd_permutations=100)
+    # Default thresholds and encoder; a smaller reference sample keeps it to seconds of embedding.
+    settings = make_settings(drift__encoder="minilm", drift__mmd_permutations=100, drift__reference_max_rows=400)
     ref = save_reference(settings, demo_frames["batch_000_reference"], tmp_path / "ref")
     got = {}
     for name in ["batch_001_in_domain", "batch_002_moderate", "batch_003_severe"]:
