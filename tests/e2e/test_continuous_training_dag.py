@@ -16,18 +16,22 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def loop_env(tmp_path_factory, tiny_model_dir):
+def loop_env(tmp_path_factory, demo_frames):
+    from conftest import build_tiny_bert
+
     root = tmp_path_factory.mktemp("e2e")
+    # A tiny BERT whose vocabulary comes from the demo text only, so it learns the demo task in seconds.
+    tiny_model_dir = build_tiny_bert(root / "tiny", [t for df in demo_frames.values() for t in df["text"]])
     env = {
         "MLOPS_PATHS__ARTIFACT_ROOT": str(root / "var"),
         "MLOPS_MLFLOW__TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
         "MLOPS_TRAIN__BASE_MODEL": str(tiny_model_dir),
         "MLOPS_DRIFT__ENCODER": str(tiny_model_dir),
         "MLOPS_TRAIN__MAX_LENGTH": "64",
-        "MLOPS_TRAIN__EPOCHS": "3",
-        "MLOPS_TRAIN__FINE_TUNE_EPOCHS": "2",
-        "MLOPS_TRAIN__LEARNING_RATE": "0.001",
-        "MLOPS_TRAIN__FINE_TUNE_LEARNING_RATE": "0.0005",
+        "MLOPS_TRAIN__EPOCHS": "6",
+        "MLOPS_TRAIN__FINE_TUNE_EPOCHS": "3",
+        "MLOPS_TRAIN__LEARNING_RATE": "0.002",
+        "MLOPS_TRAIN__FINE_TUNE_LEARNING_RATE": "0.001",
         "MLOPS_COMPRESS__MAX_LENGTH": "64",
         "MLOPS_COMPRESS__PARITY_SAMPLE_ROWS": "64",
         "MLOPS_DRIFT__MMD_PERMUTATIONS": "50",
