@@ -12,7 +12,8 @@ of ``../shared/data/drug_reviews.csv`` with the train step's own :func:`pipeline
 6. + attention-head pruning (``compress.prune_heads_share``, with the compress step's back-off): the served
    configuration, built by the same functions the compress step uses.
 
-Each throughput is the median of ``--repeats`` passes over the test split after a warm-up. The machine is
+Each throughput is the median of ``--repeats`` passes over the test split after a warm-up, the variants
+timed in turn within each repeat. The machine is
 shared, so absolute numbers move; the ratios, measured side by side in one process, are what to read.
 
 Usage: ``python bench/compress.py [--epochs N] [--lr X] [--max-length 256]`` (default: the train settings). Skips cleanly (exit 0) without the data.
@@ -51,16 +52,6 @@ def _settings(root: Path, args: argparse.Namespace):
     )
 
 
-def _timed(fn, repeats: int) -> tuple[float, object]:
-    result = fn()  # warm-up, and the predictions
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times), result
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="minilm")
@@ -70,8 +61,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    for noisy in ("onnxruntime", "fusion_attention", "root"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    logging.getLogger().setLevel(logging.WARNING)  # onnxruntime's tools log through the root logger
+    logging.getLogger("pipelines").setLevel(logging.INFO)
     if not DATA.is_file():
         print(f"skipped: {DATA} is absent (../shared/data is not beside this checkout)")
         return 0
@@ -117,19 +108,6 @@ def main() -> int:
             return 100 * f1_score(gold, [labels[i] for i in pred], average="macro", labels=labels, zero_division=0)
 
         L, B = args.max_length, 32
-        rows = []
-
-        def add(name: str, seconds: float, pred, size_mb: float) -> None:
-            rows.append(
-                {"variant": name, "samples_per_s": len(texts) / seconds, "macro_f1": f1(pred), "size_mb": size_mb}
-            )
-            print(f"  measured {name}: {len(texts) / seconds:.1f} samples/s, macro-F1 {f1(pred):.1f}", flush=True)
-
-        torch_s, logits = _timed(lambda: compress.torch_logits(model, tokenizer, texts, L, B), args.repeats)
-        fp32_pred = logits.argmax(1)
-        pt_mb = sum(p.stat().st_size for p in fp32_dir.glob("*.safetensors")) / 1e6
-        add("fp32 PyTorch", torch_s, fp32_pred, pt_mb)
-
         plain = root / "plain.onnx"
         compress.export_onnx(model, tokenizer, texts, plain, settings.compress.opset, L)
         plain_int8, opt, opt_int8 = root / "plain_int8.onnx", root / "opt.onnx", root / "opt_int8.onnx"
@@ -137,33 +115,42 @@ def main() -> int:
         compress.optimize_graph(plain, opt, model.config.model_type)
         compress.quantize(opt, opt_int8)
         bundle = compress.build_bundle(root / "bundle", opt_int8, tokenizer, fp32_dir, root / "reference", settings)
-        for name, graph, sort in [
-            ("ONNX fp32", plain, False),
-            ("+ int8", plain_int8, False),
-            ("+ graph optimisation", opt_int8, False),
-            ("+ length-sorted batches", opt_int8, True),
-        ]:
-            (bundle / graph.name).write_bytes(graph.read_bytes())
-            predictor = OnnxPredictor(bundle, model_file=graph.name, sort_by_length=sort)
-            seconds, probs = _timed(lambda p=predictor: p.predict_proba(texts), args.repeats)
-            add(name, seconds, probs.argmax(1), graph.stat().st_size / 1e6)
-
         # The served configuration: head pruning (with back-off) on top, as the compress step builds it.
+        fp32_pred = compress.torch_logits(model, tokenizer, texts, L, B).argmax(1)
         pruned, info = compress.prune(model, tokenizer, texts, fp32_pred, settings)
         served_plain, served_opt, served = root / "s.onnx", root / "s_opt.onnx", root / "s_int8.onnx"
         compress.export_onnx(pruned, tokenizer, texts, served_plain, settings.compress.opset, L)
         compress.optimize_graph(served_plain, served_opt, model.config.model_type)
         compress.quantize(served_opt, served)
-        (bundle / served.name).write_bytes(served.read_bytes())
-        predictor = OnnxPredictor(bundle, model_file=served.name)
-        seconds, probs = _timed(lambda: predictor.predict_proba(texts), args.repeats)
-        add(
-            f"+ head pruning ({info.get('heads_pruned', 0)} heads)",
-            seconds,
-            probs.argmax(1),
-            served.stat().st_size / 1e6,
-        )
-        served_agreement = float(np.mean(probs.argmax(1) == fp32_pred))
+
+        pt_mb = sum(p.stat().st_size for p in fp32_dir.glob("*.safetensors")) / 1e6
+        variants = [("fp32 PyTorch", lambda: compress.torch_logits(model, tokenizer, texts, L, B), pt_mb)]
+        for name, graph, sort in [
+            ("ONNX fp32", plain, False),
+            ("+ int8", plain_int8, False),
+            ("+ graph optimisation", opt_int8, False),
+            ("+ length-sorted batches", opt_int8, True),
+            (f"+ head pruning ({info.get('heads_pruned', 0)} heads)", served, True),
+        ]:
+            (bundle / graph.name).write_bytes(graph.read_bytes())
+            predictor = OnnxPredictor(bundle, model_file=graph.name, sort_by_length=sort)
+            variants.append((name, predictor.predict_proba, graph.stat().st_size / 1e6))
+        # Round-robin repeats, so that a change in the machine's load hits every variant alike.
+        preds = {name: fn(texts) if name != "fp32 PyTorch" else fn() for name, fn, _ in variants}
+        times: dict[str, list[float]] = {name: [] for name, _, _ in variants}
+        for _ in range(args.repeats):
+            for name, fn, _ in variants:
+                started = time.perf_counter()
+                fn() if name == "fp32 PyTorch" else fn(texts)
+                times[name].append(time.perf_counter() - started)
+        rows = []
+        for name, _, size_mb in variants:
+            seconds = statistics.median(times[name])
+            pred = preds[name].argmax(1)
+            rows.append(
+                {"variant": name, "samples_per_s": len(texts) / seconds, "macro_f1": f1(pred), "size_mb": size_mb}
+            )
+        served_agreement = float(np.mean(preds[variants[-1][0]].argmax(1) == fp32_pred))
 
     base = rows[0]
     print(
