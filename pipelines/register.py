@@ -104,6 +104,9 @@ def _lineage_tags(ctx: StepContext, results: dict[str, dict[str, Any] | None]) -
         "eval.gates": {k: g.get("passed") for k, g in (evaluate.get("gates") or {}).items()},
         "eval.champion_version": evaluate.get("champion_version") or "",
     }
+    # Read by drift/decide: after decision.max_fine_tunes_before_retrain fine-tunes in a row, retrain.
+    action = tags["decision.action"]
+    tags["fine_tunes_since_retrain"] = 0 if action == "retrain" else int(drift.get("fine_tunes_since_retrain") or 0) + 1
     metrics = evaluate.get("metrics") or {}
     for key in ("macro_f1", "accuracy", "champion_macro_f1", "baseline_macro_f1", "majority_macro_f1", "ece"):
         if metrics.get(key) is not None:

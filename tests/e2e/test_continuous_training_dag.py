@@ -128,6 +128,9 @@ def test_loop_end_to_end(loop_env):
     assert shifted.results["wait_for_review"]["decision"] == "approve"
     version = shifted.results["register"]["version"]
     assert str(_champion(settings)) == str(version) != str(champion_v1)
+    from pipelines.champion import champion_version
+
+    assert champion_version(settings).tags["fine_tunes_since_retrain"] == "1"
 
     # 4. malformed batch -> validate fails, batch quarantined, champion untouched
     bad = run_dag("continuous_training", {"batch_uri": _landing(settings, "batch_004_malformed.csv")})

@@ -36,8 +36,9 @@ def test_cli_bad_config_value_one_line(tmp_path):
 def test_cli_missing_input_one_line(tmp_path):
     out = _cli("validate", "--run-id", "r", env={"MLOPS_PATHS__ARTIFACT_ROOT": str(tmp_path)})
     assert out.returncode == 2
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and "'batch_uri'" in lines[0] and "validate" in lines[0]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "'batch_uri'" in errors[0] and "validate" in errors[0]
+    assert "Traceback" not in out.stderr
 
 
 def test_cli_demo_data_writes_landing(tmp_path):
