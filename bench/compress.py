@@ -9,8 +9,9 @@ of ``../shared/data/drug_reviews.csv`` with the train step's own :func:`pipeline
 3. + int8 dynamic quantization (on the plain export);
 4. + onnxruntime transformer graph fusions before quantizing;
 5. + length-sorted batching at inference;
-6. + attention-head pruning (``compress.prune_heads_share``, with the compress step's back-off): the served
-   configuration, built by the same functions the compress step uses.
+6. the served configuration, built by the same functions the compress step uses: int8, graph fusions only if
+   ``compress.optimize_graph``, length-sorted batches, and attention-head pruning (``compress.prune_heads_share``,
+   with the compress step's back-off).
 
 Each throughput is the median of ``--repeats`` passes over the test split after a warm-up, the variants
 timed in turn within each repeat. The machine is
@@ -120,8 +121,9 @@ def main() -> int:
         pruned, info = compress.prune(model, tokenizer, texts, fp32_pred, settings)
         served_plain, served_opt, served = root / "s.onnx", root / "s_opt.onnx", root / "s_int8.onnx"
         compress.export_onnx(pruned, tokenizer, texts, served_plain, settings.compress.opset, L)
-        compress.optimize_graph(served_plain, served_opt, model.config.model_type)
-        compress.quantize(served_opt, served)
+        if settings.compress.optimize_graph:
+            compress.optimize_graph(served_plain, served_opt, model.config.model_type)
+        compress.quantize(served_opt if settings.compress.optimize_graph else served_plain, served)
 
         pt_mb = sum(p.stat().st_size for p in fp32_dir.glob("*.safetensors")) / 1e6
         variants = [("fp32 PyTorch", lambda: compress.torch_logits(model, tokenizer, texts, L, B), pt_mb)]
@@ -130,7 +132,7 @@ def main() -> int:
             ("+ int8", plain_int8, False),
             ("+ graph optimisation", opt_int8, False),
             ("+ length-sorted batches", opt_int8, True),
-            (f"+ head pruning ({info.get('heads_pruned', 0)} heads)", served, True),
+            (f"served (heads pruned: {info.get('heads_pruned', 0)})", served, True),
         ]:
             (bundle / graph.name).write_bytes(graph.read_bytes())
             predictor = OnnxPredictor(bundle, model_file=graph.name, sort_by_length=sort)
