@@ -89,20 +89,24 @@ def tweets():
 
 # --- tiny model --------------------------------------------------------------------------------------
 def build_tiny_bert(out_dir: Path, texts: list[str], vocab_size: int = 1500) -> Path:
-    """A 2-layer BERT encoder from a config, with a WordPiece tokenizer trained on ``texts``."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    """A 2-layer BERT encoder from a config, with a WordPiece vocabulary counted from ``texts``.
+
+    The vocabulary is built by counting (specials, every character with its ``##`` form, then the most frequent
+    words, ties by spelling) rather than with the tokenizers trainer, whose ties vary between runs: the same
+    texts must give the same model, or tests that train it flake.
+    """
+    import re
+    from collections import Counter
+
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
-    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
-    (out_dir / "vocab.txt").write_text("\n".join(t for t, _ in vocab) + "\n")
+    words = Counter(w for t in texts for w in re.findall(r"\w+|[^\w\s]", str(t).lower()))
+    chars = sorted({c for w in words for c in w})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars)]
+    room = max(vocab_size - len(vocab), 0)
+    vocab += [w for w, _ in sorted(words.items(), key=lambda kv: (-kv[1], kv[0])) if len(w) > 1][:room]
+    (out_dir / "vocab.txt").write_text("\n".join(vocab) + "\n")
     BertTokenizerFast(vocab_file=str(out_dir / "vocab.txt"), do_lower_case=True).save_pretrained(out_dir)
     import torch
 
