@@ -40,7 +40,7 @@ test-containers: install-dev
 
 lint: install-dev
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check pipelines plugins dags tests bench scripts || true
+	$(VENV)/bin/ruff format --check pipelines plugins dags tests bench scripts
 
 ui: install
 	$(PY) -m scripts.ui

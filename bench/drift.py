@@ -51,8 +51,10 @@ def _batch(rows: int, seed: int):
     drugs, tweets = _pool()
     half = rows // 2
     return pd.concat(
-        [drugs.sample(n=half, replace=True, random_state=seed),
-         tweets.sample(n=rows - half, replace=True, random_state=seed)],
+        [
+            drugs.sample(n=half, replace=True, random_state=seed),
+            tweets.sample(n=rows - half, replace=True, random_state=seed),
+        ],
         ignore_index=True,
     )
 
@@ -72,8 +74,12 @@ def _worker(rows: int, root: Path, encoder: str) -> dict:
         uri = settings.uri("accepted", f"{name}.parquet")
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
         df.to_parquet(uri, index=False)
-        ctx = StepContext(step="drift", run_id=name, settings=settings,
-                          inputs={"accepted_uri": uri, "reference_uri": str(root / "reference")})
+        ctx = StepContext(
+            step="drift",
+            run_id=name,
+            settings=settings,
+            inputs={"accepted_uri": uri, "reference_uri": str(root / "reference")},
+        )
         return run_step(ctx)
 
     drift(f"warmup-{rows}", _batch(64, seed=99))
@@ -130,15 +136,23 @@ def main(argv: list[str] | None = None) -> int:
         settings = _settings(root, args.encoder)
         drugs, _ = _pool()
         started = time.perf_counter()
-        save_reference(settings, drugs.sample(n=settings.drift.reference_max_rows, replace=True, random_state=0),
-                       root / "reference")
-        print(f"reference: {settings.drift.reference_max_rows} drug reviews embedded with {args.encoder} in "
-              f"{time.perf_counter() - started:.1f}s; batch cap drift.batch_max_rows={settings.drift.batch_max_rows}, "
-              f"MMD cap drift.mmd_max_rows={settings.drift.mmd_max_rows}", flush=True)
+        save_reference(
+            settings,
+            drugs.sample(n=settings.drift.reference_max_rows, replace=True, random_state=0),
+            root / "reference",
+        )
+        print(
+            f"reference: {settings.drift.reference_max_rows} drug reviews embedded with {args.encoder} in "
+            f"{time.perf_counter() - started:.1f}s; batch cap drift.batch_max_rows={settings.drift.batch_max_rows}, "
+            f"MMD cap drift.mmd_max_rows={settings.drift.mmd_max_rows}",
+            flush=True,
+        )
         for rows in args.rows:
             out = subprocess.run(
                 [sys.executable, __file__, "--worker", str(rows), "--root", str(root), "--encoder", args.encoder],
-                capture_output=True, text=True, check=False,
+                capture_output=True,
+                text=True,
+                check=False,
             )
             if out.returncode != 0:
                 print(out.stderr[-3000:], file=sys.stderr)
@@ -146,24 +160,34 @@ def main(argv: list[str] | None = None) -> int:
             results.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(f"  {rows} rows done in {results[-1]['seconds']}s", flush=True)
 
-    header = (f"{'rows':>7} {'embedded':>8} {'drift s':>8} {'embed s':>8} {'ratio':>6} {'all-rows embed s':>16} "
-              f"{'peak RSS MB':>11} {'RSS growth MB':>13} severity")
+    header = (
+        f"{'rows':>7} {'embedded':>8} {'drift s':>8} {'embed s':>8} {'ratio':>6} {'all-rows embed s':>16} "
+        f"{'peak RSS MB':>11} {'RSS growth MB':>13} severity"
+    )
     print(header)
     print("-" * len(header))
     for r in results:
-        print(f"{r['rows']:>7} {r['rows_embedded']:>8} {r['seconds']:>8.2f} {r['embed_seconds']:>8.2f} "
-              f"{r['ratio']:>6.2f} {r['full_embed_seconds_est']:>16.1f} {r['peak_mb']:>11.1f} "
-              f"{r['rss_growth_mb']:>13.1f} {r['severity']}")
-    print("ratio = drift-step seconds / bare embedding of the same (capped) rows; goal <= 1.3. "
-          "peak RSS = the worker process (encoder and libraries loaded); RSS growth = above its warm-up peak")
-    print(json.dumps({
-        "rows": [r["rows"] for r in results],
-        "seconds": [r["seconds"] for r in results],
-        "peak_mb": [r["peak_mb"] for r in results],
-        "ratio_to_embedding": [r["ratio"] for r in results],
-        "rows_embedded": [r["rows_embedded"] for r in results],
-        "embed_seconds": [r["embed_seconds"] for r in results],
-    }))
+        print(
+            f"{r['rows']:>7} {r['rows_embedded']:>8} {r['seconds']:>8.2f} {r['embed_seconds']:>8.2f} "
+            f"{r['ratio']:>6.2f} {r['full_embed_seconds_est']:>16.1f} {r['peak_mb']:>11.1f} "
+            f"{r['rss_growth_mb']:>13.1f} {r['severity']}"
+        )
+    print(
+        "ratio = drift-step seconds / bare embedding of the same (capped) rows; goal <= 1.3. "
+        "peak RSS = the worker process (encoder and libraries loaded); RSS growth = above its warm-up peak"
+    )
+    print(
+        json.dumps(
+            {
+                "rows": [r["rows"] for r in results],
+                "seconds": [r["seconds"] for r in results],
+                "peak_mb": [r["peak_mb"] for r in results],
+                "ratio_to_embedding": [r["ratio"] for r in results],
+                "rows_embedded": [r["rows_embedded"] for r in results],
+                "embed_seconds": [r["embed_seconds"] for r in results],
+            }
+        )
+    )
     return 0
 
 

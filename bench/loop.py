@@ -34,8 +34,14 @@ def _parse_time() -> float:
         "print(time.perf_counter() - t)\n"
     )
     env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'plugins'}"}
-    runs = [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                                 check=True).stdout.strip().splitlines()[-1]) for _ in range(3)]
+    runs = [
+        float(
+            subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        for _ in range(3)
+    ]
     return min(runs)
 
 
@@ -57,10 +63,17 @@ def main() -> int:
 
         texts = [r["text"] for spec in demo.BATCHES for r in demo.generate(spec)]
         tiny = build_tiny_bert(work / "tiny", texts)
-        env.update({"MLOPS_TRAIN__BASE_MODEL": str(tiny), "MLOPS_DRIFT__ENCODER": str(tiny),
-                    "MLOPS_TRAIN__MAX_LENGTH": "64", "MLOPS_TRAIN__LEARNING_RATE": "0.001",
-                    "MLOPS_TRAIN__FINE_TUNE_LEARNING_RATE": "0.0005", "MLOPS_GATES__MIN_MACRO_F1": "0.3",
-                    "MLOPS_GATES__NONINFERIORITY_MARGIN": "0.2"})
+        env.update(
+            {
+                "MLOPS_TRAIN__BASE_MODEL": str(tiny),
+                "MLOPS_DRIFT__ENCODER": str(tiny),
+                "MLOPS_TRAIN__MAX_LENGTH": "64",
+                "MLOPS_TRAIN__LEARNING_RATE": "0.001",
+                "MLOPS_TRAIN__FINE_TUNE_LEARNING_RATE": "0.0005",
+                "MLOPS_GATES__MIN_MACRO_F1": "0.3",
+                "MLOPS_GATES__NONINFERIORITY_MARGIN": "0.2",
+            }
+        )
     os.environ.update(env)
     from scripts.dag_runner import prepare_airflow, run_dag
 
@@ -85,8 +98,16 @@ def main() -> int:
         print(f"{label:<10} {state:<8} {str(action):<10} {wall:8.1f} {compute:10.1f} {(wall - compute) / compute:9.1%}")
     print(f"DAG parse time: {parse * 1000:.0f} ms   model: {'tiny BERT' if args.tiny else 'MiniLM (packaged)'}")
     _, _, _, wall, compute = rows[-1]
-    print(json.dumps({"wall_s": round(wall, 2), "compute_s": round(compute, 2),
-                      "overhead_share": round((wall - compute) / compute, 4), "dag_parse_s": round(parse, 4)}))
+    print(
+        json.dumps(
+            {
+                "wall_s": round(wall, 2),
+                "compute_s": round(compute, 2),
+                "overhead_share": round((wall - compute) / compute, 4),
+                "dag_parse_s": round(parse, 4),
+            }
+        )
+    )
     return 0
 
 

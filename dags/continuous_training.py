@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pendulum
 from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, task
+
 from mlops_airflow import tasks
 from mlops_airflow.operators import RunStepOperator
 from mlops_airflow.params import continuous_training_params
 from mlops_airflow.sensors import ReviewSensor
-
 from pipelines.config import get_settings
 
 settings = get_settings()
@@ -56,8 +56,9 @@ with DAG(
     def pick_batch(params=None):
         return tasks.pick_batch(params or {})
 
-    validate = RunStepOperator(task_id="validate", step="validate",
-                               inputs={"batch_uri": "{{ ti.xcom_pull(task_ids='pick_batch') }}"})
+    validate = RunStepOperator(
+        task_id="validate", step="validate", inputs={"batch_uri": "{{ ti.xcom_pull(task_ids='pick_batch') }}"}
+    )
     drift = RunStepOperator(task_id="drift", step="drift", inputs={"accepted_uri": _xcom("validate", "accepted_uri")})
     decide = RunStepOperator(task_id="decide", step="decide")
 
@@ -69,14 +70,22 @@ with DAG(
     def skip():
         """Nothing drifted: keep the champion."""
 
-    train = RunStepOperator(task_id="train", step="train", inputs={"accepted_uri": _xcom("validate", "accepted_uri")},
-                            execution_timeout=timedelta(hours=6))
-    compress = RunStepOperator(task_id="compress", step="compress",
-                               inputs={"model_uri": _xcom("train", "model_uri"),
-                                       "reference_uri": _xcom("train", "reference_uri")})
-    evaluate = RunStepOperator(task_id="evaluate", step="evaluate",
-                               inputs={"served_uri": _xcom("compress", "served_uri"),
-                                       "eval_uri": _xcom("train", "eval_uri")})
+    train = RunStepOperator(
+        task_id="train",
+        step="train",
+        inputs={"accepted_uri": _xcom("validate", "accepted_uri")},
+        execution_timeout=timedelta(hours=6),
+    )
+    compress = RunStepOperator(
+        task_id="compress",
+        step="compress",
+        inputs={"model_uri": _xcom("train", "model_uri"), "reference_uri": _xcom("train", "reference_uri")},
+    )
+    evaluate = RunStepOperator(
+        task_id="evaluate",
+        step="evaluate",
+        inputs={"served_uri": _xcom("compress", "served_uri"), "eval_uri": _xcom("train", "eval_uri")},
+    )
 
     @task.branch(retries=0)
     def gate(ti=None):
@@ -86,13 +95,17 @@ with DAG(
     def gate_failed(ti=None):
         tasks.gate_failed(ti.xcom_pull(task_ids="evaluate"))
 
-    register = RunStepOperator(task_id="register", step="register",
-                               inputs={"served_uri": _xcom("compress", "served_uri")})
-    wait_for_review = ReviewSensor.from_settings(task_id="wait_for_review", version=_xcom("register", "version"),
-                                                 retries=0)
-    promote = RunStepOperator(task_id="promote", step="promote",
-                              step_params={"action": _xcom("wait_for_review", "decision"),
-                                           "version": _xcom("register", "version")})
+    register = RunStepOperator(
+        task_id="register", step="register", inputs={"served_uri": _xcom("compress", "served_uri")}
+    )
+    wait_for_review = ReviewSensor.from_settings(
+        task_id="wait_for_review", version=_xcom("register", "version"), retries=0
+    )
+    promote = RunStepOperator(
+        task_id="promote",
+        step="promote",
+        step_params={"action": _xcom("wait_for_review", "decision"), "version": _xcom("register", "version")},
+    )
 
     picked = pick_batch()
     picked >> validate >> drift >> decide

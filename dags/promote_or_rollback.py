@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import DAG
+
 from mlops_airflow.operators import RunStepOperator
 from mlops_airflow.params import promote_or_rollback_params
 
@@ -21,7 +22,11 @@ with DAG(
     RunStepOperator(
         task_id="promote",
         step="promote",
-        step_params={"action": "{{ 'approve' if params.action == 'promote' else params.action }}", "version": "{{ params.version }}",
-                     "reason": "{{ params.reason }}", "by": "{{ dag_run.triggering_user_name or 'airflow' }}"},
+        step_params={
+            "action": "{{ 'approve' if params.action == 'promote' else params.action }}",
+            "version": "{{ params.version }}",
+            "reason": "{{ params.reason }}",
+            "by": "{{ dag_run.triggering_user_name or 'airflow' }}",
+        },
         retries=0,
     )

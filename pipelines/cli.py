@@ -53,13 +53,21 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--run-id", required=True, help="pipeline run id; outputs go to <root>/runs/<run-id>/<step>/")
         p.add_argument("--input", action="append", default=[], metavar="NAME=URI", help="an upstream URI")
         p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a run parameter (JSON)")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="a setting override, dotted key, JSON value (drift.p_threshold=0.05)")
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="a setting override, dotted key, JSON value (drift.p_threshold=0.05)",
+        )
         p.add_argument("--dag-id", default=None, help="orchestrating DAG id, for lineage")
         p.add_argument("--partition", default=None, help="data interval start (ISO)")
         p.add_argument("--mlflow-parent-run-id", default=None)
-        p.add_argument("--result-file", default=None,
-                       help="also write the summary here (the Kubernetes runtime reads /airflow/xcom/return.json)")
+        p.add_argument(
+            "--result-file",
+            default=None,
+            help="also write the summary here (the Kubernetes runtime reads /airflow/xcom/return.json)",
+        )
     demo = sub.add_parser("demo-data", help="write the demo batches into the landing folder")
     demo.add_argument("--only", action="append", default=None, metavar="NAME", help="write only this batch")
     return parser

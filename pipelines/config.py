@@ -63,7 +63,9 @@ class RegistrySettings(_Section):
     review_comment_tag: str = "review_comment"
     review_timeout_minutes: int = Field(default=7 * 24 * 60, gt=0)
     review_poke_seconds: int = Field(default=60, gt=0)
-    audit_max_entries: int = Field(default=50, gt=0, description="Champion moves kept in the registered model's audit tag.")
+    audit_max_entries: int = Field(
+        default=50, gt=0, description="Champion moves kept in the registered model's audit tag."
+    )
 
 
 class DataSettings(_Section):

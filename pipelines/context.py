@@ -73,8 +73,7 @@ class StepContext:
         if not value:
             given = ", ".join(sorted(self.inputs)) or "none"
             raise ValueError(
-                f"step {self.step!r} needs input {name!r} (given: {given}); "
-                f"pass it as --input {name}=URI on the CLI"
+                f"step {self.step!r} needs input {name!r} (given: {given}); pass it as --input {name}=URI on the CLI"
             )
         return value
 

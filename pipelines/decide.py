@@ -45,9 +45,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
     force = ctx.params.get("force_action", "auto")
     force = "auto" if force in (None, "") else force
     if not isinstance(force, str) or force not in FORCE_CHOICES:
-        raise ValueError(
-            f"param force_action={force!r} is not allowed; expected one of: {', '.join(FORCE_CHOICES)}"
-        )
+        raise ValueError(f"param force_action={force!r} is not allowed; expected one of: {', '.join(FORCE_CHOICES)}")
     drift = _result(ctx, "drift", "drift_result_uri")
     validate = _result(ctx, "validate", "validate_result_uri")
     if force != "auto":
@@ -69,7 +67,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
     if drift is None:
         raise ValueError(
             f"decide needs the drift result of run {ctx.run_id!r}: run the drift step first, pass "
-            "--input drift_result_uri=<drift result.json>, or force an action with --param force_action=\"retrain\""
+            '--input drift_result_uri=<drift result.json>, or force an action with --param force_action="retrain"'
         )
     return {**decide(drift, validate, ctx.settings), "forced": False}
 
@@ -104,16 +102,23 @@ def decide(drift: dict[str, Any], validate: dict[str, Any] | None, settings: Set
         fine_tunes = drift.get("fine_tunes_since_retrain")
         if new_rows is not None and new_rows < cfg.min_new_rows_fine_tune:
             action = "skip"
-            reasons.insert(0, f"moderate drift but only {new_rows} new rows < decision.min_new_rows_fine_tune="
-                              f"{cfg.min_new_rows_fine_tune}: too little to fine-tune on")
+            reasons.insert(
+                0,
+                f"moderate drift but only {new_rows} new rows < decision.min_new_rows_fine_tune="
+                f"{cfg.min_new_rows_fine_tune}: too little to fine-tune on",
+            )
         elif fine_tunes is not None and fine_tunes >= cfg.max_fine_tunes_before_retrain:
             action = "retrain"
-            reasons.insert(0, f"moderate drift, but the champion already follows {fine_tunes} fine-tunes >= "
-                              f"decision.max_fine_tunes_before_retrain={cfg.max_fine_tunes_before_retrain}: retrain")
+            reasons.insert(
+                0,
+                f"moderate drift, but the champion already follows {fine_tunes} fine-tunes >= "
+                f"decision.max_fine_tunes_before_retrain={cfg.max_fine_tunes_before_retrain}: retrain",
+            )
         else:
             action = "fine_tune"
-            reasons.insert(0, f"moderate drift on {new_rows if new_rows is not None else 'the'} new rows: "
-                              "fine-tune the champion")
+            reasons.insert(
+                0, f"moderate drift on {new_rows if new_rows is not None else 'the'} new rows: fine-tune the champion"
+            )
     else:
         action = "skip"
         reasons.append("no drift: " + _quiet_tests(drift.get("tests", {})))

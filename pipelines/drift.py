@@ -129,7 +129,9 @@ def _compare(
 
     sample = df.sample(n=cfg.batch_max_rows, random_state=cfg.seed) if len(df) > cfg.batch_max_rows else df
     texts = sample[text_col].astype(str).tolist()
-    log.info("drift: embedding %d of %d rows with %s (reference: %d rows)", len(texts), len(df), encoder, len(ref.labels))
+    log.info(
+        "drift: embedding %d of %d rows with %s (reference: %d rows)", len(texts), len(df), encoder, len(ref.labels)
+    )
     emb = embed(texts, encoder, batch_size=cfg.embed_batch_size, max_length=cfg.max_length)
     if emb.shape[1] != ref.embeddings.shape[1]:
         raise ValueError(
@@ -148,8 +150,9 @@ def _compare(
     log.info("drift: severity %s (%s)", severity, "; ".join(reasons) or "no test fired")
 
     plot_dir = tmp / "plots"
-    plots = _plots(ref, emb, df[label_col].astype(str).tolist(), df[text_col].astype(str).str.len().to_numpy(),
-                   settings, plot_dir)
+    plots = _plots(
+        ref, emb, df[label_col].astype(str).tolist(), df[text_col].astype(str).str.len().to_numpy(), settings, plot_dir
+    )
     plot_uris = {name: ctx.output(path.name) for name, path in plots.items()}
     for name, path in plots.items():
         ctx.storage.upload_file(path, plot_uris[name])
@@ -190,8 +193,10 @@ def rate(tests: dict[str, dict[str, Any]], cfg: DriftSettings) -> tuple[str, lis
         else:
             moderate.append(line)
     if ks.get("drifted"):
-        line = (f"embedding KS: {ks['drifted_dims']} of {ks['dims']} dimensions drifted "
-                f"(share {ks['statistic']:.3f}, {ks['correction']} p < {ks['threshold']:.3g})")
+        line = (
+            f"embedding KS: {ks['drifted_dims']} of {ks['dims']} dimensions drifted "
+            f"(share {ks['statistic']:.3f}, {ks['correction']} p < {ks['threshold']:.3g})"
+        )
         (severe if ks["statistic"] >= cfg.ks_severe_share else moderate).append(
             line + (f" >= {cfg.ks_severe_share}" if ks["statistic"] >= cfg.ks_severe_share else "")
         )
@@ -200,8 +205,10 @@ def rate(tests: dict[str, dict[str, Any]], cfg: DriftSettings) -> tuple[str, lis
         if test.get("drifted"):
             moderate.append(f"{what} p={test['p_value']:.3g} < {test['threshold']} (statistic {test['statistic']:.3g})")
     if quality.get("drifted"):
-        line = (f"champion macro-F1 on the batch {quality['batch_macro_f1']:.3f} vs {quality['champion_macro_f1']:.3f} "
-                f"at evaluation (drop {quality['statistic']:.3f}")
+        line = (
+            f"champion macro-F1 on the batch {quality['batch_macro_f1']:.3f} vs {quality['champion_macro_f1']:.3f} "
+            f"at evaluation (drop {quality['statistic']:.3f}"
+        )
         if quality["statistic"] >= cfg.quality_drop_severe:
             severe.append(f"{line} >= {cfg.quality_drop_severe})")
         else:
@@ -284,8 +291,9 @@ def _mmd(ref: np.ndarray, emb: np.ndarray, cfg: DriftSettings) -> dict[str, Any]
 
     x_ref = _subsample(ref.astype(np.float32), cfg.mmd_max_rows, cfg.seed)
     x = _subsample(emb.astype(np.float32), cfg.mmd_max_rows, cfg.seed + 1)
-    detector = MMDDrift(x_ref, backend="pytorch", p_val=cfg.p_threshold, n_permutations=cfg.mmd_permutations,
-                        device="cpu")
+    detector = MMDDrift(
+        x_ref, backend="pytorch", p_val=cfg.p_threshold, n_permutations=cfg.mmd_permutations, device="cpu"
+    )
     torch.manual_seed(cfg.seed)  # the permutations are drawn from torch's generator
     data = detector.predict(x)["data"]
     return {
@@ -340,17 +348,27 @@ def _label(ref_labels: list[str], labels: list[str], cfg: DriftSettings) -> dict
     categories = sorted(set(ref_labels) | set(labels))
     ref_counts = {c: ref_labels.count(c) for c in categories}
     batch_counts = {c: labels.count(c) for c in categories}
-    base = {"threshold": cfg.label_p_threshold, "reference_counts": ref_counts, "batch_counts": batch_counts,
-            "description": "chi-square test of the label mix"}
+    base = {
+        "threshold": cfg.label_p_threshold,
+        "reference_counts": ref_counts,
+        "batch_counts": batch_counts,
+        "description": "chi-square test of the label mix",
+    }
     if len(categories) < 2:
         return {**base, "statistic": 0.0, "p_value": 1.0, "drifted": False}
     code = {c: i for i, c in enumerate(categories)}
     x_ref = np.array([code[c] for c in ref_labels], dtype=np.int64).reshape(-1, 1)
     x = np.array([code[c] for c in labels], dtype=np.int64).reshape(-1, 1)
-    data = ChiSquareDrift(x_ref, p_val=cfg.label_p_threshold, categories_per_feature={0: len(categories)}).predict(x)["data"]
+    data = ChiSquareDrift(x_ref, p_val=cfg.label_p_threshold, categories_per_feature={0: len(categories)}).predict(x)[
+        "data"
+    ]
     p_value = float(np.asarray(data["p_val"]).ravel()[0])
-    return {**base, "statistic": float(np.asarray(data["distance"]).ravel()[0]), "p_value": p_value,
-            "drifted": p_value < cfg.label_p_threshold}
+    return {
+        **base,
+        "statistic": float(np.asarray(data["distance"]).ravel()[0]),
+        "p_value": p_value,
+        "drifted": p_value < cfg.label_p_threshold,
+    }
 
 
 def _length(ref_lengths: np.ndarray, lengths: np.ndarray, cfg: DriftSettings) -> dict[str, Any]:
@@ -374,9 +392,14 @@ def _length(ref_lengths: np.ndarray, lengths: np.ndarray, cfg: DriftSettings) ->
 def _quality(champion: Champion | None, sample: pd.DataFrame, settings: Settings) -> dict[str, Any]:
     """The champion's macro-F1 on the labelled batch sample against its recorded ``eval.macro_f1``."""
     cfg = settings.drift
-    base = {"statistic": None, "p_value": None, "threshold": cfg.quality_drop_moderate,
-            "severe_threshold": cfg.quality_drop_severe, "drifted": False,
-            "description": "champion macro-F1 at evaluation minus its macro-F1 on the batch"}
+    base = {
+        "statistic": None,
+        "p_value": None,
+        "threshold": cfg.quality_drop_moderate,
+        "severe_threshold": cfg.quality_drop_severe,
+        "drifted": False,
+        "description": "champion macro-F1 at evaluation minus its macro-F1 on the batch",
+    }
     if champion is None:
         return {**base, "skipped": "no champion"}
     recorded = champion.metric(QUALITY_TAG)
@@ -394,8 +417,14 @@ def _quality(champion: Champion | None, sample: pd.DataFrame, settings: Settings
     # Macro over the classes present in the batch: a class the batch lacks says nothing about the model.
     batch_f1 = float(f1_score(y_true, y_pred, labels=sorted(set(y_true)), average="macro", zero_division=0))
     drop = recorded - batch_f1
-    return {**base, "statistic": drop, "drifted": drop >= cfg.quality_drop_moderate, "batch_macro_f1": batch_f1,
-            "champion_macro_f1": recorded, "rows": len(y_true)}
+    return {
+        **base,
+        "statistic": drop,
+        "drifted": drop >= cfg.quality_drop_moderate,
+        "batch_macro_f1": batch_f1,
+        "champion_macro_f1": recorded,
+        "rows": len(y_true),
+    }
 
 
 def _plots(
@@ -467,8 +496,12 @@ def _log_mlflow(ctx: StepContext, summary: dict[str, Any], plot_dir: Path) -> No
                 metrics[f"drift.{name}.{key}"] = float(test[key])
     with step_run(ctx):
         mlflow.log_metrics(metrics)
-        mlflow.set_tags({"drift.severity": summary["severity"], "drift.rows": str(summary["rows"]),
-                         "drift.champion_version": str(summary["champion_version"])})
+        mlflow.set_tags(
+            {
+                "drift.severity": summary["severity"],
+                "drift.rows": str(summary["rows"]),
+                "drift.champion_version": str(summary["champion_version"]),
+            }
+        )
         mlflow.log_artifacts(str(plot_dir), artifact_path="drift")
         mlflow.log_dict(summary, "drift/" + REPORT_NAME)
-

@@ -77,8 +77,10 @@ def _per_class(y: np.ndarray, pred: np.ndarray, labels: list[str]) -> dict[str, 
     from sklearn.metrics import precision_recall_fscore_support
 
     p, r, f, s = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
-    return {lab: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
-            for i, lab in enumerate(labels)}
+    return {
+        lab: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+        for i, lab in enumerate(labels)
+    }
 
 
 def _confusion(y: np.ndarray, pred: np.ndarray, labels: list[str]) -> np.ndarray:
@@ -128,19 +130,25 @@ def _latency(model: Any, texts: list[str], settings: Settings) -> dict[str, Any]
         started = time.perf_counter()
         model.predict(pd.DataFrame({"text": [t]}))
         times.append((time.perf_counter() - started) * 1000)
-    return {"p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95)),
-            "samples": len(times)}
+    return {"p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95)), "samples": len(times)}
 
 
-def _slices(eval_df: pd.DataFrame, y: np.ndarray, cand: np.ndarray, champ: np.ndarray | None,
-            settings: Settings) -> dict[str, Any]:
+def _slices(
+    eval_df: pd.DataFrame, y: np.ndarray, cand: np.ndarray, champ: np.ndarray | None, settings: Settings
+) -> dict[str, Any]:
     from pipelines.stats import macro_f1
 
     g, column = settings.gates, settings.data.slice_column
     gate: dict[str, Any] = {"threshold": -g.slice_tolerance, "comparator": "Δ ≥", "min_slice_size": g.min_slice_size}
     if column not in eval_df.columns:
-        return {**gate, "passed": True, "skipped": True, "value": None, "slices": [],
-                "note": f"no slice column {column!r} in the evaluation set"}
+        return {
+            **gate,
+            "passed": True,
+            "skipped": True,
+            "value": None,
+            "slices": [],
+            "note": f"no slice column {column!r} in the evaluation set",
+        }
     rows, worst, failed = [], None, []
     values = eval_df[column].fillna("<missing>").astype(str).to_numpy()
     for name in sorted(set(values)):
@@ -155,17 +163,28 @@ def _slices(eval_df: pd.DataFrame, y: np.ndarray, cand: np.ndarray, champ: np.nd
         if row["checked"]:
             worst = row["delta"] if worst is None else min(worst, row["delta"])
             if not row["passed"]:
-                failed.append(f"{column}={name!r} ({row['n']} rows): macro-F1 {row['candidate']:.3f} vs champion "
-                              f"{row['champion']:.3f} (Δ {row['delta']:+.3f} < -{g.slice_tolerance:.3f})")
+                failed.append(
+                    f"{column}={name!r} ({row['n']} rows): macro-F1 {row['candidate']:.3f} vs champion "
+                    f"{row['champion']:.3f} (Δ {row['delta']:+.3f} < -{g.slice_tolerance:.3f})"
+                )
         rows.append(row)
     if champ is None:
         note = "no champion (bootstrap): slices shown, not compared"
     else:
         small = sum(1 for r in rows if not r["checked"])
         note = f"{len(rows) - small} slice(s) of {column!r} compared" + (
-            f", {small} below {g.min_slice_size} rows not gated" if small else "")
-    return {**gate, "passed": not failed, "skipped": champ is None, "value": worst, "slices": rows,
-            "column": column, "failures": failed, "note": note}
+            f", {small} below {g.min_slice_size} rows not gated" if small else ""
+        )
+    return {
+        **gate,
+        "passed": not failed,
+        "skipped": champ is None,
+        "value": worst,
+        "slices": rows,
+        "column": column,
+        "failures": failed,
+        "note": note,
+    }
 
 
 def run(ctx: StepContext) -> dict[str, Any]:
@@ -261,31 +280,64 @@ def _evaluate(ctx: StepContext, eval_df: pd.DataFrame, work: Path) -> dict[str, 
     # --- gates ---------------------------------------------------------------------------------------------
     gates: dict[str, dict[str, Any]] = {}
     failures: list[str] = []
-    gates["macro_f1_floor"] = {"passed": metrics["macro_f1"] >= g.min_macro_f1, "value": metrics["macro_f1"],
-                               "threshold": g.min_macro_f1, "comparator": "≥"}
+    gates["macro_f1_floor"] = {
+        "passed": metrics["macro_f1"] >= g.min_macro_f1,
+        "value": metrics["macro_f1"],
+        "threshold": g.min_macro_f1,
+        "comparator": "≥",
+    }
     if not gates["macro_f1_floor"]["passed"]:
         failures.append(f"macro-F1 {metrics['macro_f1']:.3f} < floor gates.min_macro_f1={g.min_macro_f1}")
     low = {lab: r for lab, r in metrics["recall"].items() if r < g.min_class_recall}
-    gates["class_recall_floor"] = {"passed": not low, "value": min(metrics["recall"].values()),
-                                   "threshold": g.min_class_recall, "comparator": "≥", "below": sorted(low)}
+    gates["class_recall_floor"] = {
+        "passed": not low,
+        "value": min(metrics["recall"].values()),
+        "threshold": g.min_class_recall,
+        "comparator": "≥",
+        "below": sorted(low),
+    }
     if low:
         gates["class_recall_floor"]["note"] = "below: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(low.items()))
-        failures.append(f"recall below gates.min_class_recall={g.min_class_recall}: "
-                        + ", ".join(f"{k} {v:.3f}" for k, v in sorted(low.items())))
+        failures.append(
+            f"recall below gates.min_class_recall={g.min_class_recall}: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in sorted(low.items()))
+        )
 
     if champ is None:
-        gates["non_inferiority"] = {"passed": True, "skipped": True, "value": None,
-                                    "threshold": -g.noninferiority_margin, "comparator": "CI low ≥",
-                                    "note": "no champion (bootstrap): nothing to compare against"}
+        gates["non_inferiority"] = {
+            "passed": True,
+            "skipped": True,
+            "value": None,
+            "threshold": -g.noninferiority_margin,
+            "comparator": "CI low ≥",
+            "note": "no champion (bootstrap): nothing to compare against",
+        }
     else:
-        ni = non_inferiority(y, cand, champ, labels, margin=g.noninferiority_margin, alpha=g.alpha,
-                             samples=g.bootstrap_samples, seed=g.seed)
+        ni = non_inferiority(
+            y,
+            cand,
+            champ,
+            labels,
+            margin=g.noninferiority_margin,
+            alpha=g.alpha,
+            samples=g.bootstrap_samples,
+            seed=g.seed,
+        )
         b = ni.bootstrap
         gates["non_inferiority"] = {
-            "passed": ni.passed, "skipped": False, "value": b.diff, "threshold": -g.noninferiority_margin,
-            "comparator": "CI low ≥", "verdict": ni.verdict, "ci_low": b.ci_low, "ci_high": b.ci_high,
-            "level": b.level, "samples": b.samples, "mcnemar": ni.mcnemar.as_dict(),
-            "champion_version": champion.version, "note": ni.reason,
+            "passed": ni.passed,
+            "skipped": False,
+            "value": b.diff,
+            "threshold": -g.noninferiority_margin,
+            "comparator": "CI low ≥",
+            "verdict": ni.verdict,
+            "ci_low": b.ci_low,
+            "ci_high": b.ci_high,
+            "level": b.level,
+            "samples": b.samples,
+            "mcnemar": ni.mcnemar.as_dict(),
+            "champion_version": champion.version,
+            "note": ni.reason,
         }
         if not ni.passed:
             failures.append(f"non-inferiority against champion v{champion.version}: {ni.reason}")
@@ -294,13 +346,23 @@ def _evaluate(ctx: StepContext, eval_df: pd.DataFrame, work: Path) -> dict[str, 
     failures += [f"slice {f}" for f in gates["slices"].get("failures", [])]
 
     lat = _latency(candidate_model, texts, s)
-    gates["latency_p95_ms"] = {"passed": lat["p95_ms"] <= g.max_latency_p95_ms, "value": lat["p95_ms"],
-                               "threshold": g.max_latency_p95_ms, "comparator": "≤", **lat}
+    gates["latency_p95_ms"] = {
+        "passed": lat["p95_ms"] <= g.max_latency_p95_ms,
+        "value": lat["p95_ms"],
+        "threshold": g.max_latency_p95_ms,
+        "comparator": "≤",
+        **lat,
+    }
     if not gates["latency_p95_ms"]["passed"]:
         failures.append(f"latency p95 {lat['p95_ms']:.1f} ms > gates.max_latency_p95_ms={g.max_latency_p95_ms}")
     size_mb = (bundle / "model.onnx").stat().st_size / _MB
-    gates["size_mb"] = {"passed": size_mb <= g.max_size_mb, "value": size_mb, "threshold": g.max_size_mb,
-                        "comparator": "≤", "note": "bundle/model.onnx, MiB"}
+    gates["size_mb"] = {
+        "passed": size_mb <= g.max_size_mb,
+        "value": size_mb,
+        "threshold": g.max_size_mb,
+        "comparator": "≤",
+        "note": "bundle/model.onnx, MiB",
+    }
     if not gates["size_mb"]["passed"]:
         failures.append(f"served model {size_mb:.2f} MB > gates.max_size_mb={g.max_size_mb}")
     passed = all(gate["passed"] for gate in gates.values())
@@ -312,35 +374,45 @@ def _evaluate(ctx: StepContext, eval_df: pd.DataFrame, work: Path) -> dict[str, 
     cm_champ = _confusion(y, champ, labels) if champ is not None else None
     figures = {
         "confusion_matrix": report.confusion_figure(figures_dir / "confusion_matrix.png", labels, cm_cand, cm_champ),
-        "per_class": report.per_class_figure(figures_dir / "per_class.png", labels,
-                                             [per_class[lab]["precision"] for lab in labels],
-                                             [per_class[lab]["recall"] for lab in labels], g.min_class_recall),
+        "per_class": report.per_class_figure(
+            figures_dir / "per_class.png",
+            labels,
+            [per_class[lab]["precision"] for lab in labels],
+            [per_class[lab]["recall"] for lab in labels],
+            g.min_class_recall,
+        ),
     }
     if calib is not None:
         figures["reliability"] = report.reliability_figure(figures_dir / "reliability.png", calib)
-    compared = {"candidate": {"macro-F1": metrics["macro_f1"], "accuracy": metrics["accuracy"]},
-                "champion": {"macro-F1": metrics["champion_macro_f1"], "accuracy": metrics["champion_accuracy"]},
-                "TF-IDF baseline": {"macro-F1": metrics["baseline_macro_f1"], "accuracy": metrics["baseline_accuracy"]},
-                "majority": {"macro-F1": metrics["majority_macro_f1"], "accuracy": metrics["majority_accuracy"]}}
+    compared = {
+        "candidate": {"macro-F1": metrics["macro_f1"], "accuracy": metrics["accuracy"]},
+        "champion": {"macro-F1": metrics["champion_macro_f1"], "accuracy": metrics["champion_accuracy"]},
+        "TF-IDF baseline": {"macro-F1": metrics["baseline_macro_f1"], "accuracy": metrics["baseline_accuracy"]},
+        "majority": {"macro-F1": metrics["majority_macro_f1"], "accuracy": metrics["majority_accuracy"]},
+    }
     for lab in labels:
         compared["candidate"][f"recall {lab}"] = per_class[lab]["recall"]
         compared["champion"][f"recall {lab}"] = champ_per_class[lab]["recall"] if champ_per_class else None
         compared["TF-IDF baseline"][f"recall {lab}"] = (
-            float(np.mean(base["baseline"][y == lab] == lab)) if base["baseline"] is not None and (y == lab).any()
-            else None)
+            float(np.mean(base["baseline"][y == lab] == lab))
+            if base["baseline"] is not None and (y == lab).any()
+            else None
+        )
         compared["majority"][f"recall {lab}"] = float(lab == base["majority_label"])
     figures["champion_vs_challenger"] = report.comparison_figure(figures_dir / "champion_vs_challenger.png", compared)
 
-    figure_uris = {name: ctx.storage.upload_file(path, ctx.output(path.name))
-                   for name, path in figures.items()}
+    figure_uris = {name: ctx.storage.upload_file(path, ctx.output(path.name)) for name, path in figures.items()}
     summary: dict[str, Any] = {
         "passed": passed,
         "gates": gates,
         "metrics": metrics,
         "failures": failures,
         "champion_version": champion.version if champion else None,
-        "confusion": {"labels": labels, "candidate": cm_cand.tolist(),
-                      "champion": cm_champ.tolist() if cm_champ is not None else None},
+        "confusion": {
+            "labels": labels,
+            "candidate": cm_cand.tolist(),
+            "champion": cm_champ.tolist() if cm_champ is not None else None,
+        },
         "served_uri": served_uri,
         "eval_uri": eval_uri,
         "eval_rows": int(len(y)),
@@ -360,9 +432,14 @@ def _evaluate(ctx: StepContext, eval_df: pd.DataFrame, work: Path) -> dict[str, 
     write_parquet(predictions, ctx.output("predictions.parquet"), s)
 
     with step_run(ctx):
-        flat = {"eval.macro_f1": metrics["macro_f1"], "eval.accuracy": metrics["accuracy"],
-                "eval.majority_macro_f1": metrics["majority_macro_f1"], "eval.latency_p95_ms": lat["p95_ms"],
-                "eval.size_mb": size_mb, "eval.passed": float(passed)}
+        flat = {
+            "eval.macro_f1": metrics["macro_f1"],
+            "eval.accuracy": metrics["accuracy"],
+            "eval.majority_macro_f1": metrics["majority_macro_f1"],
+            "eval.latency_p95_ms": lat["p95_ms"],
+            "eval.size_mb": size_mb,
+            "eval.passed": float(passed),
+        }
         flat.update({f"eval.recall_{lab}": r for lab, r in metrics["recall"].items()})
         for key in ("champion_macro_f1", "baseline_macro_f1", "ece"):
             if metrics.get(key) is not None:
@@ -370,15 +447,20 @@ def _evaluate(ctx: StepContext, eval_df: pd.DataFrame, work: Path) -> dict[str, 
         if not gates["non_inferiority"]["skipped"]:
             flat["eval.f1_diff_ci_low"] = gates["non_inferiority"]["ci_low"]
         mlflow.log_metrics(flat)
-        mlflow.log_params({"eval_uri": eval_uri, "served_uri": served_uri,
-                           "champion_version": summary["champion_version"] or "none"})
+        mlflow.log_params(
+            {"eval_uri": eval_uri, "served_uri": served_uri, "champion_version": summary["champion_version"] or "none"}
+        )
         mlflow.set_tags({"eval.passed": str(passed).lower(), "eval.report_uri": summary["report_uri"]})
         for path in figures.values():
             mlflow.log_artifact(str(path), artifact_path="evaluation")
         mlflow.log_artifact(str(figures_dir / "report.md"), artifact_path="evaluation")
 
-    log.info("evaluate: %s; macro-F1 %.3f; failures: %s", "passed" if passed else "FAILED",
-             metrics["macro_f1"], failures or "none")
+    log.info(
+        "evaluate: %s; macro-F1 %.3f; failures: %s",
+        "passed" if passed else "FAILED",
+        metrics["macro_f1"],
+        failures or "none",
+    )
     return summary
 
 

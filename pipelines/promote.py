@@ -35,8 +35,14 @@ AUDIT_TAG = "mlops.audit"
 APPROVED, REJECTED = "approved", "rejected"
 MOVES = ("promote", "rollback")
 _MAX_TEXT = 5000  # MLflow's SQL columns for tag values and descriptions hold 5000 characters
-_REVIEW_VALUES = {"approved": APPROVED, "approve": APPROVED, "yes": APPROVED,
-                  "rejected": REJECTED, "reject": REJECTED, "no": REJECTED}
+_REVIEW_VALUES = {
+    "approved": APPROVED,
+    "approve": APPROVED,
+    "yes": APPROVED,
+    "rejected": REJECTED,
+    "reject": REJECTED,
+    "no": REJECTED,
+}
 
 
 # --- small helpers -------------------------------------------------------------------------------------------
@@ -136,8 +142,10 @@ def _audit_markdown(settings: Settings, client: Any, entries: list[dict[str, Any
     rows = []
     for e in reversed(entries):
         why = str(e.get("why", "")).replace("|", "/").replace("\n", " ")[:200]
-        rows.append(f"| {e['when']} | {e['action']} | v{e['version']} | {('v' + e['from']) if e.get('from') else '–'} "
-                    f"| {('v' + e['to']) if e.get('to') else '–'} | {e.get('by', '')} | {why} |")
+        rows.append(
+            f"| {e['when']} | {e['action']} | v{e['version']} | {('v' + e['from']) if e.get('from') else '–'} "
+            f"| {('v' + e['to']) if e.get('to') else '–'} | {e.get('by', '')} | {why} |"
+        )
     text = "\n".join(head)
     for row in rows:
         if len(text) + len(row) + 1 > _MAX_TEXT:
@@ -178,8 +186,9 @@ def review_state(settings: Settings, version: Any) -> str | None:
 
 
 # --- the champion moves --------------------------------------------------------------------------------------
-def _make_champion(settings: Settings, version: str, action: str, by: str, reason: str, when: str | None,
-                   request: str | None) -> dict[str, Any]:
+def _make_champion(
+    settings: Settings, version: str, action: str, by: str, reason: str, when: str | None, request: str | None
+) -> dict[str, Any]:
     client = _client(settings)
     name = settings.registry.model_name
     mv = _get_version(client, name, version)
@@ -202,8 +211,16 @@ def _make_champion(settings: Settings, version: str, action: str, by: str, reaso
     last = _last_move(entries)
     # A retry after a crash between the alias move and the audit write still records the move once.
     if (last is None or last.get("to") != version) and not _done_before(entries, action, request):
-        entry = {"action": action, "version": version, "from": before if changed else (last or {}).get("to"),
-                 "to": version, "when": _now(when), "by": by, "why": reason, "request": request}
+        entry = {
+            "action": action,
+            "version": version,
+            "from": before if changed else (last or {}).get("to"),
+            "to": version,
+            "when": _now(when),
+            "by": by,
+            "why": reason,
+            "request": request,
+        }
         entries.append(entry)
         client.set_model_version_tag(name, version, "mlops.champion_since", entry["when"])
         _write_audit(client, settings, entries)
@@ -213,8 +230,9 @@ def _make_champion(settings: Settings, version: str, action: str, by: str, reaso
     return {"champion_before": before, "champion_after": version, "changed": changed}
 
 
-def promote(settings: Settings, version: Any, by: str, reason: str, *, when: str | None = None,
-            request: str | None = None) -> dict[str, Any]:
+def promote(
+    settings: Settings, version: Any, by: str, reason: str, *, when: str | None = None, request: str | None = None
+) -> dict[str, Any]:
     """Make ``version`` the champion: alias ``champion`` moves to it, it goes to Production, the previous
     champion to Archived, and the ``challenger`` alias is removed if it pointed at it. Safe to repeat.
 
@@ -235,8 +253,10 @@ def promote(settings: Settings, version: Any, by: str, reason: str, *, when: str
     v = _version(version)
     if v is None:
         raise ValueError("promote needs a model version")
-    if review_state(settings, v) == REJECTED and alias_version(_client(settings), settings.registry.model_name,
-                                                                 CHAMPION) != v:
+    if (
+        review_state(settings, v) == REJECTED
+        and alias_version(_client(settings), settings.registry.model_name, CHAMPION) != v
+    ):
         raise ValueError(
             f"{settings.registry.model_name} version {v} was rejected (tag {settings.registry.review_tag}="
             f"rejected); remove or change that tag in the MLflow UI before promoting it"
@@ -244,8 +264,9 @@ def promote(settings: Settings, version: Any, by: str, reason: str, *, when: str
     return _make_champion(settings, v, "promote", by, reason, when, request)
 
 
-def reject(settings: Settings, version: Any, by: str, reason: str, *, when: str | None = None,
-           request: str | None = None) -> dict[str, Any]:
+def reject(
+    settings: Settings, version: Any, by: str, reason: str, *, when: str | None = None, request: str | None = None
+) -> dict[str, Any]:
     """Reject a challenger: it goes to Archived, loses the ``challenger`` alias; the champion is untouched.
 
     Args:
@@ -283,8 +304,16 @@ def reject(settings: Settings, version: Any, by: str, reason: str, *, when: str 
     if "mlops.rejected_at" not in mv.tags:
         entries = read_audit(settings)
         if not _done_before(entries, "reject", request):
-            entry = {"action": "reject", "version": v, "from": champion, "to": champion, "when": _now(when),
-                     "by": by, "why": reason, "request": request}
+            entry = {
+                "action": "reject",
+                "version": v,
+                "from": champion,
+                "to": champion,
+                "when": _now(when),
+                "by": by,
+                "why": reason,
+                "request": request,
+            }
             entries.append(entry)
             _write_audit(client, settings, entries)
             client.set_model_version_tag(name, v, "mlops.rejected_at", entry["when"])
@@ -292,8 +321,15 @@ def reject(settings: Settings, version: Any, by: str, reason: str, *, when: str 
     return {"champion_before": champion, "champion_after": champion, "changed": False}
 
 
-def rollback(settings: Settings, version: Any = None, *, by: str, reason: str, when: str | None = None,
-             request: str | None = None) -> dict[str, Any]:
+def rollback(
+    settings: Settings,
+    version: Any = None,
+    *,
+    by: str,
+    reason: str,
+    when: str | None = None,
+    request: str | None = None,
+) -> dict[str, Any]:
     """Make an earlier champion the champion again (its served model, fp32 weights and drift reference with it).
 
     Args:
@@ -399,5 +435,4 @@ def run(ctx: StepContext) -> dict[str, Any]:
     else:
         out = rollback(s, version, by=by, reason=reason or "rollback", request=ctx.run_id)
         version, status = out["champion_after"], "rolled_back"
-    return {**summary, "action": action, "version": version, "status": status,
-            "champion_after": out["champion_after"]}
+    return {**summary, "action": action, "version": version, "status": status, "champion_after": out["champion_after"]}

@@ -26,7 +26,9 @@ class Reference:
     meta: dict[str, Any]
 
 
-def save_reference(settings: Settings, df: pd.DataFrame, out_dir: str | Path, meta: dict[str, Any] | None = None) -> Path:
+def save_reference(
+    settings: Settings, df: pd.DataFrame, out_dir: str | Path, meta: dict[str, Any] | None = None
+) -> Path:
     """Embed a capped, seeded sample of ``df`` with the drift encoder and save it in ``out_dir``."""
     import numpy as np
 

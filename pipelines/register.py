@@ -45,8 +45,9 @@ def git_commit() -> str:
     if baked.is_file():
         return baked.read_text().strip() or "unknown"
     try:
-        out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10, check=False)
+        out = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=False
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
@@ -72,8 +73,9 @@ def _lineage_tags(ctx: StepContext, results: dict[str, dict[str, Any] | None]) -
     from pipelines.storage import basename
 
     s = ctx.settings
-    validate, drift, decide, train, evaluate = (results.get(k) or {} for k in
-                                                ("validate", "drift", "decide", "train", "evaluate"))
+    validate, drift, decide, train, evaluate = (
+        results.get(k) or {} for k in ("validate", "drift", "decide", "train", "evaluate")
+    )
     tags: dict[str, Any] = {
         TAG_PIPELINE_RUN: ctx.run_id,
         "mlops.dag_id": ctx.dag_id or "",
@@ -91,8 +93,10 @@ def _lineage_tags(ctx: StepContext, results: dict[str, dict[str, Any] | None]) -
         "drift.severity": drift.get("severity", ""),
         "drift.rule": drift.get("rule", ""),
         "drift.champion_version": drift.get("champion_version") or "",
-        "drift.tests": {k: {f: v.get(f) for f in ("statistic", "p_value", "threshold", "drifted")}
-                        for k, v in (drift.get("tests") or {}).items()},
+        "drift.tests": {
+            k: {f: v.get(f) for f in ("statistic", "p_value", "threshold", "drifted")}
+            for k, v in (drift.get("tests") or {}).items()
+        },
         "drift.report_uri": drift.get("report_uri", ""),
         "decision.action": decide.get("action") or train.get("action", ""),
         "decision.reasons": decide.get("reasons", []),
@@ -131,9 +135,13 @@ def _logged_model(client: Any, ctx: StepContext, parent: str, served_dir: Path, 
         return ready[0].model_id
     for stale in found:  # an upload interrupted by a crash: mark it failed, upload again
         client.finalize_logged_model(stale.model_id, "FAILED")
-    model = client.create_logged_model(exp, name="served", source_run_id=parent,
-                                       tags={TAG_PIPELINE_RUN: ctx.run_id, "mlops.step": "register"},
-                                       model_type="served-pyfunc")
+    model = client.create_logged_model(
+        exp,
+        name="served",
+        source_run_id=parent,
+        tags={TAG_PIPELINE_RUN: ctx.run_id, "mlops.step": "register"},
+        model_type="served-pyfunc",
+    )
     log.info("register: uploading %s as logged model %s", served_dir, model.model_id)
     client.log_model_artifacts(model.model_id, str(served_dir))
     client.finalize_logged_model(model.model_id, "READY")
@@ -176,8 +184,11 @@ def run(ctx: StepContext) -> dict[str, Any]:
             "run the evaluate step first"
         )
     if not evaluate.get("passed"):
-        raise ModelRejected(f"candidate of run {ctx.run_id!r} failed evaluation; it is not registered",
-                            failures=evaluate.get("failures"), report_uri=evaluate.get("report_uri"))
+        raise ModelRejected(
+            f"candidate of run {ctx.run_id!r} failed evaluation; it is not registered",
+            failures=evaluate.get("failures"),
+            report_uri=evaluate.get("report_uri"),
+        )
     policy = str(ctx.params.get("promotion") or reg.promotion)
     if policy not in {"manual", "auto"}:
         raise ValueError(f"param promotion={policy!r} must be 'manual' or 'auto'")
@@ -189,13 +200,17 @@ def run(ctx: StepContext) -> dict[str, Any]:
     created = mv is None
     if created:
         with tempfile.TemporaryDirectory(prefix="mlops-register-") as tmp:
-            served_dir = ctx.storage.download_dir(served_uri, Path(tmp) / "served") if is_s3(served_uri) \
-                else Path(served_uri)
+            served_dir = (
+                ctx.storage.download_dir(served_uri, Path(tmp) / "served") if is_s3(served_uri) else Path(served_uri)
+            )
             if not served_dir.is_dir():
                 raise FileNotFoundError(f"served model folder {served_uri!r} does not exist; run compress first")
             find_bundle(served_dir)
-            metrics = {f"eval.{k}": float(v) for k, v in evaluate["metrics"].items()
-                       if isinstance(v, int | float) and not isinstance(v, bool)}
+            metrics = {
+                f"eval.{k}": float(v)
+                for k, v in evaluate["metrics"].items()
+                if isinstance(v, int | float) and not isinstance(v, bool)
+            }
             model_id = _logged_model(client, ctx, parent, served_dir, metrics)
         from mlflow.exceptions import MlflowException
 
@@ -204,8 +219,9 @@ def run(ctx: StepContext) -> dict[str, Any]:
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-        mv = client.create_model_version(name, source=f"models:/{model_id}", run_id=parent, model_id=model_id,
-                                         tags={TAG_PIPELINE_RUN: ctx.run_id})
+        mv = client.create_model_version(
+            name, source=f"models:/{model_id}", run_id=parent, model_id=model_id, tags={TAG_PIPELINE_RUN: ctx.run_id}
+        )
         log.info("register: created %s version %s for run %s", name, mv.version, ctx.run_id)
     else:
         log.info("register: run %s already has %s version %s; reusing it", ctx.run_id, name, mv.version)
@@ -215,9 +231,18 @@ def run(ctx: StepContext) -> dict[str, Any]:
         if mv.tags.get(key) != value:
             client.set_model_version_tag(name, version, key, value)
     description = report.render_review_description(
-        model_name=name, version=version, run_id=ctx.run_id, evaluate=evaluate, validate=results["validate"],
-        drift=results["drift"], decide=results["decide"], train=results["train"], review_tag=reg.review_tag,
-        review_comment_tag=reg.review_comment_tag, policy=policy, run_url=run_url(s, parent),
+        model_name=name,
+        version=version,
+        run_id=ctx.run_id,
+        evaluate=evaluate,
+        validate=results["validate"],
+        drift=results["drift"],
+        decide=results["decide"],
+        train=results["train"],
+        review_tag=reg.review_tag,
+        review_comment_tag=reg.review_comment_tag,
+        policy=policy,
+        run_url=run_url(s, parent),
     )
     if mv.description != description:
         client.update_model_version(name, version, description=description)
@@ -231,8 +256,19 @@ def run(ctx: StepContext) -> dict[str, Any]:
     if policy == "auto" and champion_before != version and fresh:
         promote(s, version, by="policy:auto", reason="promotion policy auto: every gate passed", request=ctx.run_id)
         promoted = True
-    alias = CHAMPION if alias_version(client, name, CHAMPION) == version else (
-        CHALLENGER if alias_version(client, name, CHALLENGER) == version else None)
-    return {"model_name": name, "version": version, "alias": alias, "model_uri": f"models:/{name}/{version}",
-            "created": created, "policy": policy, "promoted": promoted, "champion_before": champion_before,
-            "parent_run_id": parent}
+    alias = (
+        CHAMPION
+        if alias_version(client, name, CHAMPION) == version
+        else (CHALLENGER if alias_version(client, name, CHALLENGER) == version else None)
+    )
+    return {
+        "model_name": name,
+        "version": version,
+        "alias": alias,
+        "model_uri": f"models:/{name}/{version}",
+        "created": created,
+        "policy": policy,
+        "promoted": promoted,
+        "champion_before": champion_before,
+        "parent_run_id": parent,
+    }

@@ -104,10 +104,12 @@ def _scoreboard(summary: dict[str, Any]) -> str:
     m = summary["metrics"]
     rows = [["candidate (served artifact)", _f(m.get("macro_f1")), _f(m.get("accuracy"))]]
     if m.get("champion_macro_f1") is not None:
-        rows.append([f"champion v{summary.get('champion_version')}", _f(m["champion_macro_f1"]),
-                     _f(m.get("champion_accuracy"))])
-    rows.append(["TF-IDF + logistic regression baseline", _f(m.get("baseline_macro_f1")),
-                 _f(m.get("baseline_accuracy"))])
+        rows.append(
+            [f"champion v{summary.get('champion_version')}", _f(m["champion_macro_f1"]), _f(m.get("champion_accuracy"))]
+        )
+    rows.append(
+        ["TF-IDF + logistic regression baseline", _f(m.get("baseline_macro_f1")), _f(m.get("baseline_accuracy"))]
+    )
     rows.append(["majority class", _f(m.get("majority_macro_f1")), _f(m.get("majority_accuracy"))])
     return _table(["model", "macro-F1", "accuracy"], rows)
 
@@ -117,8 +119,10 @@ def baseline_warning(summary: dict[str, Any]) -> str | None:
     m = summary["metrics"]
     base = m.get("baseline_macro_f1")
     if base is not None and m.get("macro_f1") is not None and m["macro_f1"] < base:
-        return (f"⚠️ The candidate ({m['macro_f1']:.3f}) scores below the TF-IDF + logistic-regression baseline "
-                f"({base:.3f}) trained on the same data.")
+        return (
+            f"⚠️ The candidate ({m['macro_f1']:.3f}) scores below the TF-IDF + logistic-regression baseline "
+            f"({base:.3f}) trained on the same data."
+        )
     return None
 
 
@@ -149,26 +153,45 @@ def render_evaluation_report(summary: dict[str, Any]) -> str:
         lines += [warning, ""]
     per_class = summary["metrics"].get("per_class", {})
     if per_class:
-        rows = [[f"`{lab}`", _f(v.get("precision")), _f(v.get("recall")), _f(v.get("f1")), v.get("support"),
-                 _f(v.get("champion_recall"))] for lab, v in per_class.items()]
-        lines += ["## Per class", "", _table(["class", "precision", "recall", "F1", "support", "champion recall"],
-                                             rows), ""]
+        rows = [
+            [
+                f"`{lab}`",
+                _f(v.get("precision")),
+                _f(v.get("recall")),
+                _f(v.get("f1")),
+                v.get("support"),
+                _f(v.get("champion_recall")),
+            ]
+            for lab, v in per_class.items()
+        ]
+        lines += [
+            "## Per class",
+            "",
+            _table(["class", "precision", "recall", "F1", "support", "champion recall"], rows),
+            "",
+        ]
     ni = summary["gates"].get("non_inferiority", {})
     if not ni.get("skipped"):
         lines += ["## Non-inferiority against the champion", "", f"{ni.get('note', '')}", ""]
         if ni.get("mcnemar"):
             mc = ni["mcnemar"]
-            lines += [f"McNemar exact test: candidate alone right on {mc['candidate_only']} rows, champion alone "
-                      f"right on {mc['reference_only']} rows, p = {mc['p_value']:.3g}.", ""]
+            lines += [
+                f"McNemar exact test: candidate alone right on {mc['candidate_only']} rows, champion alone "
+                f"right on {mc['reference_only']} rows, p = {mc['p_value']:.3g}.",
+                "",
+            ]
     if table := slice_table(summary["gates"].get("slices", {})):
         lines += ["## Slices", "", table, ""]
     lines += ["## Confusion matrix", "", confusion_tables(summary["confusion"]), ""]
     lat, size = summary["gates"].get("latency_p95_ms", {}), summary["gates"].get("size_mb", {})
-    lines += ["## Budgets", "",
-              f"- latency p95 at batch 1: {_f(lat.get('value'), 1)} ms (p50 {_f(lat.get('p50_ms'), 1)} ms, "
-              f"{lat.get('samples')} calls) against a budget of {_f(lat.get('threshold'), 1)} ms",
-              f"- served model size: {_f(size.get('value'), 2)} MB against a budget of {_f(size.get('threshold'), 1)} MB",
-              ""]
+    lines += [
+        "## Budgets",
+        "",
+        f"- latency p95 at batch 1: {_f(lat.get('value'), 1)} ms (p50 {_f(lat.get('p50_ms'), 1)} ms, "
+        f"{lat.get('samples')} calls) against a budget of {_f(lat.get('threshold'), 1)} ms",
+        f"- served model size: {_f(size.get('value'), 2)} MB against a budget of {_f(size.get('threshold'), 1)} MB",
+        "",
+    ]
     if summary.get("figures"):
         lines += ["## Figures", ""] + [f"![{name}]({Path(uri).name})" for name, uri in summary["figures"].items()]
     return "\n".join(lines).rstrip() + "\n"
@@ -213,18 +236,25 @@ def render_review_description(
     """
     m = evaluate["metrics"]
     verdict = "all gates passed" if evaluate["passed"] else "gates FAILED"
-    head = [f"# Challenger for `{model_name}`" + (f" v{version}" if version else ""), "",
-            f"**{verdict}**; macro-F1 {_f(m.get('macro_f1'))} "
-            f"(champion {_f(m.get('champion_macro_f1'))}, TF-IDF baseline {_f(m.get('baseline_macro_f1'))}, "
-            f"majority class {_f(m.get('majority_macro_f1'))}). Pipeline run `{run_id}`"
-            + (f" ([MLflow run]({run_url}))" if run_url else "") + "."]
+    head = [
+        f"# Challenger for `{model_name}`" + (f" v{version}" if version else ""),
+        "",
+        f"**{verdict}**; macro-F1 {_f(m.get('macro_f1'))} "
+        f"(champion {_f(m.get('champion_macro_f1'))}, TF-IDF baseline {_f(m.get('baseline_macro_f1'))}, "
+        f"majority class {_f(m.get('majority_macro_f1'))}). Pipeline run `{run_id}`"
+        + (f" ([MLflow run]({run_url}))" if run_url else "")
+        + ".",
+    ]
     if warning := baseline_warning(evaluate):
         head += ["", warning]
 
-    how = ["## How to decide", "",
-           f"Policy: `{policy}`. In the MLflow UI, on this version, add the tag `{review_tag}` = `approved` or "
-           f"`rejected`, optionally with `{review_comment_tag}` = your reason. Approval makes this version the "
-           "`champion` (stage Production) and archives the old one; rejection archives it and keeps the champion."]
+    how = [
+        "## How to decide",
+        "",
+        f"Policy: `{policy}`. In the MLflow UI, on this version, add the tag `{review_tag}` = `approved` or "
+        f"`rejected`, optionally with `{review_comment_tag}` = your reason. Approval makes this version the "
+        "`champion` (stage Production) and archives the old one; rejection archives it and keeps the champion.",
+    ]
 
     decision = ["## Decision", ""]
     if decide:
@@ -237,13 +267,25 @@ def render_review_description(
 
     data = ["## Data and drift", ""]
     if validate:
-        data.append(f"- batch `{validate.get('batch_id')}`: {validate.get('rows')} rows, validation "
-                    f"{'passed' if validate.get('passed') else 'failed'}, hash `{str(validate.get('content_hash'))[:16]}`")
+        data.append(
+            f"- batch `{validate.get('batch_id')}`: {validate.get('rows')} rows, validation "
+            f"{'passed' if validate.get('passed') else 'failed'}, hash `{str(validate.get('content_hash'))[:16]}`"
+        )
     if drift:
-        data.append(f"- drift severity **{drift.get('severity')}** against champion "
-                    f"v{drift.get('champion_version') or '–'}; rule: {drift.get('rule', '–')}")
-        rows = [[f"`{name}`", _f(t.get("statistic")), _f(t.get("p_value"), 4), _f(t.get("threshold"), 4),
-                 "yes" if t.get("drifted") else "no"] for name, t in (drift.get("tests") or {}).items()]
+        data.append(
+            f"- drift severity **{drift.get('severity')}** against champion "
+            f"v{drift.get('champion_version') or '–'}; rule: {drift.get('rule', '–')}"
+        )
+        rows = [
+            [
+                f"`{name}`",
+                _f(t.get("statistic")),
+                _f(t.get("p_value"), 4),
+                _f(t.get("threshold"), 4),
+                "yes" if t.get("drifted") else "no",
+            ]
+            for name, t in (drift.get("tests") or {}).items()
+        ]
         if rows:
             data += ["", _table(["test", "statistic", "p-value", "threshold", "drifted"], rows)]
 
@@ -251,9 +293,12 @@ def render_review_description(
     if evaluate.get("failures"):
         gates += ["", "Failures:"] + [f"- {f}" for f in evaluate["failures"]]
     lat, size = evaluate["gates"].get("latency_p95_ms", {}), evaluate["gates"].get("size_mb", {})
-    budgets = ["## Size and latency", "",
-               f"- latency p95 (batch 1): {_f(lat.get('value'), 1)} ms of {_f(lat.get('threshold'), 1)} ms budget",
-               f"- size: {_f(size.get('value'), 2)} MB of {_f(size.get('threshold'), 1)} MB budget"]
+    budgets = [
+        "## Size and latency",
+        "",
+        f"- latency p95 (batch 1): {_f(lat.get('value'), 1)} ms of {_f(lat.get('threshold'), 1)} ms budget",
+        f"- size: {_f(size.get('value'), 2)} MB of {_f(size.get('threshold'), 1)} MB budget",
+    ]
     slices = ["## Slices", ""]
     slices.append(slice_table(evaluate["gates"].get("slices", {})) or "No slice column in the evaluation set.")
     confusion = ["## Confusion matrix", "", confusion_tables(evaluate["confusion"])]
@@ -302,8 +347,9 @@ def confusion_figure(path: Path, labels: Sequence[str], candidate: np.ndarray, c
     return path
 
 
-def per_class_figure(path: Path, labels: Sequence[str], precision: Sequence[float], recall: Sequence[float],
-                     recall_floor: float) -> Path:
+def per_class_figure(
+    path: Path, labels: Sequence[str], precision: Sequence[float], recall: Sequence[float], recall_floor: float
+) -> Path:
     """Per-class precision and recall bars, with the recall floor."""
     plt = _pyplot()
     x = np.arange(len(labels))

@@ -125,8 +125,13 @@ def paired_bootstrap(
     full_b = macro_f1(y_true, reference, labels)
     low, high = np.quantile(diffs, [alpha / 2, 1 - alpha / 2])
     return BootstrapResult(
-        diff=full_a - full_b, ci_low=float(low), ci_high=float(high), level=1 - alpha, samples=samples,
-        candidate=full_a, reference=full_b,
+        diff=full_a - full_b,
+        ci_low=float(low),
+        ci_high=float(high),
+        level=1 - alpha,
+        samples=samples,
+        candidate=full_a,
+        reference=full_b,
     )
 
 

@@ -118,9 +118,7 @@ class Storage:
                 return []
             if root.is_file():
                 return [str(root)]
-            return sorted(
-                str(p) for p in root.rglob("*") if p.is_file() and not p.name.startswith(".tmp-")
-            )
+            return sorted(str(p) for p in root.rglob("*") if p.is_file() and not p.name.startswith(".tmp-"))
         bucket, key = _split_s3(prefix)
         key = key.rstrip("/") + "/" if key else ""
         out = []

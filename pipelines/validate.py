@@ -85,18 +85,23 @@ def build_suite(settings: Settings) -> Any:
         E.ExpectColumnValuesToNotBeNull(column=text, meta={"check": "text never null"}),
         E.ExpectColumnValuesToNotBeNull(column=label, meta={"check": "label never null"}),
         E.ExpectColumnValueLengthsToBeBetween(
-            column=text, min_value=v.min_text_chars, max_value=v.max_text_chars,
+            column=text,
+            min_value=v.min_text_chars,
+            max_value=v.max_text_chars,
             meta={"check": f"text length in [{v.min_text_chars}, {v.max_text_chars}] characters"},
         ),
         E.ExpectColumnValuesToBeInSet(
             column=label, value_set=list(d.labels), meta={"check": f"label in {list(d.labels)}"}
         ),
         E.ExpectColumnProportionOfUniqueValuesToBeBetween(
-            column=text, min_value=1.0 - v.max_duplicate_share,
+            column=text,
+            min_value=1.0 - v.max_duplicate_share,
             meta={"check": f"duplicate text share <= {v.max_duplicate_share}"},
         ),
         E.ExpectColumnValuesToNotMatchRegex(
-            column=text, regex=BAD_CHAR_REGEX, mostly=1.0 - v.max_bad_char_share,
+            column=text,
+            regex=BAD_CHAR_REGEX,
+            mostly=1.0 - v.max_bad_char_share,
             meta={"check": f"share of texts with control or U+FFFD characters <= {v.max_bad_char_share}"},
         ),
     ]
@@ -105,7 +110,8 @@ def build_suite(settings: Settings) -> Any:
     if v.known_slices is not None:
         items.append(
             E.ExpectColumnValuesToBeInSet(
-                column=d.slice_column, value_set=list(v.known_slices),
+                column=d.slice_column,
+                value_set=list(v.known_slices),
                 meta={"check": f"{d.slice_column} in {list(v.known_slices)}"},
             )
         )
@@ -138,7 +144,9 @@ def run(ctx: StepContext) -> dict[str, Any]:
     data = storage.read_bytes(batch_uri)
     source_hash = hashlib.sha256(data).hexdigest()
     df, read_failures, notes = _read_table(data, batch_uri)
-    log.info("validate %s: %s", batch_id, f"{len(df)} rows, columns {list(df.columns)}" if df is not None else "unreadable")
+    log.info(
+        "validate %s: %s", batch_id, f"{len(df)} rows, columns {list(df.columns)}" if df is not None else "unreadable"
+    )
 
     with tempfile.TemporaryDirectory(prefix="mlops-validate-") as tmp:
         docs_dir = Path(tmp) / DOCS_DIR

@@ -34,8 +34,9 @@ def prepare_airflow(airflow_home: str | Path) -> Path:
     pythonpath = os.environ.get("PYTHONPATH", "")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), str(REPO / "plugins"), pythonpath) if p)
     if not (home / ".migrated").exists():
-        subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True,
-                       env=os.environ.copy())
+        subprocess.run(
+            [sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True, env=os.environ.copy()
+        )
         (home / ".migrated").write_text("ok\n")
     return home
 

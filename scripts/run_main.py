@@ -58,7 +58,9 @@ def _summary(settings, outcomes, total_s: float) -> str:
         lines.append(f"* {title}: {o.state}  (run {o.run_id})")
         lines.append(f"    action: {decide.get('action')}  reasons: {'; '.join(decide.get('reasons', []))}")
         if evaluate:
-            lines.append(f"    gates passed: {evaluate.get('passed')}  macro-F1: {evaluate.get('metrics', {}).get('macro_f1')}")
+            lines.append(
+                f"    gates passed: {evaluate.get('passed')}  macro-F1: {evaluate.get('metrics', {}).get('macro_f1')}"
+            )
             lines.append(f"    evaluation report: {evaluate.get('report_uri')}")
         if register:
             lines.append(f"    model version: {register.get('model_name')} v{register.get('version')}")

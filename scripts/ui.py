@@ -24,8 +24,23 @@ def main() -> int:
     env = os.environ.copy()
     env.update({"AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": "8080"})
     procs = [
-        subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", "5000",
-                          "--backend-store-uri", settings.mlflow.tracking_uri, "--workers", "1"], env=env),
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "5000",
+                "--backend-store-uri",
+                settings.mlflow.tracking_uri,
+                "--workers",
+                "1",
+            ],
+            env=env,
+        ),
         subprocess.Popen([sys.executable, "-m", "airflow", "standalone"], env=env),
     ]
     print("MLflow UI:  http://127.0.0.1:5000\nAirflow UI: http://127.0.0.1:8080  (Ctrl-C stops both)", flush=True)

@@ -157,6 +157,7 @@ class RunStepOperator(BaseOperator):
         if self._container_op is not None:
             self._container_op.on_kill()
 
+
 def _push_links(context: Context, ui_url: str = "", result: dict[str, Any] | None = None) -> None:
     # Both keys are always pushed (empty until known), so the UI's link lookup always finds them.
     result = result or {}
@@ -222,8 +223,13 @@ def _aws_credentials() -> dict[str, str]:
     # Forwarded, not read as settings: the step container needs the worker's S3 credentials.
     import os
 
-    keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_USERNAME",
-            "MLFLOW_TRACKING_PASSWORD")
+    keys = (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
+    )
     return {k: os.environ[k] for k in keys if os.environ.get(k)}
 
 

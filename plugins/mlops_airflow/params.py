@@ -21,28 +21,48 @@ def continuous_training_params() -> dict[str, Param]:
     """The trigger form: simple typed values only (object-typed params have trigger-form bugs in Airflow 3)."""
     return {
         "batch_uri": Param(
-            "", type="string", title="Batch URI",
+            "",
+            type="string",
+            title="Batch URI",
             description="A batch in the landing folder (local path or s3:// URI). Empty: the oldest unprocessed batch.",
         ),
         "force_action": Param(
-            "auto", type="string", enum=ACTIONS, title="Action",
+            "auto",
+            type="string",
+            enum=ACTIONS,
+            title="Action",
             description="auto: decided from drift. skip / fine_tune / retrain force that action.",
         ),
         "promotion": Param(
-            "config", type="string", enum=PROMOTION_MODES, title="Promotion",
+            "config",
+            type="string",
+            enum=PROMOTION_MODES,
+            title="Promotion",
             description="config: registry.promotion from the configuration. manual: wait for a reviewer. "
             "auto: promote when every gate passes.",
         ),
         "drift_p_threshold": Param(
-            None, type=["null", "number"], exclusiveMinimum=0, exclusiveMaximum=1, title="Drift p-value threshold",
+            None,
+            type=["null", "number"],
+            exclusiveMinimum=0,
+            exclusiveMaximum=1,
+            title="Drift p-value threshold",
             description="Override drift.p_threshold for this run.",
         ),
         "min_macro_f1": Param(
-            None, type=["null", "number"], minimum=0, maximum=1, title="Macro-F1 floor",
+            None,
+            type=["null", "number"],
+            minimum=0,
+            maximum=1,
+            title="Macro-F1 floor",
             description="Override gates.min_macro_f1 for this run.",
         ),
         "noninferiority_margin": Param(
-            None, type=["null", "number"], minimum=0, maximum=1, title="Non-inferiority margin",
+            None,
+            type=["null", "number"],
+            minimum=0,
+            maximum=1,
+            title="Non-inferiority margin",
             description="Override gates.noninferiority_margin (macro-F1 points as a fraction) for this run.",
         ),
     }
@@ -50,12 +70,22 @@ def continuous_training_params() -> dict[str, Param]:
 
 def promote_or_rollback_params() -> dict[str, Param]:
     return {
-        "action": Param("rollback", type="string", enum=["promote", "reject", "rollback"], title="Action",
-                        description="promote: make the version champion. reject: archive a challenger. "
-                        "rollback: make an earlier version champion again."),
-        "version": Param(None, type=["null", "integer"], minimum=1, title="Model version",
-                         description="The version to act on. Empty: the challenger (promote/reject) or the "
-                         "previous champion from the audit trail (rollback)."),
+        "action": Param(
+            "rollback",
+            type="string",
+            enum=["promote", "reject", "rollback"],
+            title="Action",
+            description="promote: make the version champion. reject: archive a challenger. "
+            "rollback: make an earlier version champion again.",
+        ),
+        "version": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            title="Model version",
+            description="The version to act on. Empty: the challenger (promote/reject) or the "
+            "previous champion from the audit trail (rollback).",
+        ),
         "reason": Param("", type="string", title="Reason", description="Recorded in the audit trail."),
     }
 

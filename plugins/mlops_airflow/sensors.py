@@ -35,9 +35,8 @@ class ReviewSensor(BaseSensorOperator):
         self.version = version
 
     def poke(self, context: Context) -> PokeReturnValue | bool:
-        from pipelines.promote import review_state
-
         from pipelines.config import get_settings
+        from pipelines.promote import review_state
 
         settings = get_settings()
         step_params, _ = split_params(dict(context.get("params") or {}))
@@ -49,7 +48,10 @@ class ReviewSensor(BaseSensorOperator):
         state = review_state(settings, self.version)
         self.log.info(
             "waiting for review of %s version %s (tag %r in the MLflow UI: approved|rejected): %s",
-            name, self.version, settings.registry.review_tag, state or "no decision yet",
+            name,
+            self.version,
+            settings.registry.review_tag,
+            state or "no decision yet",
         )
         if state is None:
             return False

@@ -9,8 +9,18 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 DAG_FILES = sorted((REPO / "dags").glob("*.py"))
-HEAVY = ("torch", "transformers", "great_expectations", "alibi_detect", "mlflow", "onnx", "onnxruntime",
-         "pandas", "sklearn", "numpy")
+HEAVY = (
+    "torch",
+    "transformers",
+    "great_expectations",
+    "alibi_detect",
+    "mlflow",
+    "onnx",
+    "onnxruntime",
+    "pandas",
+    "sklearn",
+    "numpy",
+)
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +60,18 @@ def _edges(dag):
 def test_continuous_training_edges(dagbag):
     dag = dagbag.dags["continuous_training"]
     assert _edges(dag) == {
-        ("pick_batch", "validate"), ("validate", "drift"), ("drift", "decide"), ("decide", "route"),
-        ("route", "skip"), ("route", "train"), ("train", "compress"), ("compress", "evaluate"),
-        ("evaluate", "gate"), ("gate", "gate_failed"), ("gate", "register"), ("register", "wait_for_review"),
+        ("pick_batch", "validate"),
+        ("validate", "drift"),
+        ("drift", "decide"),
+        ("decide", "route"),
+        ("route", "skip"),
+        ("route", "train"),
+        ("train", "compress"),
+        ("compress", "evaluate"),
+        ("evaluate", "gate"),
+        ("gate", "gate_failed"),
+        ("gate", "register"),
+        ("register", "wait_for_review"),
         ("wait_for_review", "promote"),
     }
     assert dag.max_active_runs == 1
@@ -110,11 +129,14 @@ STEP_INPUTS = {
 @pytest.mark.parametrize("step", list(STEP_INPUTS))
 def test_docker_runtime_container_spec(step):
     from mlops_airflow.operators import RunStepOperator
-
     from pipelines.config import get_settings
 
-    settings = get_settings(runtime__mode="docker", runtime__image="reg/mlops-step:1.2",
-                            runtime__mounts=["/data:/data"], paths__artifact_root="s3://b")
+    settings = get_settings(
+        runtime__mode="docker",
+        runtime__image="reg/mlops-step:1.2",
+        runtime__mounts=["/data:/data"],
+        paths__artifact_root="s3://b",
+    )
     op = RunStepOperator(task_id=step, step=step)
     docker_op = op.container_operator(_context(), settings, {"force_action": "auto"}, STEP_INPUTS[step])
     assert type(docker_op).__name__ == "DockerOperator"
@@ -129,7 +151,6 @@ def test_docker_runtime_container_spec(step):
 @pytest.mark.parametrize("step", list(STEP_INPUTS))
 def test_kubernetes_runtime_pod_spec(step):
     from mlops_airflow.operators import K8S_XCOM_FILE, RunStepOperator
-
     from pipelines.config import get_settings
 
     settings = get_settings(runtime__mode="kubernetes", runtime__image="reg/mlops-step:1.2", runtime__namespace="ml")

@@ -82,10 +82,15 @@ def _approve_when_staged(settings, stop: threading.Event):
     while not stop.is_set():
         mv = champion_version(settings, "challenger")
         if mv is not None:
-            client.set_model_version_tag(settings.registry.model_name, mv.version, settings.registry.review_tag,
-                                         "approved")
-            client.set_model_version_tag(settings.registry.model_name, mv.version,
-                                         settings.registry.review_comment_tag, "looks good (e2e reviewer)")
+            client.set_model_version_tag(
+                settings.registry.model_name, mv.version, settings.registry.review_tag, "approved"
+            )
+            client.set_model_version_tag(
+                settings.registry.model_name,
+                mv.version,
+                settings.registry.review_comment_tag,
+                "looks good (e2e reviewer)",
+            )
             return
         time.sleep(0.5)
 
@@ -99,8 +104,9 @@ def test_loop_end_to_end(loop_env):
     storage = get_storage(settings)
 
     # 1. bootstrap: no champion -> retrain -> auto promotion -> champion v1
-    boot = run_dag("continuous_training", {"batch_uri": _landing(settings, "batch_000_reference.csv"),
-                                           "promotion": "auto"})
+    boot = run_dag(
+        "continuous_training", {"batch_uri": _landing(settings, "batch_000_reference.csv"), "promotion": "auto"}
+    )
     assert boot.state == "success", boot.task_states
     assert boot.results["decide"]["action"] == "retrain"
     assert boot.task_states["skip"] == "skipped" and boot.task_states["gate_failed"] == "skipped"
@@ -121,8 +127,9 @@ def test_loop_end_to_end(loop_env):
     reviewer = threading.Thread(target=_approve_when_staged, args=(settings, stop), daemon=True)
     reviewer.start()
     try:
-        shifted = run_dag("continuous_training", {"batch_uri": _landing(settings, "batch_002_moderate.csv"),
-                                                  "promotion": "manual"})
+        shifted = run_dag(
+            "continuous_training", {"batch_uri": _landing(settings, "batch_002_moderate.csv"), "promotion": "manual"}
+        )
     finally:
         stop.set()
         reviewer.join(timeout=5)

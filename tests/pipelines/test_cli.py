@@ -9,8 +9,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _cli(*args, env=None, cwd=REPO):
     return subprocess.run(
-        [sys.executable, "-m", "pipelines", *args], capture_output=True, text=True, cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}, timeout=120,
+        [sys.executable, "-m", "pipelines", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+        timeout=120,
     )
 
 
@@ -46,14 +50,23 @@ def test_cli_demo_data_writes_landing(tmp_path):
     assert out.returncode == 0, out.stderr
     names = sorted(p.name for p in (tmp_path / "landing").iterdir())
     assert names == [
-        "batch_000_reference.csv", "batch_001_in_domain.csv", "batch_002_moderate.csv",
-        "batch_003_severe.csv", "batch_004_malformed.csv",
+        "batch_000_reference.csv",
+        "batch_001_in_domain.csv",
+        "batch_002_moderate.csv",
+        "batch_003_severe.csv",
+        "batch_004_malformed.csv",
     ]
 
 
 def test_cli_step_prints_summary_last_and_writes_result(tmp_path):
-    out = _cli("decide", "--run-id", "cli-run", "--param", "force_action=\"retrain\"",
-               env={"MLOPS_PATHS__ARTIFACT_ROOT": str(tmp_path)})
+    out = _cli(
+        "decide",
+        "--run-id",
+        "cli-run",
+        "--param",
+        'force_action="retrain"',
+        env={"MLOPS_PATHS__ARTIFACT_ROOT": str(tmp_path)},
+    )
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["action"] == "retrain"

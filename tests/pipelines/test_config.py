@@ -72,7 +72,9 @@ def test_config_import_is_cheap_and_airflow_free():
         " if m in sys.modules]; print(d, ','.join(heavy))"
     )
     best = min(
-        float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()[0])
+        float(
+            subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()[0]
+        )
         for _ in range(3)
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
@@ -85,7 +87,8 @@ def test_pipelines_has_no_airflow_import():
 
     root = Path(__file__).resolve().parents[2] / "pipelines"
     offenders = [
-        str(p) for p in root.rglob("*.py")
+        str(p)
+        for p in root.rglob("*.py")
         for line in p.read_text().splitlines()
         if line.strip().startswith(("import airflow", "from airflow"))
     ]

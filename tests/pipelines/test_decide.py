@@ -20,9 +20,15 @@ def _drift(severity="none", has_reference=True, rows=400, reasons=None, fine_tun
         "quality": {"statistic": None, "p_value": None, "threshold": 0.05, "drifted": False, "skipped": "no champion"},
     }
     base_tests.update(tests)
-    return {"severity": severity, "has_reference": has_reference, "rows": rows, "tests": base_tests,
-            "reasons": reasons or [], "champion_version": "3" if has_reference else None,
-            "fine_tunes_since_retrain": fine_tunes}
+    return {
+        "severity": severity,
+        "has_reference": has_reference,
+        "rows": rows,
+        "tests": base_tests,
+        "reasons": reasons or [],
+        "champion_version": "3" if has_reference else None,
+        "fine_tunes_since_retrain": fine_tunes,
+    }
 
 
 def _ctx(settings, tmp_path, drift=None, validate=None, **params):
@@ -47,13 +53,16 @@ def test_decide_no_drift_skips_with_test_figures(settings):
 def test_decide_moderate_fine_tunes_and_keeps_drift_reasons(settings):
     out = decide(_drift("moderate", reasons=["label drift p=0.003 < 0.01 (statistic 11.6)"]), {"rows": 400}, settings)
     assert out["action"] == "fine_tune"
-    assert out["reasons"] == ["moderate drift on 400 new rows: fine-tune the champion",
-                              "label drift p=0.003 < 0.01 (statistic 11.6)"]
+    assert out["reasons"] == [
+        "moderate drift on 400 new rows: fine-tune the champion",
+        "label drift p=0.003 < 0.01 (statistic 11.6)",
+    ]
 
 
 def test_decide_severe_retrains(settings):
-    out = decide(_drift("severe", reasons=["embedding MMD p=0 < 0.01 (distance 0.2050), distance >= 0.05"]),
-                 None, settings)
+    out = decide(
+        _drift("severe", reasons=["embedding MMD p=0 < 0.01 (distance 0.2050), distance >= 0.05"]), None, settings
+    )
     assert out["action"] == "retrain" and "distance >= 0.05" in out["reasons"][1]
 
 
@@ -68,13 +77,16 @@ def test_decide_small_batch_threshold_in_config_changes_decision(make_settings):
     strict = make_settings(decision__min_new_rows_fine_tune=200)
     out = decide(drift, None, strict)
     assert out["action"] == "skip"
-    assert out["reasons"][0] == ("moderate drift but only 120 new rows < decision.min_new_rows_fine_tune=200: "
-                                 "too little to fine-tune on")
+    assert out["reasons"][0] == (
+        "moderate drift but only 120 new rows < decision.min_new_rows_fine_tune=200: too little to fine-tune on"
+    )
 
 
 def test_decide_too_many_fine_tunes_retrain(make_settings):
     out = decide(_drift("moderate", fine_tunes=3), None, make_settings(decision__max_fine_tunes_before_retrain=3))
-    assert out["action"] == "retrain" and "3 fine-tunes >= decision.max_fine_tunes_before_retrain=3" in out["reasons"][0]
+    assert (
+        out["action"] == "retrain" and "3 fine-tunes >= decision.max_fine_tunes_before_retrain=3" in out["reasons"][0]
+    )
 
 
 def test_decide_run_reads_results_and_validate_rows(settings, tmp_path):
@@ -102,7 +114,10 @@ def test_decide_auto_without_drift_result_fails_clearly(settings, tmp_path):
 def test_decide_cli_forced_without_drift_result(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "pipelines", "decide", "--run-id", "cli", "--param", 'force_action="retrain"'],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "MLOPS_PATHS__ARTIFACT_ROOT": str(tmp_path)},
     )
     assert out.returncode == 0, out.stderr
@@ -110,7 +125,10 @@ def test_decide_cli_forced_without_drift_result(tmp_path):
     assert summary["action"] == "retrain" and summary["severity"] is None
     bad = subprocess.run(
         [sys.executable, "-m", "pipelines", "decide", "--run-id", "cli", "--param", "force_action=maybe"],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "MLOPS_PATHS__ARTIFACT_ROOT": str(tmp_path)},
     )
     assert bad.returncode == 2 and "force_action='maybe'" in bad.stderr

@@ -33,7 +33,9 @@ def test_demo_words_carry_the_label(demo_frames):
 
     train, test = demo_frames["batch_000_reference"], demo_frames["batch_001_in_domain"]
     vec = TfidfVectorizer(ngram_range=(1, 2))
-    clf = LogisticRegression(max_iter=1000, class_weight="balanced").fit(vec.fit_transform(train["text"]), train["label"])
+    clf = LogisticRegression(max_iter=1000, class_weight="balanced").fit(
+        vec.fit_transform(train["text"]), train["label"]
+    )
     f1 = f1_score(test["label"], clf.predict(vec.transform(test["text"])), average="macro")
     assert 0.6 < f1 < 0.99, f"demo text should be learnable but not trivial, macro-F1={f1:.3f}"
 

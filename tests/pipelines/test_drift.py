@@ -121,8 +121,14 @@ def _register_champion(settings, demo_frames, tmp_path, macro_f1):
 
         def predict(self, context, model_input, params=None):
             n = len(model_input)
-            return pd.DataFrame({"label": ["positive"] * n, "prob_negative": [0.0] * n,
-                                 "prob_neutral": [0.0] * n, "prob_positive": [1.0] * n})
+            return pd.DataFrame(
+                {
+                    "label": ["positive"] * n,
+                    "prob_negative": [0.0] * n,
+                    "prob_neutral": [0.0] * n,
+                    "prob_positive": [1.0] * n,
+                }
+            )
 
     bundle = tmp_path / "bundle"
     save_reference(settings, demo_frames["batch_000_reference"], bundle / "reference")
@@ -130,7 +136,9 @@ def _register_champion(settings, demo_frames, tmp_path, macro_f1):
     client = configure(settings)
     with mlflow.start_run():
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=AlwaysPositive(), artifacts={"bundle": str(bundle)},
+            name="model",
+            python_model=AlwaysPositive(),
+            artifacts={"bundle": str(bundle)},
             registered_model_name=settings.registry.model_name,
         )
     version = info.registered_model_version
@@ -177,8 +185,9 @@ def test_drift_minilm_defaults_on_demo_batches(make_settings, demo_frames, tmp_p
 @pytest.mark.slow  # 30-60 s on two shared cores: MiniLM over long drug reviews
 def test_drift_minilm_defaults_on_real_text(make_settings, drug_reviews, tweets, tmp_path):
     # Default thresholds; smaller row caps keep the long drug reviews within seconds on two cores.
-    settings = make_settings(drift__encoder="minilm", drift__mmd_permutations=100,
-                             drift__reference_max_rows=200, drift__batch_max_rows=200)
+    settings = make_settings(
+        drift__encoder="minilm", drift__mmd_permutations=100, drift__reference_max_rows=200, drift__batch_max_rows=200
+    )
     drugs = drug_reviews.sort_values("date")
     early, late = drugs[drugs["date"] < "2015"], drugs[drugs["date"] >= "2015"]
     ref = save_reference(settings, early, tmp_path / "ref")
@@ -188,8 +197,12 @@ def test_drift_minilm_defaults_on_real_text(make_settings, drug_reviews, tweets,
     assert other["severity"] == "severe", other["reasons"]
     assert other["tests"]["mmd"]["statistic"] > 3 * settings.drift.mmd_severe_distance
     assert period["tests"]["mmd"]["statistic"] < settings.drift.mmd_severe_distance / 3
-    print({k: (v["severity"], round(v["tests"]["mmd"]["statistic"], 4), v["tests"]["ks_embedding"]["statistic"])
-           for k, v in {"period": period, "tweets": other}.items()})
+    print(
+        {
+            k: (v["severity"], round(v["tests"]["mmd"]["statistic"], 4), v["tests"]["ks_embedding"]["statistic"])
+            for k, v in {"period": period, "tweets": other}.items()
+        }
+    )
 
 
 def test_drift_fdr_correction_from_config(make_settings, demo_frames, demo_reference):

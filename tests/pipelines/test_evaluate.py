@@ -36,8 +36,9 @@ def _served(tmp_path: Path, name: str, eval_set, predicted, **kwargs) -> Path:
 
 
 def _ctx(settings, served: Path, eval_uri: str, run_id: str = "r1") -> StepContext:
-    return StepContext(step="evaluate", run_id=run_id, settings=settings,
-                       inputs={"served_uri": str(served), "eval_uri": eval_uri})
+    return StepContext(
+        step="evaluate", run_id=run_id, settings=settings, inputs={"served_uri": str(served), "eval_uri": eval_uri}
+    )
 
 
 def test_evaluate_bootstrap_passes_and_logs_report(env, eval_set, tmp_path):
@@ -52,8 +53,14 @@ def test_evaluate_bootstrap_passes_and_logs_report(env, eval_set, tmp_path):
     assert 0.85 < result["metrics"]["macro_f1"] < 0.95
     assert result["metrics"]["baseline_macro_f1"] > result["metrics"]["majority_macro_f1"]
     assert result["metrics"]["majority_macro_f1"] < 0.3
-    assert set(result["gates"]) == {"macro_f1_floor", "class_recall_floor", "non_inferiority", "slices",
-                                    "latency_p95_ms", "size_mb"}
+    assert set(result["gates"]) == {
+        "macro_f1_floor",
+        "class_recall_floor",
+        "non_inferiority",
+        "slices",
+        "latency_p95_ms",
+        "size_mb",
+    }
     for gate in result["gates"].values():
         assert {"passed", "value", "threshold"} <= set(gate)
     report = Path(result["report_uri"]).read_text()
@@ -68,8 +75,13 @@ def test_evaluate_bootstrap_passes_and_logs_report(env, eval_set, tmp_path):
     assert len(runs) == 1
     assert runs[0].data.metrics["eval.macro_f1"] == pytest.approx(result["metrics"]["macro_f1"], abs=1e-6)
     logged = {a.path for a in client.list_artifacts(runs[0].info.run_id, "evaluation")}
-    assert {"evaluation/confusion_matrix.png", "evaluation/per_class.png", "evaluation/reliability.png",
-            "evaluation/champion_vs_challenger.png", "evaluation/report.md"} <= logged
+    assert {
+        "evaluation/confusion_matrix.png",
+        "evaluation/per_class.png",
+        "evaluation/reliability.png",
+        "evaluation/champion_vs_challenger.png",
+        "evaluation/report.md",
+    } <= logged
 
 
 def test_evaluate_worse_challenger_fails_non_inferiority(env, eval_set, tmp_path):

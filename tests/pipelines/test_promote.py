@@ -144,8 +144,13 @@ def test_promote_step_auto_waits_then_follows_the_reviewer(settings, served):
     client.set_model_version_tag("sentiment", v2, "review_comment", "looks good on the slices")
     done = run(_ctx(settings, action="auto", version=v2))
 
-    assert done == {"action": "approve", "version": v2, "status": "promoted", "champion_before": v1,
-                    "champion_after": v2}
+    assert done == {
+        "action": "approve",
+        "version": v2,
+        "status": "promoted",
+        "champion_before": v1,
+        "champion_after": v2,
+    }
     assert read_audit(settings)[-1]["why"] == "looks good on the slices"
     assert read_audit(settings)[-1]["by"] == "reviewer (tag review=approved)"
     assert registry_state(settings)["champion"] == v2
@@ -162,8 +167,13 @@ def test_promote_step_reject_and_rollback_actions(settings, served):
     v3 = add_version(settings, served, alias="challenger")
     run(_ctx(settings, run_id="p2", action="approve", by="carol"))
     rolled = run(_ctx(settings, run_id="p3", action="rollback", version=""))
-    assert rolled == {"action": "rollback", "version": v1, "status": "rolled_back", "champion_before": v3,
-                      "champion_after": v1}
+    assert rolled == {
+        "action": "rollback",
+        "version": v1,
+        "status": "rolled_back",
+        "champion_before": v3,
+        "champion_after": v1,
+    }
     assert registry_state(settings)["champion"] == v1
 
 

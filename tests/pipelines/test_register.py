@@ -35,10 +35,14 @@ def text_model(demo_frames):
 
 
 def _settings(tmp_path, demo_frames, eval_set, **overrides):
-    settings = make_registry_settings(tmp_path, gates__bootstrap_samples=200, gates__latency_sample_rows=5,
-                                      registry__model_name="sentiment", **overrides)
-    write_parquet(demo_frames["batch_000_reference"], settings.uri("accepted", "batch_000_reference.parquet"),
-                  settings)
+    settings = make_registry_settings(
+        tmp_path,
+        gates__bootstrap_samples=200,
+        gates__latency_sample_rows=5,
+        registry__model_name="sentiment",
+        **overrides,
+    )
+    write_parquet(demo_frames["batch_000_reference"], settings.uri("accepted", "batch_000_reference.parquet"), settings)
     eval_uri = write_parquet(eval_set, str(tmp_path / "eval.parquet"), settings)
     return settings, eval_uri
 
@@ -46,12 +50,22 @@ def _settings(tmp_path, demo_frames, eval_set, **overrides):
 def _upstream(settings, run_id: str) -> None:
     """Summaries of validate, drift, decide and train for the run, shaped as those steps write them."""
     results = {
-        "validate": {"passed": True, "batch_id": "batch_002_moderate", "rows": 400, "content_hash": "ab" * 32,
-                     "accepted_uri": settings.uri("accepted", "batch_002_moderate.parquet"),
-                     "report_uri": "validate/report.html"},
-        "drift": {"severity": "moderate", "has_reference": True, "champion_version": None, "rule": "mmd drifted",
-                  "tests": {"mmd": {"statistic": 0.031, "p_value": 0.0, "threshold": 0.01, "drifted": True}},
-                  "report_uri": "drift/report.md"},
+        "validate": {
+            "passed": True,
+            "batch_id": "batch_002_moderate",
+            "rows": 400,
+            "content_hash": "ab" * 32,
+            "accepted_uri": settings.uri("accepted", "batch_002_moderate.parquet"),
+            "report_uri": "validate/report.html",
+        },
+        "drift": {
+            "severity": "moderate",
+            "has_reference": True,
+            "champion_version": None,
+            "rule": "mmd drifted",
+            "tests": {"mmd": {"statistic": 0.031, "p_value": 0.0, "threshold": 0.01, "drifted": True}},
+            "report_uri": "drift/report.md",
+        },
         "decide": {"action": "fine_tune", "severity": "moderate", "reasons": ["moderate drift: MMD p < 0.01"]},
         "train": {"action": "fine_tune", "base": "sentiment v1", "model_uri": "train/model"},
     }
@@ -63,19 +77,29 @@ def _upstream(settings, run_id: str) -> None:
 
 def _evaluated(settings, eval_uri, served, run_id: str) -> dict:
     _upstream(settings, run_id)
-    ctx = StepContext(step="evaluate", run_id=run_id, settings=settings, dag_id="continuous_training",
-                      inputs={"served_uri": str(served), "eval_uri": eval_uri})
+    ctx = StepContext(
+        step="evaluate",
+        run_id=run_id,
+        settings=settings,
+        dag_id="continuous_training",
+        inputs={"served_uri": str(served), "eval_uri": eval_uri},
+    )
     return run_step(ctx)
 
 
 def _register(settings, served, run_id: str, **params) -> dict:
-    ctx = StepContext(step="register", run_id=run_id, settings=settings, dag_id="continuous_training",
-                      inputs={"served_uri": str(served)}, params=params)
+    ctx = StepContext(
+        step="register",
+        run_id=run_id,
+        settings=settings,
+        dag_id="continuous_training",
+        inputs={"served_uri": str(served)},
+        params=params,
+    )
     return run_step(ctx)
 
 
-def test_register_bootstrap_auto_promotes_and_champion_predicts_raw_text(tmp_path, demo_frames, eval_set,
-                                                                         text_model):
+def test_register_bootstrap_auto_promotes_and_champion_predicts_raw_text(tmp_path, demo_frames, eval_set, text_model):
     settings, eval_uri = _settings(tmp_path, demo_frames, eval_set)
     served = save_served(tmp_path / "served", fallback=text_model)
     assert _evaluated(settings, eval_uri, served, "run-1")["passed"]
@@ -87,7 +111,8 @@ def test_register_bootstrap_auto_promotes_and_champion_predicts_raw_text(tmp_pat
     state = registry_state(settings)
     assert state["champion"] == "1" and state["challenger"] is None and state["stages"] == {"1": "Production"}
     assert [(e["action"], e["from"], e["to"], e["by"]) for e in read_audit(settings)] == [
-        ("promote", None, "1", "policy:auto")]
+        ("promote", None, "1", "policy:auto")
+    ]
 
     model = mlflow.pyfunc.load_model("models:/sentiment@champion")
     out = model.predict(pd.DataFrame({"text": ["the battery died after two days, awful", "works great, love it"]}))
@@ -98,8 +123,9 @@ def test_register_bootstrap_auto_promotes_and_champion_predicts_raw_text(tmp_pat
 def test_register_manual_stages_challenger_with_report_and_lineage(tmp_path, demo_frames, eval_set):
     settings, eval_uri = _settings(tmp_path, demo_frames, eval_set)
     truth = eval_set["label"].to_numpy()
-    served = save_served(tmp_path / "served", table=dict(zip(eval_set["text"], corrupt(truth, 0.1, seed=1),
-                                                             strict=True)))
+    served = save_served(
+        tmp_path / "served", table=dict(zip(eval_set["text"], corrupt(truth, 0.1, seed=1), strict=True))
+    )
     evaluation = _evaluated(settings, eval_uri, served, "run-2")
 
     result = _register(settings, served, "run-2")
@@ -114,10 +140,19 @@ def test_register_manual_stages_challenger_with_report_and_lineage(tmp_path, dem
     # The description is the reviewer's report.
     text = mv.description
     assert len(text) <= 5000
-    for needle in ("# Challenger for `sentiment` v1", "## How to decide", "`review` = `approved` or `rejected`",
-                   "| `non_inferiority` | ⏭ skipped", "## Decision", "moderate drift: MMD p < 0.01",
-                   "## Size and latency", "## Slices", "| `kitchen` | 118 |", "## Data and drift",
-                   "## Confusion matrix"):
+    for needle in (
+        "# Challenger for `sentiment` v1",
+        "## How to decide",
+        "`review` = `approved` or `rejected`",
+        "| `non_inferiority` | ⏭ skipped",
+        "## Decision",
+        "moderate drift: MMD p < 0.01",
+        "## Size and latency",
+        "## Slices",
+        "| `kitchen` | 118 |",
+        "## Data and drift",
+        "## Confusion matrix",
+    ):
         assert needle in text, needle
     # Lineage and metrics on the version.
     assert mv.tags["batch.content_hash"] == "ab" * 32
@@ -157,12 +192,10 @@ def test_register_rerun_for_same_run_id_reuses_the_version(tmp_path, demo_frames
 def test_register_worse_challenger_is_rejected_and_never_promoted(tmp_path, demo_frames, eval_set):
     settings, eval_uri = _settings(tmp_path, demo_frames, eval_set, registry__promotion="auto")
     truth = eval_set["label"].to_numpy()
-    good = save_served(tmp_path / "good", table=dict(zip(eval_set["text"], corrupt(truth, 0.05, seed=2),
-                                                         strict=True)))
+    good = save_served(tmp_path / "good", table=dict(zip(eval_set["text"], corrupt(truth, 0.05, seed=2), strict=True)))
     _evaluated(settings, eval_uri, good, "run-a")
     assert _register(settings, good, "run-a")["alias"] == "champion"
-    worse = save_served(tmp_path / "worse", table=dict(zip(eval_set["text"], corrupt(truth, 0.3, seed=3),
-                                                           strict=True)))
+    worse = save_served(tmp_path / "worse", table=dict(zip(eval_set["text"], corrupt(truth, 0.3, seed=3), strict=True)))
     evaluation = _evaluated(settings, eval_uri, worse, "run-b")
     assert not evaluation["gates"]["non_inferiority"]["passed"]
 

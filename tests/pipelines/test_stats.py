@@ -82,7 +82,9 @@ def test_non_inferiority_identical_predictions_are_non_inferior():
 def test_paired_bootstrap_same_seed_same_interval():
     y = _truth(300)
     a, b = _with_errors(y, 0.2, seed=10), _with_errors(y, 0.25, seed=11)
-    assert paired_bootstrap(y, a, b, LABELS, samples=300, seed=3) == paired_bootstrap(y, a, b, LABELS, samples=300, seed=3)
+    assert paired_bootstrap(y, a, b, LABELS, samples=300, seed=3) == paired_bootstrap(
+        y, a, b, LABELS, samples=300, seed=3
+    )
 
 
 def test_paired_bootstrap_length_mismatch_names_lengths():

@@ -80,8 +80,11 @@ def _truncated(df):
     [
         ("empty.csv", lambda df: b"", "is empty (0 bytes)"),
         ("image.csv", lambda df: b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)), "binary content"),
-        ("latin1.csv", lambda df: df.assign(text="café " + df["text"]).to_csv(index=False).encode("latin-1"),
-         "not valid UTF-8"),
+        (
+            "latin1.csv",
+            lambda df: df.assign(text="café " + df["text"]).to_csv(index=False).encode("latin-1"),
+            "not valid UTF-8",
+        ),
         ("truncated.csv", _truncated, "not a well-formed CSV"),
         ("broken.parquet", lambda df: b"PAR1" + b"\x00garbage" * 10, "not a readable Parquet file"),
         ("tabs.csv", lambda df: df.to_csv(index=False, sep="\t").encode(), "wrong delimiter '\\t'"),
