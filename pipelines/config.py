@@ -203,6 +203,12 @@ class RuntimeSettings(_Section):
     gpu_count: int = Field(default=1, ge=0)
     gpu_node_selector: dict[str, str] = Field(default_factory=lambda: {"mlops/pool": "gpu"})
     gpu_toleration_key: str = "nvidia.com/gpu"
+    pod_template_file: str | None = Field(
+        default=None, description="Pod template for CPU steps (k8s/pod-template.yaml); operator settings win."
+    )
+    gpu_pod_template_file: str | None = Field(
+        default=None, description="Pod template for the steps in gpu_steps (k8s/pod-template-train.yaml)."
+    )
     cpu_request: str = "1"
     memory_request: str = "4Gi"
     memory_limit: str = "16Gi"

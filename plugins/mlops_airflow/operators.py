@@ -242,8 +242,10 @@ def _pod_operator(task_id: str, step: str, settings: Settings, env: dict[str, st
     limits = {"memory": rt.memory_limit}
     if gpu:
         limits["nvidia.com/gpu"] = str(rt.gpu_count)
+    template = rt.gpu_pod_template_file if gpu else rt.pod_template_file
     return KubernetesPodOperator(
         task_id=task_id,
+        pod_template_file=template,
         name=f"mlops-{step}",
         namespace=rt.namespace,
         image=rt.image,

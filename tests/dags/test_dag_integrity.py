@@ -183,3 +183,26 @@ def test_parse_summary_reads_last_json_line():
     assert _parse_summary(["log line", '{"passed": true}', "INFO trailing"], "validate") == {"passed": True}
     with pytest.raises(ValueError, match="no JSON summary"):
         _parse_summary(["nothing here"], "validate")
+
+
+def test_kubernetes_runtime_uses_pod_templates():
+    from mlops_airflow.operators import RunStepOperator
+
+    from pipelines.config import get_settings
+
+    settings = get_settings(
+        runtime__mode="kubernetes",
+        runtime__pod_template_file=str(REPO / "k8s" / "pod-template.yaml"),
+        runtime__gpu_pod_template_file=str(REPO / "k8s" / "pod-template-train.yaml"),
+    )
+    for step in ("train", "validate"):
+        op = RunStepOperator(task_id=step, step=step).container_operator(_context(), settings, {}, STEP_INPUTS[step])
+        pod = op.build_pod_request_obj(dry_run=True)
+        container = pod.spec.containers[0]
+        assert container.args[0] == step, "the operator's command wins over the template's"
+        assert pod.spec.security_context.run_as_non_root is True, "the template's security context is kept"
+        volumes = {v.name for v in pod.spec.volumes}
+        if step == "train":
+            assert "dshm" in volumes and container.resources.limits["nvidia.com/gpu"] == "1"
+        else:
+            assert "nvidia.com/gpu" not in (container.resources.limits or {})
