@@ -187,7 +187,6 @@ def test_parse_summary_reads_last_json_line():
 
 def test_kubernetes_runtime_uses_pod_templates():
     from mlops_airflow.operators import RunStepOperator
-
     from pipelines.config import get_settings
 
     settings = get_settings(
