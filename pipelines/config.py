@@ -61,7 +61,9 @@ class RegistrySettings(_Section):
     promotion: Literal["manual", "auto"] = "manual"
     review_tag: str = "review"
     review_comment_tag: str = "review_comment"
-    review_timeout_minutes: int = Field(default=7 * 24 * 60, gt=0)
+    review_timeout_minutes: float = Field(
+        default=7 * 24 * 60, gt=0, description="Then the run fails: review timed out."
+    )
     review_poke_seconds: int = Field(default=60, gt=0)
     audit_max_entries: int = Field(
         default=50, gt=0, description="Champion moves kept in the registered model's audit tag."

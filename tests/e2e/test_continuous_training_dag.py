@@ -151,3 +151,23 @@ def test_loop_end_to_end(loop_env):
     assert any(u.endswith("batch_004_malformed.csv") for u in quarantined), quarantined
     assert not storage.exists(_landing(settings, "batch_004_malformed.csv"))
     assert str(_champion(settings)) == str(version)
+
+    # 5. a staged challenger that no reviewer decides on within the timeout -> "review timed out", not promoted
+    # (fine_tune is forced only to keep the test short: the policy would retrain on this severe shift)
+    os.environ["MLOPS_REGISTRY__REVIEW_TIMEOUT_MINUTES"] = "0.05"
+    try:
+        unreviewed = run_dag(
+            "continuous_training",
+            {
+                "batch_uri": _landing(settings, "batch_003_severe.csv"),
+                "promotion": "manual",
+                "force_action": "fine_tune",
+            },
+        )
+    finally:
+        os.environ.pop("MLOPS_REGISTRY__REVIEW_TIMEOUT_MINUTES")
+    assert unreviewed.results["decide"]["auto_action"] == "retrain"
+    assert unreviewed.task_states["register"] == "success"
+    assert unreviewed.task_states["wait_for_review"] == "failed"
+    assert unreviewed.task_states["promote"] == "upstream_failed"
+    assert str(_champion(settings)) == str(version)
