@@ -23,6 +23,8 @@ def main() -> int:
     settings = get_settings()
     env = os.environ.copy()
     env.update({"AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": "8080"})
+    # `airflow standalone` starts its components as `airflow ...` from PATH: put this venv's bin first.
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
     procs = [
         subprocess.Popen(
             [
