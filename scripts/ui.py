@@ -54,7 +54,10 @@ def main() -> int:
         for p in procs:
             p.send_signal(signal.SIGINT)
         for p in procs:
-            p.wait(timeout=30)
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
     return 0
 
 
