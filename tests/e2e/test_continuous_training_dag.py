@@ -171,3 +171,9 @@ def test_loop_end_to_end(loop_env):
     assert unreviewed.task_states["wait_for_review"] == "failed"
     assert unreviewed.task_states["promote"] == "upstream_failed"
     assert str(_champion(settings)) == str(version)
+
+    # 6. the manual DAG rolls the champion back to the previous one from the audit trail
+    rolled = run_dag("promote_or_rollback", {"action": "rollback", "reason": "e2e rollback"})
+    assert rolled.state == "success", rolled.task_states
+    assert str(_champion(settings)) == str(champion_v1)
+    assert str(rolled.results["promote"]["champion_after"]) == str(champion_v1)
