@@ -6,18 +6,26 @@ of ``../shared/data/drug_reviews.csv`` with the train step's own :func:`pipeline
 
 1. fp32 PyTorch, batches in input order (the baseline);
 2. ONNX fp32, plain export;
-3. + int8 dynamic quantization (on the plain export);
-4. + onnxruntime transformer graph fusions before quantizing;
+3. + int8 dynamic quantization of every MatMul and Gather (on the plain export);
+4. + the nodes named by ``compress.quantize_exclude`` kept fp32 (row left out when that list is empty);
 5. + length-sorted batching at inference;
-6. the served configuration, built by the same functions the compress step uses: int8, graph fusions only if
-   ``compress.optimize_graph``, length-sorted batches, and attention-head pruning (``compress.prune_heads_share``,
-   with the compress step's back-off).
+6. asides, not served by default: + every FFN output projection kept fp32 (the MatMuls most sensitive to
+   int8 on the validation split); + onnxruntime transformer graph fusions before quantizing;
+7. the served configuration, built by the same functions the compress step uses: int8 with the compress
+   settings, graph fusions only if ``compress.optimize_graph``, length-sorted batches, and attention-head
+   pruning (``compress.prune_heads_share``, with the compress step's back-off).
+
+Besides macro-F1, each row shows its prediction agreement with fp32 PyTorch: on 379 rows a few flipped
+predictions move macro-F1 by a point or more, so agreement is the steadier measure of what a step costs.
+(Dynamic quantization scales activations per batch, so even the batch order moves int8 predictions a little.)
 
 Each throughput is the median of ``--repeats`` passes over the test split after a warm-up, the variants
 timed in turn within each repeat. The machine is
 shared, so absolute numbers move; the ratios, measured side by side in one process, are what to read.
 
-Usage: ``python bench/compress.py [--epochs N] [--lr X] [--max-length 256]`` (default: the train settings). Skips cleanly (exit 0) without the data.
+Usage: ``python bench/compress.py [--epochs N] [--lr X] [--max-length 256] [--save-trained DIR | --trained DIR]``
+(default: the train settings; training is seeded, so a saved model is the one a rerun would train). Skips
+cleanly (exit 0) without the data.
 Last line, one JSON object: ``{"speedup", "size_ratio", "f1_fp32", "f1_served", "f1_drop_points"}``.
 """
 
@@ -60,6 +68,8 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=None, help="default: train.learning_rate")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--save-trained", type=Path, help="also save the fine-tuned fp32 classifier here")
+    parser.add_argument("--trained", type=Path, help="skip training: a classifier saved by --save-trained")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger().setLevel(logging.WARNING)  # onnxruntime's tools log through the root logger
@@ -75,7 +85,7 @@ def main() -> int:
 
     from pipelines import compress
     from pipelines.serving import OnnxPredictor
-    from pipelines.train import fit, load_base, validation_split
+    from pipelines.train import fit, load_base, load_classifier, validation_split
 
     torch.manual_seed(0)
     df = pd.read_csv(DATA)
@@ -85,92 +95,134 @@ def main() -> int:
         root = Path(tmp)
         settings = _settings(root, args)
         labels = settings.data.labels
-        model, tokenizer = load_base(settings)
         train_df, val_df = validation_split(train_rows.reset_index(drop=True), settings)
-        started = time.perf_counter()
-        trained = fit(
-            settings,
-            model,
-            tokenizer,
-            train_df,
-            val_df,
-            learning_rate=settings.train.learning_rate,
-            epochs=settings.train.epochs,
-            work_dir=root / "checkpoints",
-        )
-        train_s = time.perf_counter() - started
-        model = trained.model.eval()
         fp32_dir = root / "fp32"
+        if args.trained:
+            # A classifier this script's recipe already fine-tuned: skips the slowest part on a busy machine.
+            model, tokenizer = load_classifier(args.trained, settings)
+            trained_note = f"reused {args.trained}"
+        else:
+            model, tokenizer = load_base(settings)
+            started = time.perf_counter()
+            trained = fit(
+                settings,
+                model,
+                tokenizer,
+                train_df,
+                val_df,
+                learning_rate=settings.train.learning_rate,
+                epochs=settings.train.epochs,
+                work_dir=root / "checkpoints",
+            )
+            model = trained.model
+            trained_note = (
+                f"trained {time.perf_counter() - started:.0f}s on {len(train_df)} rows ({trained.precision}, "
+                f"{trained.metrics['samples_per_s']:.1f} samples/s)"
+            )
+            if args.save_trained:
+                model.save_pretrained(args.save_trained)
+                tokenizer.save_pretrained(args.save_trained)
+        model.eval()
         model.save_pretrained(fp32_dir)
         tokenizer.save_pretrained(fp32_dir)
         (root / "reference").mkdir()
 
+        def f1_pair(gold_part, pred) -> float:
+            return 100 * f1_score(gold_part, [labels[i] for i in pred], average="macro", labels=labels, zero_division=0)
+
         def f1(pred) -> float:
             return 100 * f1_score(gold, [labels[i] for i in pred], average="macro", labels=labels, zero_division=0)
 
-        L, B = args.max_length, 32
+        L, B, cfg = args.max_length, 32, settings.compress
+        qargs = (cfg.quantize_per_channel, cfg.quantize_reduce_range)
         plain = root / "plain.onnx"
-        compress.export_onnx(model, tokenizer, texts, plain, settings.compress.opset, L)
-        plain_int8, opt, opt_int8 = root / "plain_int8.onnx", root / "opt.onnx", root / "opt_int8.onnx"
-        compress.quantize(plain, plain_int8)
+        compress.export_onnx(model, tokenizer, texts, plain, cfg.opset, L)
+        plain_int8, kept_int8 = root / "plain_int8.onnx", root / "kept_int8.onnx"
+        opt, opt_int8 = root / "opt.onnx", root / "opt_int8.onnx"
+        compress.quantize(plain, plain_int8, *qargs)
+        kept = compress.quantize(plain, kept_int8, *qargs, cfg.quantize_exclude)
+        # Aside: every FFN output projection kept fp32 (the most quantization-sensitive MatMuls on the
+        # validation split), to show what accuracy that buys and what size it costs.
+        ffn_fp32 = root / "ffn_fp32_int8.onnx"
+        ffn = [f"layer.{i}/output/dense/" for i in range(model.config.num_hidden_layers)]
+        compress.quantize(plain, ffn_fp32, *qargs, [*cfg.quantize_exclude, *ffn])
         compress.optimize_graph(plain, opt, model.config.model_type)
-        compress.quantize(opt, opt_int8)
-        bundle = compress.build_bundle(root / "bundle", opt_int8, tokenizer, fp32_dir, root / "reference", settings)
+        compress.quantize(opt, opt_int8, *qargs, cfg.quantize_exclude)
+        bundle = compress.build_bundle(root / "bundle", kept_int8, tokenizer, fp32_dir, root / "reference", settings)
         # The served configuration: head pruning (with back-off) on top, as the compress step builds it.
         fp32_pred = compress.torch_logits(model, tokenizer, texts, L, B).argmax(1)
         pruned, info = compress.prune(model, tokenizer, texts, fp32_pred, settings)
         served_plain, served_opt, served = root / "s.onnx", root / "s_opt.onnx", root / "s_int8.onnx"
-        compress.export_onnx(pruned, tokenizer, texts, served_plain, settings.compress.opset, L)
-        if settings.compress.optimize_graph:
+        compress.export_onnx(pruned, tokenizer, texts, served_plain, cfg.opset, L)
+        if cfg.optimize_graph:
             compress.optimize_graph(served_plain, served_opt, model.config.model_type)
-        compress.quantize(served_opt if settings.compress.optimize_graph else served_plain, served)
+        compress.quantize(served_opt if cfg.optimize_graph else served_plain, served, *qargs, cfg.quantize_exclude)
 
         pt_mb = sum(p.stat().st_size for p in fp32_dir.glob("*.safetensors")) / 1e6
-        variants = [("fp32 PyTorch", lambda: compress.torch_logits(model, tokenizer, texts, L, B), pt_mb)]
-        for name, graph, sort in [
-            ("ONNX fp32", plain, False),
-            ("+ int8", plain_int8, False),
-            ("+ graph optimisation", opt_int8, False),
-            ("+ length-sorted batches", opt_int8, True),
-            (f"served (heads pruned: {info.get('heads_pruned', 0)})", served, True),
-        ]:
+        variants = [("fp32 PyTorch", lambda: compress.torch_logits(model, tokenizer, texts, L, B), pt_mb, True)]
+        graphs = [
+            ("ONNX fp32", plain, False, True),
+            ("+ int8 (all MatMul/Gather)", plain_int8, False, True),
+            (f"+ {len(kept)} nodes kept fp32", kept_int8, False, bool(kept)),
+            ("+ length-sorted batches", kept_int8, True, True),
+            ("  aside: + FFN outputs kept fp32", ffn_fp32, True, False),
+            ("  aside: + graph fusions", opt_int8, True, False),
+            (f"served (heads pruned: {info.get('heads_pruned', 0)})", served, True, True),
+        ]
+        for name, graph, sort, chain in graphs:
+            if name.startswith("+ 0 nodes"):
+                continue
             (bundle / graph.name).write_bytes(graph.read_bytes())
             predictor = OnnxPredictor(bundle, model_file=graph.name, sort_by_length=sort)
-            variants.append((name, predictor.predict_proba, graph.stat().st_size / 1e6))
+            variants.append((name, predictor.predict_proba, graph.stat().st_size / 1e6, chain))
         # Round-robin repeats, so that a change in the machine's load hits every variant alike.
-        preds = {name: fn(texts) if name != "fp32 PyTorch" else fn() for name, fn, _ in variants}
-        times: dict[str, list[float]] = {name: [] for name, _, _ in variants}
+        preds = {name: fn(texts) if name != "fp32 PyTorch" else fn() for name, fn, _, _ in variants}
+        times: dict[str, list[float]] = {name: [] for name, _, _, _ in variants}
         for _ in range(args.repeats):
-            for name, fn, _ in variants:
+            for name, fn, _, _ in variants:
                 started = time.perf_counter()
                 fn() if name == "fp32 PyTorch" else fn(texts)
                 times[name].append(time.perf_counter() - started)
         rows = []
-        for name, _, size_mb in variants:
+        for name, _, size_mb, chain in variants:
             seconds = statistics.median(times[name])
             pred = preds[name].argmax(1)
             rows.append(
-                {"variant": name, "samples_per_s": len(texts) / seconds, "macro_f1": f1(pred), "size_mb": size_mb}
+                {
+                    "variant": name,
+                    "samples_per_s": len(texts) / seconds,
+                    "macro_f1": f1(pred),
+                    "agreement": float(np.mean(pred == fp32_pred)),
+                    "size_mb": size_mb,
+                    "chain": chain,
+                }
             )
-        served_agreement = float(np.mean(preds[variants[-1][0]].argmax(1) == fp32_pred))
 
+    # Paired bootstrap of the served model's macro-F1 drop: how much of it 379 rows can resolve.
+    rng = np.random.default_rng(0)
+    served_pred, gold_arr, drops = preds[variants[-1][0]].argmax(1), np.asarray(gold), []
+    for _ in range(1000):
+        i = rng.integers(0, len(gold_arr), len(gold_arr))
+        drops.append(f1_pair(gold_arr[i], fp32_pred[i]) - f1_pair(gold_arr[i], served_pred[i]))
+    drop_interval = np.percentile(drops, [2.5, 97.5])
     base = rows[0]
-    print(
-        f"\nMiniLM on drug reviews: trained {train_s:.0f}s on {len(train_df)} rows ({trained.precision}, "
-        f"{trained.metrics['samples_per_s']:.1f} samples/s), test {len(texts)} rows, batch {B}, max_length {L}"
-    )
+    print(f"\nMiniLM on drug reviews: {trained_note}, test {len(texts)} rows, batch {B}, max_length {L}")
     print(f"prune: {json.dumps(info)}")
-    print(f"{'variant':<34}{'samples/s':>10}{'speedup':>9}{'size MB':>9}{'macro-F1':>10}")
+    print(f"int8: per_channel {cfg.quantize_per_channel}, reduce_range {cfg.quantize_reduce_range}, kept fp32: {kept}")
+    print(f"{'variant':<34}{'samples/s':>10}{'speedup':>9}{'size MB':>9}{'macro-F1':>10}{'agree':>7}")
     prev = base["samples_per_s"]
     for row in rows:
+        # A step's share is against the previous row of the served chain; an aside is measured against it too.
         share = row["samples_per_s"] / prev
-        prev = row["samples_per_s"]
+        prev = row["samples_per_s"] if row["chain"] else prev
         print(
             f"{row['variant']:<34}{row['samples_per_s']:>10.1f}{row['samples_per_s'] / base['samples_per_s']:>8.2f}x"
-            f"{row['size_mb']:>9.1f}{row['macro_f1']:>10.1f}   (step x{share:.2f})"
+            f"{row['size_mb']:>9.1f}{row['macro_f1']:>10.1f}{row['agreement']:>7.3f}   (step x{share:.2f})"
         )
     final = rows[-1]
-    print(f"served vs fp32 prediction agreement on the test split: {served_agreement:.3f}")
+    print(f"served vs fp32 prediction agreement on the test split: {final['agreement']:.3f}")
+    low, high = drop_interval
+    print(f"macro-F1 drop, paired bootstrap 95% interval over test rows: [{low:.2f}, {high:.2f}] points")
     summary = {
         "speedup": round(final["samples_per_s"] / base["samples_per_s"], 2),
         "size_ratio": round(base["size_mb"] / final["size_mb"], 2),

@@ -22,6 +22,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -223,20 +224,41 @@ def optimize_graph(src: Path, dst: Path, model_type: str) -> dict[str, int]:
     return {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
 
 
-def quantize(src: Path, dst: Path) -> None:
-    """int8 dynamic quantization: per-channel int8 weights, activations quantized at run time."""
+def quantize(
+    src: Path, dst: Path, per_channel: bool = True, reduce_range: bool = False, exclude: Sequence[str] = ()
+) -> list[str]:
+    """int8 dynamic quantization: int8 weights, activations quantized at run time.
+
+    Args:
+        src: the fp32 ONNX graph.
+        dst: where the quantized graph goes.
+        per_channel: one weight scale per output channel instead of one per tensor.
+        reduce_range: 7-bit weights (only helps CPUs without VNNI, where 8-bit products can saturate).
+        exclude: nodes whose name contains one of these strings stay fp32.
+
+    Returns:
+        The names of the nodes kept in fp32 by ``exclude``.
+    """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    names = [n.name for n in onnx.load(str(src), load_external_data=False).graph.node]
+    kept = [name for name in names if any(p in name for p in exclude)]
+    for pattern in exclude:
+        if not any(pattern in name for name in names):
+            # Not an error: one setting serves models of different depths (a 2-layer test model has no layer.5).
+            log.warning("compress.quantize_exclude %r matches no node of %s", pattern, src.name)
     # Shape inference cannot type the outputs of fused contrib ops (Attention, SkipLayerNormalization).
-    # Per-channel weight scales keep more of the fp32 predictions than one scale per tensor.
     quantize_dynamic(
         str(src),
         str(dst),
         weight_type=QuantType.QInt8,
-        per_channel=True,
+        per_channel=per_channel,
+        reduce_range=reduce_range,
+        nodes_to_exclude=kept,
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
+    return kept
 
 
 def onnx_logits(path: Path, tokenizer: Any, texts: list[str], max_length: int, batch_size: int) -> Any:
@@ -434,10 +456,12 @@ def run(ctx: StepContext) -> dict[str, Any]:
                 failures=[f"parity on {len(texts)} held-out texts, graph optimisation {cfg.optimize_graph}"],
             )
 
-        served = graph
+        served, kept_fp32 = graph, []
         if cfg.quantize:
             served = scratch / "model_int8.onnx"
-            quantize(graph, served)
+            kept_fp32 = quantize(
+                graph, served, cfg.quantize_per_channel, cfg.quantize_reduce_range, cfg.quantize_exclude
+            )
         bundle = build_bundle(scratch / "bundle", served, tokenizer, fp32_dir, reference_dir, settings)
         predictor = OnnxPredictor(bundle)
         served_pred = predictor.predict_proba(texts).argmax(1)
@@ -446,7 +470,11 @@ def run(ctx: StepContext) -> dict[str, Any]:
             raise ModelRejected(
                 f"served model agrees with the trained fp32 model on {agreement:.3f} of {len(texts)} held-out texts, "
                 f"below compress.min_agreement={cfg.min_agreement}",
-                failures=[f"prune {prune_info}", f"quantize {cfg.quantize}, optimize_graph {cfg.optimize_graph}"],
+                failures=[
+                    f"prune {prune_info}",
+                    f"quantize {cfg.quantize} (per_channel {cfg.quantize_per_channel}, reduce_range "
+                    f"{cfg.quantize_reduce_range}, {len(kept_fp32)} nodes kept fp32), optimize_graph {cfg.optimize_graph}",
+                ],
             )
         timings = latency(predictor, texts)
         sizes = {
@@ -466,13 +494,18 @@ def run(ctx: StepContext) -> dict[str, Any]:
                 "prune": cfg.prune,
                 "prune_applied_share": prune_info.get("applied_share", 0.0),
                 "quantize": cfg.quantize,
+                "quantize_per_channel": cfg.quantize_per_channel,
+                "quantize_reduce_range": cfg.quantize_reduce_range,
+                "quantize_exclude": ",".join(cfg.quantize_exclude),
                 "optimize_graph": cfg.optimize_graph,
                 "opset": cfg.opset,
                 "parity_rows": len(texts),
             }
         )
         mlflow.log_metrics({**metrics, **sizes})
-        mlflow.log_dict({"prune": prune_info, "fused_ops": fused, "sizes": sizes}, "compress.json")
+        mlflow.log_dict(
+            {"prune": prune_info, "fused_ops": fused, "sizes": sizes, "kept_fp32": kept_fp32}, "compress.json"
+        )
     log.info("served model at %s: %.1f MB, agreement %.3f, %s", served_uri, sizes["served_mb"], agreement, timings)
     return {
         "served_uri": served_uri,
@@ -487,4 +520,5 @@ def run(ctx: StepContext) -> dict[str, Any]:
         "prune": prune_info,
         "fused_ops": fused,
         "quantized": cfg.quantize,
+        "kept_fp32": kept_fp32,
     }

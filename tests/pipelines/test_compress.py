@@ -132,6 +132,24 @@ def test_compress_magnitude_pruning_with_graph_fusion_without_quantization(train
     assert result["size_mb"] == result["sizes"]["onnx_fp32_mb"] and result["fused_ops"]["Attention"] == 2
 
 
+def test_compress_quantize_exclude_keeps_named_nodes_fp32(trained):
+    import onnx
+
+    from pipelines.champion import find_bundle
+
+    settings, train = trained
+    settings = settings.with_overrides(
+        {"compress.prune": "none", "compress.quantize_exclude": ["layer.1/output/dense/", "no-such-node"]}
+    )
+    result = _compress(settings, train, run_id="run-5")
+
+    assert "/bert/encoder/layer.1/output/dense/MatMul" in result["kept_fp32"]  # and its bias Add
+    assert all("layer.1/output/dense/" in name for name in result["kept_fp32"])
+    ops = {n.name: n.op_type for n in onnx.load(str(find_bundle(result["served_uri"]) / "model.onnx")).graph.node}
+    assert ops["/bert/encoder/layer.1/output/dense/MatMul"] == "MatMul"
+    assert "MatMulInteger" in ops.values()
+
+
 def test_compress_parity_failure_is_rejected(trained):
     settings, train = trained
     strict = settings.with_overrides({"compress.parity_atol": 1e-12, "compress.prune": "none"})
