@@ -10,14 +10,20 @@ def pick_batch(params: dict[str, Any]) -> str:
 
     Raises:
         AirflowSkipException: no batch is waiting (a scheduled run with nothing to do).
-        AirflowFailException: the given ``batch_uri`` does not exist; the message names it.
+        AirflowFailException: a param is invalid, or the given ``batch_uri`` does not exist; the message names it.
     """
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-    from pipelines.config import get_settings
+    from mlops_airflow.params import split_params
+    from pipelines.config import ConfigError, get_settings
     from pipelines.storage import get_storage
 
-    settings = get_settings()
+    # The form validates params at trigger time; this catches what reaches a run by another way, first.
+    try:
+        _, overrides = split_params(params)
+        settings = get_settings().with_overrides(overrides)
+    except (ConfigError, ValueError) as exc:
+        raise AirflowFailException(str(exc)) from None
     storage = get_storage(settings)
     given = (params.get("batch_uri") or "").strip()
     if given:
