@@ -84,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = get_settings()
         if args.command == "demo-data":
-            for uri in __import__("pipelines.demo", fromlist=["x"]).write_demo_batches(settings, args.only):
+            from pipelines.demo import write_demo_batches
+
+            for uri in write_demo_batches(settings, args.only):
                 print(uri)
             return 0
         from pipelines.context import StepContext

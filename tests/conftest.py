@@ -136,31 +136,34 @@ def tiny_model_dir(tmp_path_factory, demo_frames) -> Path:
 
 
 # --- settings ----------------------------------------------------------------------------------------
+def tiny_settings(root: Path, tiny_model_dir: Path, **overrides):
+    """Settings on ``root`` (artifacts under ``root/var``, SQLite MLflow store) with the tiny model and small
+    training; keyword overrides as in ``get_settings``. Module-scoped fixtures call this directly."""
+    from pipelines.config import get_settings
+
+    base = {
+        "paths__artifact_root": str(root / "var"),
+        "mlflow__tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
+        "train__base_model": str(tiny_model_dir),
+        "train__max_length": 64,
+        "train__epochs": 3,
+        "train__fine_tune_epochs": 2,
+        "train__batch_size": 16,
+        "train__learning_rate": 1e-3,
+        "train__fine_tune_learning_rate": 5e-4,
+        "drift__encoder": str(tiny_model_dir),
+        "drift__mmd_permutations": 50,
+        "compress__max_length": 64,
+        "compress__parity_sample_rows": 64,
+    }
+    base.update(overrides)
+    return get_settings(**base)
+
+
 @pytest.fixture
 def make_settings(tmp_path, tiny_model_dir):
     """Build settings on a temporary root with the tiny model; keyword overrides as in get_settings."""
-    from pipelines.config import get_settings
-
-    def _make(**overrides):
-        base = {
-            "paths__artifact_root": str(tmp_path / "var"),
-            "mlflow__tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
-            "train__base_model": str(tiny_model_dir),
-            "train__max_length": 64,
-            "train__epochs": 3,
-            "train__fine_tune_epochs": 2,
-            "train__batch_size": 16,
-            "train__learning_rate": 1e-3,
-            "train__fine_tune_learning_rate": 5e-4,
-            "drift__encoder": str(tiny_model_dir),
-            "drift__mmd_permutations": 50,
-            "compress__max_length": 64,
-            "compress__parity_sample_rows": 64,
-        }
-        base.update(overrides)
-        return get_settings(**base)
-
-    return _make
+    return lambda **overrides: tiny_settings(tmp_path, tiny_model_dir, **overrides)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import tiny_settings
 
 from pipelines.context import StepContext
 from pipelines.datasets import write_parquet
@@ -12,20 +13,7 @@ from pipelines.steps import run_step
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_model_dir, demo_frames):
     """A tiny BERT retrained on the reference batch; yields (settings, train result)."""
-    from pipelines.config import get_settings
-
-    root = tmp_path_factory.mktemp("compress")
-    settings = get_settings(
-        paths__artifact_root=str(root / "var"),
-        mlflow__tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
-        train__base_model=str(tiny_model_dir),
-        drift__encoder=str(tiny_model_dir),
-        train__max_length=64,
-        train__epochs=3,
-        train__learning_rate=1e-3,
-        compress__max_length=64,
-        compress__parity_sample_rows=64,
-    )
+    settings = tiny_settings(tmp_path_factory.mktemp("compress"), tiny_model_dir)
     uri = settings.uri(settings.paths.accepted, "batch_000.parquet")
     write_parquet(demo_frames["batch_000_reference"], uri, settings)
     ctx = StepContext(
@@ -184,21 +172,14 @@ def test_texts_from_input_frame_without_text_column_names_it():
 
 def test_train_and_compress_on_s3_artifact_root(s3_endpoint, aws_env, tiny_model_dir, demo_frames, tmp_path):
     from pipelines.champion import find_bundle
-    from pipelines.config import get_settings
     from pipelines.storage import get_storage
 
-    settings = get_settings(
+    settings = tiny_settings(
+        tmp_path,
+        tiny_model_dir,
         paths__artifact_root="s3://test-bucket/compress-s3",
         storage__s3_endpoint_url=s3_endpoint,
-        mlflow__tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
         mlflow__artifact_location=str(tmp_path / "mlruns"),
-        train__base_model=str(tiny_model_dir),
-        drift__encoder=str(tiny_model_dir),
-        train__max_length=64,
-        train__epochs=3,
-        train__learning_rate=1e-3,
-        compress__max_length=64,
-        compress__parity_sample_rows=64,
     )
     uri = settings.uri(settings.paths.accepted, "batch_000.parquet")
     write_parquet(demo_frames["batch_000_reference"], uri, settings)

@@ -2,6 +2,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import tiny_settings
 
 from pipelines.context import StepContext
 from pipelines.datasets import write_parquet
@@ -33,18 +34,11 @@ def _tensors(model_dir):
 @pytest.fixture(scope="module")
 def retrained(tmp_path_factory, tiny_model_dir, demo_frames):
     """One retrain on the reference batch (action from the decide result), shared by the tests below."""
-    from pipelines.config import get_settings
-
-    root = tmp_path_factory.mktemp("train")
-    settings = get_settings(
-        paths__artifact_root=str(root / "var"),
-        mlflow__tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
-        train__base_model=str(tiny_model_dir),
-        drift__encoder=str(tiny_model_dir),
-        train__max_length=64,
-        train__epochs=3,
-        train__batch_size=16,
-        train__learning_rate=1e-3,
+    settings = tiny_settings(
+        tmp_path_factory.mktemp("train"),
+        tiny_model_dir,
+        train__fine_tune_epochs=3,
+        train__fine_tune_learning_rate=5e-5,
     )
     uri = _accept(settings, demo_frames["batch_000_reference"], "batch_000")
     ctx = _ctx(settings, "run-1", uri)
