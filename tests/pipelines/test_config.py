@@ -34,6 +34,11 @@ def test_config_bad_runtime_mode():
         get_settings(runtime__mode="podman")
 
 
+def test_config_bad_regex_names_key_and_pattern():
+    with pytest.raises(ConfigError, match=r"compress.quantize_weight_only.*'\(\['.*not a regular expression"):
+        get_settings(compress__quantize_weight_only=["(["])
+
+
 def test_config_unknown_key_rejected():
     with pytest.raises(ConfigError, match="unknown setting 'drift.nope'"):
         get_settings(drift__nope=1)
