@@ -23,7 +23,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +43,18 @@ _LATENCY_BATCH_CALLS = 8
 
 
 # --- PyTorch side ----------------------------------------------------------------------------------
+def _batches(tokenizer: Any, texts: list[str], max_length: int, batch_size: int, tensors: str = "pt") -> Iterator[Any]:
+    """Encodings of ``texts`` in input order, ``batch_size`` at a time, each padded to its longest."""
+    for start in range(0, len(texts), batch_size):
+        yield tokenizer(
+            texts[start : start + batch_size],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors=tensors,
+        )
+
+
 def torch_logits(model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int) -> Any:
     """fp32 PyTorch logits (numpy), batched in input order with per-batch padding."""
     import numpy as np
@@ -51,14 +63,7 @@ def torch_logits(model: Any, tokenizer: Any, texts: list[str], max_length: int, 
     model.eval()
     out = []
     with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            enc = tokenizer(
-                texts[start : start + batch_size],
-                padding=True,
-                truncation=True,
-                max_length=max_length,
-                return_tensors="pt",
-            )
+        for enc in _batches(tokenizer, texts, max_length, batch_size):
             out.append(model(**enc).logits.float().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.config.num_labels), dtype=np.float32)
 
@@ -90,14 +95,7 @@ def head_importance(model: Any, tokenizer: Any, texts: list[str], max_length: in
     handles = [layer.attention.output.dense.register_forward_pre_hook(hook(i)) for i, layer in enumerate(layers)]
     try:
         with torch.inference_mode():
-            for start in range(0, len(texts), batch_size):
-                enc = tokenizer(
-                    texts[start : start + batch_size],
-                    padding=True,
-                    truncation=True,
-                    max_length=max_length,
-                    return_tensors="pt",
-                )
+            for enc in _batches(tokenizer, texts, max_length, batch_size):
                 state["mask"] = enc["attention_mask"]
                 model(**enc)
     finally:
@@ -348,10 +346,7 @@ def onnx_logits(path: Path, tokenizer: Any, texts: list[str], max_length: int, b
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = {i.name for i in session.get_inputs()}
     out = []
-    for start in range(0, len(texts), batch_size):
-        enc = tokenizer(
-            texts[start : start + batch_size], padding=True, truncation=True, max_length=max_length, return_tensors="np"
-        )
+    for enc in _batches(tokenizer, texts, max_length, batch_size, tensors="np"):
         out.append(session.run(["logits"], {k: enc[k].astype(np.int64) for k in names})[0])
     return np.concatenate(out)
 

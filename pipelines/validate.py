@@ -43,6 +43,11 @@ if TYPE_CHECKING:
     from pipelines.context import StepContext
 
 log = logging.getLogger(__name__)
+# GX logs about 200 INFO lines on import (its docs decorators skipping closures), which bury the step's own lines
+# in an Airflow task log. Its warnings and errors still show; a level someone set on purpose is kept.
+_gx_log = logging.getLogger("great_expectations")
+if _gx_log.level == logging.NOTSET:
+    _gx_log.setLevel(logging.WARNING)
 
 SUITE_NAME = "landing_batch"
 REPORT_NAME = "validation.json"
