@@ -24,8 +24,9 @@ Besides macro-F1, each row shows its prediction agreement with fp32 PyTorch on t
 ``--wide-rows`` tweets from ``tweets_sentiment.csv`` (a seeded sample). On 379 reviews two flipped predictions
 can move macro-F1 by a point (the ``neutral`` class has 30-odd rows), so agreement, above all on the larger
 sample, is the steadier measure of what a step costs. A paired bootstrap interval of the served model's
-macro-F1 drop says how much the test split can resolve. (Dynamic quantization scales activations per batch, so
-even the batch order moves int8 predictions a little.)
+macro-F1 drop says how much the test split can resolve. Dynamic quantization scales activations per batch, so
+even the batch order moves int8 predictions a little; the share of test rows that the served model labels the
+same at batch 1 as at batch 32 is printed too.
 
 Each throughput is the median of ``--repeats`` passes over the test split after a warm-up, the variants
 timed in turn within each repeat. The machine is shared, so absolute numbers move; the ratios, measured side
@@ -192,6 +193,10 @@ def main() -> int:
         preds = {name: fn(texts) for name, fn, _, _ in variants}
         # Fidelity on a larger, unrelated sample: every variant's predictions against fp32 PyTorch's.
         wide = {name: fn(tweets).argmax(1) for name, fn, _, _ in variants}
+        # Dynamic int8 scales activations per batch, so a row's label can depend on its batch-mates.
+        served_fn = variants[-1][1]
+        alone = np.concatenate([served_fn([text]) for text in texts]).argmax(1)
+        batch_consistency = float(np.mean(alone == preds[variants[-1][0]].argmax(1)))
         times: dict[str, list[float]] = {name: [] for name, _, _, _ in variants}
         for _ in range(args.repeats):
             for name, fn, _, _ in variants:
@@ -247,6 +252,7 @@ def main() -> int:
         f"served vs fp32 prediction agreement: {final['agreement']:.3f} on the test split, "
         f"{final['agreement_wide']:.3f} on {len(tweets)} tweets"
     )
+    print(f"served: the same label at batch 1 as at batch {B} for {batch_consistency:.3f} of the test split")
     low, high = drop_interval
     print(f"macro-F1 drop, paired bootstrap 95% interval over test rows: [{low:.2f}, {high:.2f}] points")
     summary = {
