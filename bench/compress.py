@@ -10,8 +10,8 @@ tokens, it measures throughput, size and macro-F1 of:
 1. fp32 PyTorch, batches in input order (the baseline);
 2. ONNX fp32, plain export;
 3. + int8 dynamic quantization of every MatMul and Gather (on the plain export);
-4. + the FFN MatMuls named by ``compress.quantize_weight_only`` turned weight-only int8 (see
-   :func:`pipelines.compress.weight_only_int8`);
+4. + the MatMuls named by ``compress.quantize_weight_only`` (default: every linear layer) made weight-only
+   int8 instead (see :func:`pipelines.compress.quantize`);
 5. + the nodes named by ``compress.quantize_exclude`` kept fp32 (row left out when that list is empty);
 6. + length-sorted batching at inference;
 7. asides, not served by default: full dynamic int8 with sorted batches (what weight-only costs in speed and
@@ -151,10 +151,11 @@ def main() -> int:
         plain_int8, light_int8, kept_int8 = root / "plain_int8.onnx", root / "light_int8.onnx", root / "kept_int8.onnx"
         opt, opt_int8 = root / "opt.onnx", root / "opt_int8.onnx"
         compress.quantize(plain, plain_int8, *qargs)
-        light = compress.quantize(plain, light_int8, *qargs, (), cfg.quantize_weight_only)["weight_only"]
-        kept = compress.quantize(plain, kept_int8, *qargs, cfg.quantize_exclude, cfg.quantize_weight_only)["fp32"]
+        wo = (cfg.quantize_weight_only, cfg.quantize_block_size)
+        light = compress.quantize(plain, light_int8, *qargs, (), *wo)["weight_only"]
+        kept = compress.quantize(plain, kept_int8, *qargs, cfg.quantize_exclude, *wo)["fp32"]
         compress.optimize_graph(plain, opt, model.config.model_type)
-        compress.quantize(opt, opt_int8, *qargs, cfg.quantize_exclude, cfg.quantize_weight_only)
+        compress.quantize(opt, opt_int8, *qargs, cfg.quantize_exclude, *wo)
         bundle = compress.build_bundle(root / "bundle", kept_int8, tokenizer, fp32_dir, root / "reference", settings)
         # The served configuration: head pruning (with back-off) on top, as the compress step builds it.
         fp32_pred = compress.torch_logits(model, tokenizer, texts, L, B).argmax(1)
@@ -168,7 +169,7 @@ def main() -> int:
             served,
             *qargs,
             cfg.quantize_exclude,
-            cfg.quantize_weight_only,
+            *wo,
         )
 
         pt_mb = sum(p.stat().st_size for p in fp32_dir.glob("*.safetensors")) / 1e6
@@ -176,7 +177,7 @@ def main() -> int:
         graphs = [
             ("ONNX fp32", plain, False, True),
             ("+ int8 dynamic (MatMul, Gather)", plain_int8, False, True),
-            (f"+ {len(light)} FFN MatMuls weight-only", light_int8, False, bool(light)),
+            (f"+ {len(light)} MatMuls weight-only int8", light_int8, False, bool(light)),
             (f"+ {len(kept)} nodes kept fp32", kept_int8, False, bool(kept)),
             ("+ length-sorted batches", kept_int8, True, True),
             ("  aside: all int8 dynamic, sorted", plain_int8, True, False),
@@ -184,7 +185,7 @@ def main() -> int:
             (f"served (heads pruned: {info.get('heads_pruned', 0)})", served, True, True),
         ]
         for name, graph, sort, chain in graphs:
-            if name.startswith(("+ 0 nodes", "+ 0 FFN")):
+            if name.startswith(("+ 0 nodes", "+ 0 MatMuls")):
                 continue
             (bundle / graph.name).write_bytes(graph.read_bytes())
             predictor = OnnxPredictor(bundle, model_file=graph.name, sort_by_length=sort)
@@ -231,7 +232,7 @@ def main() -> int:
     print(f"prune: {json.dumps(info)}")
     print(
         f"int8: per_channel {cfg.quantize_per_channel}, reduce_range {cfg.quantize_reduce_range}, "
-        f"weight-only {cfg.quantize_weight_only}, kept fp32: {kept}"
+        f"weight-only {cfg.quantize_weight_only} (block {cfg.quantize_block_size}), kept fp32: {kept}"
     )
     print(
         f"{'variant':<34}{'samples/s':>10}{'speedup':>9}{'size MB':>9}{'macro-F1':>10}{'agree':>7}"

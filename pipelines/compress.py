@@ -230,112 +230,77 @@ def quantize(
     reduce_range: bool = False,
     exclude: Sequence[str] = (),
     weight_only: Sequence[str] = (),
+    block_size: int = 128,
 ) -> dict[str, list[str]]:
-    """int8 dynamic quantization: int8 weights, activations quantized at run time.
+    """int8 quantization with onnxruntime's tools: weight-only where asked, dynamic for the rest.
+
+    Dynamic quantization (``MatMulInteger``) rounds a MatMul's *input* to uint8 with one scale for the whole
+    batch. A transformer's hidden states have a few outlier dimensions, so one scale leaves few levels for the
+    bulk of the values: that rounding is what flips predictions, and since the scale comes from the whole batch,
+    a row's label can change with its batch-mates. Weight-only int8 (``MatMulNBits`` with 8 bits, symmetric, one
+    scale per ``block_size`` weights) stores the same 1 byte per weight; at onnxruntime's accuracy level 4 it
+    quantizes each row's input in blocks of 32 values, each with its own scale, so it is both closer to fp32 and
+    independent of the batch. Measured on MiniLM in ``bench/compress.py``.
+
+    ``Gemm`` nodes stay fp32 (in a BERT export, the pooler and classifier: under 1 MB).
 
     Args:
         src: the fp32 ONNX graph.
         dst: where the quantized graph goes.
-        per_channel: one weight scale per output channel instead of one per tensor.
-        reduce_range: 7-bit weights (only helps CPUs without VNNI, where 8-bit products can saturate).
+        per_channel: dynamic int8: one weight scale per output channel instead of one per tensor.
+        reduce_range: dynamic int8: 7-bit weights (only for CPUs without VNNI, where 8-bit products saturate).
         exclude: nodes whose name contains one of these strings stay fp32.
-        weight_only: regular expressions; MatMuls whose name matches one keep fp32 activations but store
-            per-channel int8 weights (see :func:`weight_only_int8`).
+        weight_only: regular expressions; MatMuls with a constant weight whose name matches one become
+            weight-only int8. The other MatMuls and the embedding ``Gather`` nodes get dynamic int8.
+        block_size: weights per scale in weight-only int8 (a power of two, at least 16).
 
     Returns:
-        ``{"fp32": [...], "weight_only": [...]}``, the node names kept fp32 and quantized weight-only.
+        ``{"fp32": [...], "weight_only": [...]}``: the nodes kept fp32 and those made weight-only int8.
     """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-    nodes = onnx.load(str(src), load_external_data=False).graph.node
+    model = onnx.load(str(src))
+    nodes, constants = model.graph.node, {init.name for init in model.graph.initializer}
     names = [n.name for n in nodes]
     kept = [name for name in names if any(p in name for p in exclude)]
     for pattern in exclude:
         if not any(pattern in name for name in names):
             # Not an error: one setting serves models of different depths (a 2-layer test model has no layer.5).
             log.warning("compress.quantize_exclude %r matches no node of %s", pattern, src.name)
-    matmuls = [n.name for n in nodes if n.op_type == "MatMul" and n.name not in kept]
+    matmuls = [n.name for n in nodes if n.op_type == "MatMul" and n.name not in kept and n.input[1] in constants]
     light = [name for name in matmuls if any(re.search(p, name) for p in weight_only)]
     for pattern in weight_only:
         if not any(re.search(pattern, name) for name in matmuls):
-            log.warning("compress.quantize_weight_only %r matches no node of %s", pattern, src.name)
+            log.warning("compress.quantize_weight_only %r matches no MatMul of %s", pattern, src.name)
+    if light:
+        config = DefaultWeightOnlyQuantConfig(
+            block_size=block_size, is_symmetric=True, accuracy_level=4, bits=8, op_types_to_quantize=("MatMul",)
+        )
+        quantizer = MatMulNBitsQuantizer(
+            model,
+            bits=8,
+            block_size=block_size,
+            is_symmetric=True,
+            accuracy_level=4,
+            nodes_to_exclude=[n.name for n in nodes if n.op_type == "MatMul" and n.name not in light],
+            algo_config=config,
+        )
+        quantizer.process()
+        model = quantizer.model.model
     # Shape inference cannot type the outputs of fused contrib ops (Attention, SkipLayerNormalization).
     quantize_dynamic(
-        str(src),
+        model,
         str(dst),
         weight_type=QuantType.QInt8,
         per_channel=per_channel,
         reduce_range=reduce_range,
-        nodes_to_exclude=kept + light,
+        op_types_to_quantize=["MatMul", "Gather"],
+        nodes_to_exclude=kept,
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
-    return {"fp32": kept, "weight_only": weight_only_int8(dst, dst, light) if light else []}
-
-
-def weight_only_int8(src: Path, dst: Path, nodes: Sequence[str]) -> list[str]:
-    """Store the named MatMuls' constant weights as per-output-channel int8 behind a ``DequantizeLinear``.
-
-    Dynamic quantization rounds a MatMul's *input* to uint8 with one scale for the whole batch. In a
-    transformer's FFN (the GELU's output above all) that input has a long tail, so one scale leaves few levels
-    for the bulk of the values, and that rounding is what flips predictions. Here the weights are stored as
-    int8 (symmetric, zero point 0, scale ``max|w| / 127`` per column), so the file is as small as with dynamic
-    int8. At load, onnxruntime fuses each ``DequantizeLinear -> MatMul`` pair into an 8-bit ``MatMulNBits``,
-    which by default quantizes the input in blocks of 32 values, each with its own scale: far less rounding
-    than one scale per batch. Measured on MiniLM (``bench/compress.py``), this halved the predictions that
-    differ from fp32 and ran at about 0.7x the speed of full dynamic int8.
-
-    Returns:
-        The nodes rewritten (those among ``nodes`` that are MatMuls with a 2-D constant weight used once).
-    """
-    import numpy as np
-    import onnx
-    from onnx import helper, numpy_helper
-
-    model = onnx.load(str(src))
-    graph = model.graph
-    inits = {init.name: init for init in graph.initializer}
-    uses: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
-    wanted, done, dequant = set(nodes), [], []
-    for node in graph.node:
-        weight = node.input[1] if node.op_type == "MatMul" and len(node.input) == 2 else ""
-        if node.name not in wanted or weight not in inits or uses.get(weight) != 1:
-            continue
-        w = numpy_helper.to_array(inits[weight]).astype(np.float32)
-        if w.ndim != 2:
-            continue
-        scale = np.abs(w).max(axis=0) / 127.0
-        scale[scale == 0] = 1.0
-        q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
-        graph.initializer.remove(inits[weight])
-        graph.initializer.extend(
-            [
-                numpy_helper.from_array(q, f"{weight}_int8"),
-                numpy_helper.from_array(scale.astype(np.float32), f"{weight}_scale"),
-                numpy_helper.from_array(np.zeros(w.shape[1], np.int8), f"{weight}_zero_point"),
-            ]
-        )
-        dequant.append(
-            helper.make_node(
-                "DequantizeLinear",
-                [f"{weight}_int8", f"{weight}_scale", f"{weight}_zero_point"],
-                [weight],
-                name=f"{node.name}_weight_dequantize",
-                axis=1,
-            )
-        )
-        done.append(node.name)
-    # DequantizeLinear reads initializers only, so at the front of the graph it stays topologically sorted.
-    for offset, node in enumerate(dequant):
-        graph.node.insert(offset, node)
-    if not any(o.domain in ("", "ai.onnx") and o.version >= 13 for o in model.opset_import):
-        raise ValueError(f"{src.name}: per-channel DequantizeLinear needs opset >= 13")
-    onnx.checker.check_model(model)
-    onnx.save(model, str(dst))
-    return done
+    return {"fp32": kept, "weight_only": light}
 
 
 def onnx_logits(path: Path, tokenizer: Any, texts: list[str], max_length: int, batch_size: int) -> Any:
@@ -540,6 +505,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
                 cfg.quantize_reduce_range,
                 cfg.quantize_exclude,
                 cfg.quantize_weight_only,
+                cfg.quantize_block_size,
             )
         bundle = build_bundle(scratch / "bundle", served, tokenizer, fp32_dir, reference_dir, settings)
         predictor = OnnxPredictor(bundle)
@@ -578,6 +544,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
                 "quantize_reduce_range": cfg.quantize_reduce_range,
                 "quantize_exclude": ",".join(cfg.quantize_exclude),
                 "quantize_weight_only": ",".join(cfg.quantize_weight_only),
+                "quantize_block_size": cfg.quantize_block_size,
                 "optimize_graph": cfg.optimize_graph,
                 "opset": cfg.opset,
                 "parity_rows": len(texts),

@@ -39,6 +39,11 @@ def test_config_bad_regex_names_key_and_pattern():
         get_settings(compress__quantize_weight_only=["(["])
 
 
+def test_config_block_size_must_be_a_power_of_two():
+    with pytest.raises(ConfigError, match=r"compress.quantize_block_size=96.*not a power of two"):
+        get_settings(compress__quantize_block_size=96)
+
+
 def test_config_unknown_key_rejected():
     with pytest.raises(ConfigError, match="unknown setting 'drift.nope'"):
         get_settings(drift__nope=1)
