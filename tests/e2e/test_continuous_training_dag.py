@@ -17,32 +17,30 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def loop_env(tmp_path_factory, demo_frames, tiny_model_dir):
-    from conftest import build_tiny_bert
+    from conftest import build_tiny_bert, tiny_settings
+
+    from pipelines.config import settings_env
 
     root = tmp_path_factory.mktemp("e2e")
     # A tiny BERT whose vocabulary comes from the demo text only, so it learns the demo task in seconds.
     # The drift encoder stays the shared tiny encoder that the drift tests calibrate the thresholds with.
     tiny_classifier = build_tiny_bert(root / "tiny", [t for df in demo_frames.values() for t in df["text"]])
-    env = {
-        "MLOPS_PATHS__ARTIFACT_ROOT": str(root / "var"),
-        "MLOPS_MLFLOW__TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-        "MLOPS_TRAIN__BASE_MODEL": str(tiny_classifier),
-        "MLOPS_DRIFT__ENCODER": str(tiny_model_dir),
-        "MLOPS_TRAIN__MAX_LENGTH": "64",
-        # A tiny model needs more epochs and patience than MiniLM to get past predicting no neutral at all.
-        "MLOPS_TRAIN__EPOCHS": "10",
-        "MLOPS_TRAIN__EARLY_STOPPING_PATIENCE": "4",
-        "MLOPS_TRAIN__FINE_TUNE_EPOCHS": "3",
-        "MLOPS_TRAIN__LEARNING_RATE": "0.001",
-        "MLOPS_TRAIN__FINE_TUNE_LEARNING_RATE": "0.0005",
-        "MLOPS_COMPRESS__MAX_LENGTH": "64",
-        "MLOPS_COMPRESS__PARITY_SAMPLE_ROWS": "64",
-        "MLOPS_DRIFT__MMD_PERMUTATIONS": "50",
-        "MLOPS_GATES__NONINFERIORITY_MARGIN": "0.1",
-        "MLOPS_GATES__MIN_MACRO_F1": "0.4",
-        "MLOPS_REGISTRY__REVIEW_POKE_SECONDS": "1",
-        "MLOPS_DAG__RETRIES": "0",
-    }
+    # The operator builds its settings from the environment, as a step container would: export the test settings.
+    # A tiny model needs more epochs and patience than MiniLM to get past predicting no neutral at all.
+    env = settings_env(
+        tiny_settings(
+            root,
+            tiny_classifier,
+            drift__encoder=str(tiny_model_dir),
+            train__epochs=10,
+            train__early_stopping_patience=4,
+            train__fine_tune_epochs=3,
+            gates__noninferiority_margin=0.1,
+            gates__min_macro_f1=0.4,
+            registry__review_poke_seconds=1,
+            dag__retries=0,
+        )
+    )
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     from scripts.dag_runner import prepare_airflow
@@ -154,6 +152,7 @@ def test_loop_end_to_end(loop_env):
 
     # 5. a staged challenger that no reviewer decides on within the timeout -> "review timed out", not promoted
     # (fine_tune is forced only to keep the test short: the policy would retrain on this severe shift)
+    timeout = os.environ["MLOPS_REGISTRY__REVIEW_TIMEOUT_MINUTES"]
     os.environ["MLOPS_REGISTRY__REVIEW_TIMEOUT_MINUTES"] = "0.05"
     try:
         unreviewed = run_dag(
@@ -165,7 +164,7 @@ def test_loop_end_to_end(loop_env):
             },
         )
     finally:
-        os.environ.pop("MLOPS_REGISTRY__REVIEW_TIMEOUT_MINUTES")
+        os.environ["MLOPS_REGISTRY__REVIEW_TIMEOUT_MINUTES"] = timeout
     assert unreviewed.results["decide"]["auto_action"] == "retrain"
     assert unreviewed.task_states["register"] == "success"
     assert unreviewed.task_states["wait_for_review"] == "failed"
