@@ -170,7 +170,7 @@ class CompressSettings(_Section):
     # Defaults measured on MiniLM fine-tuned on drug reviews (bench/compress.py), against fp32 on 2,000 tweets and
     # batch 1 against batch 32 on the 379 test reviews: dynamic int8 everywhere agreed on 0.963 and 0.971;
     # weight-only int8 on every linear layer (block 128) on 0.982 and 1.000, at the same size and 0.55-0.65x its
-    # speed (still 3.9-4x fp32 PyTorch). Block 32: 0.987 but 10 % slower. Per-tensor dynamic scales (0.911 on the
+    # speed (still 3.8-4x fp32 PyTorch). Block 32: 0.987 but 10 % slower. Per-tensor dynamic scales (0.911 on the
     # validation split) and reduce_range (0.944) were worse.
     quantize_per_channel: bool = Field(default=True, description="One int8 weight scale per output channel.")
     quantize_reduce_range: bool = Field(
