@@ -1,7 +1,8 @@
 """Compress step: turn the trained fp32 model into the artifact that will be served.
 
 In order: optional pruning (attention heads by a gradient-free importance score, or global weight magnitude),
-ONNX export, onnxruntime's transformer graph fusions, int8 dynamic quantization. Two parity checks fail the
+ONNX export, optional onnxruntime transformer graph fusions, int8 quantization (weight-only for the linear
+layers by default, dynamic for the rest; see :func:`quantize`). Two parity checks fail the
 step with :class:`~pipelines.errors.ModelRejected`: the fp32 ONNX graph must reproduce the (pruned) PyTorch
 logits within ``compress.parity_atol``, and the served graph's predictions must agree with the trained fp32
 model's on at least ``compress.min_agreement`` of a held-out sample.
@@ -239,8 +240,8 @@ def quantize(
     bulk of the values: that rounding is what flips predictions, and since the scale comes from the whole batch,
     a row's label can change with its batch-mates. Weight-only int8 (``MatMulNBits`` with 8 bits, symmetric, one
     scale per ``block_size`` weights) stores the same 1 byte per weight; at onnxruntime's accuracy level 4 it
-    quantizes each row's input in blocks of 32 values, each with its own scale, so it is both closer to fp32 and
-    independent of the batch. Measured on MiniLM in ``bench/compress.py``.
+    quantizes each row's input block by block, each block with its own scale. On MiniLM (``bench/compress.py``)
+    that was closer to fp32, and batch 1 and batch 32 gave every test row the same label.
 
     ``Gemm`` nodes stay fp32 (in a BERT export, the pooler and classifier: under 1 MB).
 
