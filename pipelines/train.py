@@ -304,55 +304,28 @@ class _CountingCollator:
         return self._inner(features)
 
 
-def fit(
-    settings: Settings,
-    model: Any,
-    tokenizer: Any,
-    train_df: pd.DataFrame,
-    val_df: pd.DataFrame,
-    *,
-    learning_rate: float,
-    epochs: float,
-    work_dir: str | Path,
-    optimized: bool = True,
-) -> FitResult:
-    """Train ``model`` on ``train_df`` with early stopping on ``val_df``; return the best model and its metrics.
-
-    Args:
-        settings: the settings (``train`` section: batch size, length, seed, weighting, patience ...).
-        model: a sequence-classification model; frozen parameters stay frozen.
-        tokenizer: its tokenizer.
-        train_df: rows to learn from (text and label columns).
-        val_df: rows for early stopping and the reported validation metrics.
-        learning_rate: peak learning rate (linear decay after ``train.warmup_ratio`` warm-up).
-        epochs: maximum epochs.
-        work_dir: scratch folder for checkpoints.
-        optimized: True for the product's setup (dynamic padding, length-grouped batches); False pads every
-            row to ``train.max_length`` in random order (the baseline of ``bench/train.py``).
-
-    Returns:
-        The best model (by validation macro-F1), final metrics, the logged history, device and precision.
-    """
-    import torch
-    from transformers import (
-        DataCollatorWithPadding,
-        EarlyStoppingCallback,
-        PrinterCallback,
-        TrainingArguments,
-        default_data_collator,
-        set_seed,
-    )
+def epochs_for(rows: int, settings: Settings, action: str) -> float:
+    """Epochs for ``rows`` training rows: about ``target_sample_passes`` rows seen, within [min_epochs, cap]."""
+    import math
 
     cfg = settings.train
-    text, num_labels = settings.data.text_column, len(settings.data.labels)
-    train_ids, val_ids = label_ids(train_df, settings), label_ids(val_df, settings)
-    train_ds = encode(tokenizer, train_df[text].astype(str).tolist(), train_ids, cfg.max_length, not optimized)
-    val_ds = encode(tokenizer, val_df[text].astype(str).tolist(), val_ids, cfg.max_length, not optimized)
+    if action == "fine_tune":
+        target, cap, floor = (
+            cfg.fine_tune_sample_passes,
+            cfg.fine_tune_epochs,
+            min(cfg.min_epochs, cfg.fine_tune_epochs),
+        )
+    else:
+        target, cap, floor = cfg.target_sample_passes, cfg.epochs, cfg.min_epochs
+    return float(max(floor, min(cap, math.ceil(target / max(rows, 1)))))
+
+
+def _training_args(settings: Settings, work_dir: str | Path, learning_rate: float, epochs: float, optimized: bool):
+    from transformers import TrainingArguments
+
+    cfg = settings.train
     device, precision = device_and_precision()
-    counter: dict[str, float] = {"training": 0, "samples": 0, "train_s": 0.0, "epoch_started": 0.0}
-    history: list[dict[str, float]] = []
-    inner = DataCollatorWithPadding(tokenizer) if optimized else default_data_collator
-    args = TrainingArguments(
+    return TrainingArguments(
         output_dir=str(work_dir),
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size * 2,
@@ -383,12 +356,64 @@ def fit(
         dataloader_pin_memory=device == "cuda",
         remove_unused_columns=False,
     )
+
+
+def fit(
+    settings: Settings,
+    model: Any,
+    tokenizer: Any,
+    train_df: pd.DataFrame,
+    val_df: pd.DataFrame,
+    *,
+    learning_rate: float,
+    epochs: float,
+    work_dir: str | Path,
+    optimized: bool = True,
+) -> FitResult:
+    """Train ``model`` on ``train_df`` with early stopping on ``val_df``; return the best model and its metrics.
+
+    Validation runs after every epoch; early stopping watches validation macro-F1 (not loss: with imbalanced
+    classes the loss can fall while the minority class is lost) and the best epoch's weights are restored.
+
+    Args:
+        settings: the settings (``train`` section: batch size, length, seed, weighting, patience ...).
+        model: a sequence-classification model; frozen parameters stay frozen.
+        tokenizer: its tokenizer.
+        train_df: rows to learn from (text and label columns).
+        val_df: rows for early stopping and the reported validation metrics.
+        learning_rate: peak learning rate (linear decay after ``train.warmup_ratio`` warm-up).
+        epochs: maximum epochs.
+        work_dir: scratch folder for checkpoints.
+        optimized: True for the product's setup (dynamic padding, length-grouped batches); False pads every
+            row to ``train.max_length`` in random order (the baseline of ``bench/train.py``).
+
+    Returns:
+        The best model (by validation macro-F1), final metrics (``sample_passes``: training rows actually fed,
+        i.e. rows x epochs run; ``best_epoch``), the logged history, device and precision.
+    """
+    import torch
+    from transformers import (
+        DataCollatorWithPadding,
+        EarlyStoppingCallback,
+        PrinterCallback,
+        default_data_collator,
+        set_seed,
+    )
+
+    cfg = settings.train
+    text, num_labels = settings.data.text_column, len(settings.data.labels)
+    train_ids, val_ids = label_ids(train_df, settings), label_ids(val_df, settings)
+    train_ds = encode(tokenizer, train_df[text].astype(str).tolist(), train_ids, cfg.max_length, not optimized)
+    val_ds = encode(tokenizer, val_df[text].astype(str).tolist(), val_ids, cfg.max_length, not optimized)
+    device, precision = device_and_precision()
+    counter: dict[str, float] = {"training": 0, "samples": 0, "train_s": 0.0, "epoch_started": 0.0}
+    history: list[dict[str, float]] = []
+    inner = DataCollatorWithPadding(tokenizer) if optimized else default_data_collator
     set_seed(cfg.seed)
-    trainer_cls = _weighted_trainer_class()
     weights = class_weights(train_ids, num_labels) if cfg.class_weighted else None
-    trainer = trainer_cls(
+    trainer = _weighted_trainer_class()(
         model=model,
-        args=args,
+        args=_training_args(settings, work_dir, learning_rate, epochs, optimized),
         train_dataset=train_ds,
         eval_dataset=val_ds,
         data_collator=_CountingCollator(inner, counter),
@@ -428,13 +453,88 @@ def fit(
         "train_rows": float(len(train_ds)),
         "val_rows": float(len(val_ds)),
         "epochs_run": float(trainer.state.epoch or 0.0),
+        "best_epoch": _best_epoch(history),
         "steps": float(trainer.state.global_step),
+        "sample_passes": float(counter["samples"]),
     }
     if device == "cuda":
-        import torch
-
         metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return FitResult(model=trainer.model, metrics=metrics, history=history, device=device, precision=precision)
+
+
+def _best_epoch(history: list[dict[str, float]]) -> float:
+    """The epoch whose validation macro-F1 was highest (the first of ties, as the Trainer keeps it)."""
+    evals = [h for h in history if "eval_macro_f1" in h]
+    if not evals:
+        return 0.0
+    return float(max(evals, key=lambda h: (h["eval_macro_f1"], -h["epoch"]))["epoch"])
+
+
+def warm_up_head(
+    settings: Settings, model: Any, tokenizer: Any, train_df: pd.DataFrame, val_df: pd.DataFrame, work_dir: Path
+) -> FitResult | None:
+    """Linear probe: train only the classification head on the frozen encoder (``train.head_warmup_epochs``).
+
+    Returns None when the warm-up is off. Parameters frozen before the call stay frozen after it.
+    """
+    cfg = settings.train
+    if cfg.head_warmup_epochs <= 0:
+        return None
+    prefix = model.base_model_prefix
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    for name, param in model.named_parameters():
+        param.requires_grad = not name.startswith(prefix + ".") and name in trainable
+    log.info(
+        "head warm-up: %d epoch(s) on the frozen encoder at lr %.1e", cfg.head_warmup_epochs, cfg.head_learning_rate
+    )
+    try:
+        result = fit(
+            settings,
+            model,
+            tokenizer,
+            train_df,
+            val_df,
+            learning_rate=cfg.head_learning_rate,
+            epochs=cfg.head_warmup_epochs,
+            work_dir=work_dir,
+        )
+    finally:
+        for name, param in model.named_parameters():
+            param.requires_grad = name in trainable
+    return result
+
+
+def train_model(
+    settings: Settings, action: str, model: Any, tokenizer: Any, rows: pd.DataFrame, work_dir: Path
+) -> FitResult:
+    """The product's training recipe on ``rows``: validation split, epochs from the data size, a head warm-up
+    before a retrain, then the full fit with early stopping. Used by the train step and by ``bench/stream.py``.
+
+    Returns:
+        The fit of the main phase; its ``sample_passes`` and ``train_seconds`` include the warm-up.
+    """
+    cfg = settings.train
+    train_df, val_df = validation_split(rows, settings)
+    epochs = epochs_for(len(train_df), settings, action)
+    lr = cfg.learning_rate if action == "retrain" else cfg.fine_tune_learning_rate
+    warm = (
+        warm_up_head(settings, model, tokenizer, train_df, val_df, work_dir / "warmup") if action == "retrain" else None
+    )
+    if warm is not None:
+        model = warm.model
+    result = fit(
+        settings, model, tokenizer, train_df, val_df, learning_rate=lr, epochs=epochs, work_dir=work_dir / "fit"
+    )
+    result.metrics["epochs_planned"] = epochs
+    result.metrics["learning_rate"] = lr
+    result.metrics["head_warmup_epochs"] = cfg.head_warmup_epochs if warm is not None else 0.0
+    if warm is not None:
+        for key in ("sample_passes", "train_seconds"):
+            result.metrics[key] += warm.metrics[key]
+        result.metrics["val_macro_f1_after_warmup"] = warm.metrics["val_macro_f1"]
+        offset = warm.metrics["steps"]
+        result.history = warm.history + [{**h, "step": h["step"] + offset} for h in result.history]
+    return result
 
 
 # --- the step --------------------------------------------------------------------------------------
@@ -469,19 +569,19 @@ def _clean(df: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     return df.drop_duplicates(subset=[text, label]).reset_index(drop=True)
 
 
-def _training_data(ctx: StepContext, action: str, accepted_uri: str) -> dict[str, Any]:
-    """Training rows and hold-out rows for ``action``."""
+def select_rows(settings: Settings, action: str, new: pd.DataFrame, earlier: pd.DataFrame) -> dict[str, Any]:
+    """The rows to learn from and the hold-out rows, from the new batch and the earlier accepted rows.
+
+    ``retrain``: every trainable (non-hold-out) row so far. ``fine_tune``: the new batch's trainable rows plus a
+    seeded sample of ``train.replay_ratio`` earlier rows per new row.
+    """
     import pandas as pd
 
-    from pipelines.datasets import load_accepted, read_table, split_holdout
+    from pipelines.datasets import split_holdout
 
-    settings = ctx.settings
-    new = read_table(accepted_uri, settings)
-    new["batch_uri"] = accepted_uri
     new = _clean(new, settings)
     new_train, new_holdout = split_holdout(new, settings)
-    earlier = _clean(load_accepted(settings, exclude={accepted_uri}), settings)
-    earlier_train, earlier_holdout = split_holdout(earlier, settings)
+    earlier_train, earlier_holdout = split_holdout(_clean(earlier, settings), settings)
     if action == "retrain":
         rows = _clean(pd.concat([earlier_train, new_train], ignore_index=True), settings)
         replay = 0
@@ -490,13 +590,24 @@ def _training_data(ctx: StepContext, action: str, accepted_uri: str) -> dict[str
         sample = earlier_train.sample(n=n_replay, random_state=settings.train.seed) if n_replay else earlier_train[:0]
         rows = _clean(pd.concat([new_train, sample], ignore_index=True), settings)
         replay = n_replay
-    if rows.empty:
-        raise ValueError(
-            f"no trainable rows for {action}: batch {accepted_uri!r} has {len(new)} rows, all in the hold-out "
-            f"(data.holdout_share={settings.data.holdout_share})"
-        )
     holdout = pd.concat([earlier_holdout, new_holdout], ignore_index=True)
     return {"rows": rows, "new_holdout": new_holdout, "holdout": holdout, "new_rows": len(new), "replay": replay}
+
+
+def _training_data(ctx: StepContext, action: str, accepted_uri: str) -> dict[str, Any]:
+    """Training rows and hold-out rows for ``action``."""
+    from pipelines.datasets import load_accepted, read_table
+
+    settings = ctx.settings
+    new = read_table(accepted_uri, settings)
+    new["batch_uri"] = accepted_uri
+    data = select_rows(settings, action, new, load_accepted(settings, exclude={accepted_uri}))
+    if data["rows"].empty:
+        raise ValueError(
+            f"no trainable rows for {action}: batch {accepted_uri!r} has {data['new_rows']} rows, all in the hold-out "
+            f"(data.holdout_share={settings.data.holdout_share})"
+        )
+    return data
 
 
 def _start_model(ctx: StepContext, action: str, scratch: Path) -> tuple[Any, Any, str]:
@@ -583,9 +694,6 @@ def run(ctx: StepContext) -> dict[str, Any]:
     action = resolve_action(ctx)
     accepted_uri = ctx.require("accepted_uri")
     data = _training_data(ctx, action, accepted_uri)
-    train_df, val_df = validation_split(data["rows"], settings)
-    lr = cfg.learning_rate if action == "retrain" else cfg.fine_tune_learning_rate
-    epochs = cfg.epochs if action == "retrain" else cfg.fine_tune_epochs
     model_uri, reference_uri, eval_uri = ctx.output("model"), ctx.output("reference"), ctx.output("eval.parquet")
     log.info(
         "%s on %d rows (%d new, %d replayed) from %s",
@@ -602,28 +710,19 @@ def run(ctx: StepContext) -> dict[str, Any]:
             {
                 "action": action,
                 "base": base,
-                "learning_rate": lr,
-                "epochs": epochs,
+                "learning_rate": cfg.learning_rate if action == "retrain" else cfg.fine_tune_learning_rate,
+                "max_epochs": cfg.epochs if action == "retrain" else cfg.fine_tune_epochs,
+                "head_warmup_epochs": cfg.head_warmup_epochs if action == "retrain" else 0,
                 "batch_size": cfg.batch_size,
                 "max_length": cfg.max_length,
                 "class_weighted": cfg.class_weighted,
                 "seed": cfg.seed,
                 "freeze_layers": cfg.freeze_layers if action == "fine_tune" else 0,
                 "replay_rows": data["replay"],
-                "train_rows": len(train_df),
-                "val_rows": len(val_df),
+                "rows": len(data["rows"]),
             }
         )
-        result = fit(
-            settings,
-            model,
-            tokenizer,
-            train_df,
-            val_df,
-            learning_rate=lr,
-            epochs=epochs,
-            work_dir=scratch / "checkpoints",
-        )
+        result = train_model(settings, action, model, tokenizer, data["rows"], scratch / "checkpoints")
         mlflow.log_metrics({f"final_{k}": v for k, v in result.metrics.items()})
         mlflow.set_tags({"device": result.device, "precision": result.precision, "action": action})
         fig = _plot_history(result.history, f"{action} from {Path(base).name or base}")
@@ -659,6 +758,8 @@ def run(ctx: StepContext) -> dict[str, Any]:
         "new_rows": data["new_rows"],
         "replay_rows": data["replay"],
         "metrics": metrics,
+        "sample_passes": int(result.metrics["sample_passes"]),
+        "train_seconds": round(result.metrics["train_seconds"], 2),
         "device": result.device,
         "precision": result.precision,
     }

@@ -84,7 +84,12 @@ def test_train_fine_tune_freezes_lower_layers(retrained, demo_frames):
 
     champion_settings, champion = retrained
     settings = champion_settings.with_overrides(
-        {"train.freeze_layers": 1, "train.fine_tune_learning_rate": 2e-3, "train.fine_tune_epochs": 5}
+        {
+            "train.freeze_layers": 1,
+            "train.fine_tune_learning_rate": 2e-3,
+            "train.fine_tune_epochs": 5,
+            "train.fine_tune_sample_passes": 100_000,
+        }
     )
     new = _accept(settings, demo_frames["batch_003_severe"], "batch_003")
 
