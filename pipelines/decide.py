@@ -10,6 +10,13 @@ Policy (thresholds in ``settings.decision``; the severity rule itself lives in `
    ``max_fine_tunes_before_retrain`` fine-tunes in a row (``retrain``, so fine-tunes do not stack forever).
 5. Otherwise ``skip``.
 
+Benefit, not only significance: on a large batch every distribution test is significant. So when the drift step
+measured the champion's labelled quality on the batch (its ``quality`` test), and the only evidence is that the
+distribution moved (embeddings, labels, lengths) while the champion's macro-F1 on the batch did not drop by at least
+``decision.min_quality_drop`` against its recorded evaluation score, the action is ``skip``: the champion still
+does its job on this data, and neither a fine-tune nor a retrain would be worth its compute. A bootstrap (no
+champion) and a forced action are not subject to this rule.
+
 The summary's ``reasons`` are human-readable lines ("label drift p=0.003 < 0.01") that go into the model
 version's report.
 """
@@ -122,6 +129,10 @@ def decide(drift: dict[str, Any], validate: dict[str, Any] | None, settings: Set
     else:
         action = "skip"
         reasons.append("no drift: " + _quiet_tests(drift.get("tests", {})))
+    held = _quality_held(drift, cfg.min_quality_drop) if action != "skip" and drift.get("has_reference", True) else None
+    if held:
+        reasons.insert(0, f"{held}: skip ({action} not worth its compute)")
+        action = "skip"
     return {
         "action": action,
         "auto_action": action,
@@ -131,6 +142,19 @@ def decide(drift: dict[str, Any], validate: dict[str, Any] | None, settings: Set
         "new_rows": new_rows,
         "champion_version": drift.get("champion_version"),
     }
+
+
+def _quality_held(drift: dict[str, Any], min_drop: float) -> str | None:
+    """A reason to skip when the champion's labelled quality on the batch held up, else None."""
+    quality = (drift.get("tests") or {}).get("quality") or {}
+    drop = quality.get("statistic")
+    if quality.get("skipped") or not isinstance(drop, int | float) or drop >= min_drop:
+        return None
+    return (
+        f"the distribution moved, but the champion's macro-F1 on the batch ({quality.get('batch_macro_f1', 0):.3f}) "
+        f"is within decision.min_quality_drop={min_drop} of its evaluation score "
+        f"({quality.get('champion_macro_f1', 0):.3f}, drop {drop:+.3f})"
+    )
 
 
 def _quiet_tests(tests: dict[str, Any]) -> str:

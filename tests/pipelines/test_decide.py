@@ -132,3 +132,38 @@ def test_decide_cli_forced_without_drift_result(tmp_path):
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "MLOPS_PATHS__ARTIFACT_ROOT": str(tmp_path)},
     )
     assert bad.returncode == 2 and "force_action='maybe'" in bad.stderr
+
+
+def _quality(drop):
+    return {
+        "statistic": drop,
+        "p_value": None,
+        "threshold": 0.05,
+        "drifted": drop >= 0.05,
+        "batch_macro_f1": 0.62 - drop,
+        "champion_macro_f1": 0.62,
+    }
+
+
+@pytest.mark.parametrize("severity", ["moderate", "severe"])
+def test_decide_skips_drift_when_the_champions_quality_held(settings, severity):
+    drift = _drift(severity, reasons=["embedding MMD p=0.001 < 0.01"], quality=_quality(0.01))
+    out = decide(drift, {"rows": 400}, settings)
+    assert out["action"] == "skip"
+    assert out["reasons"][0].startswith("the distribution moved, but the champion's macro-F1 on the batch (0.610)")
+    assert "decision.min_quality_drop=0.05" in out["reasons"][0]
+    skipped = "fine_tune" if severity == "moderate" else "retrain"
+    assert out["reasons"][0].endswith(f"skip ({skipped} not worth its compute)")
+    assert "embedding MMD p=0.001 < 0.01" in out["reasons"]
+
+
+def test_decide_acts_when_the_champions_quality_dropped(settings):
+    out = decide(_drift("moderate", quality=_quality(0.08)), {"rows": 400}, settings)
+    assert out["action"] == "fine_tune"
+    out = decide(_drift("severe", quality=_quality(0.2)), {"rows": 400}, settings)
+    assert out["action"] == "retrain"
+
+
+def test_decide_min_quality_drop_is_configurable(settings):
+    strict = settings.with_overrides({"decision.min_quality_drop": 0.0})
+    assert decide(_drift("moderate", quality=_quality(0.01)), {"rows": 400}, strict)["action"] == "fine_tune"
