@@ -146,3 +146,70 @@ def test_class_weights_balance_counts():
     from pipelines.train import class_weights
 
     assert class_weights([0, 0, 0, 1], 3) == [4 / 6, 2.0, 1.0]
+
+
+def test_fit_stops_early_on_validation_macro_f1_and_restores_the_best_epoch(tmp_path, tiny_model_dir, demo_frames):
+    """Validation labels that contradict the training labels: validation macro-F1 is best after the first epoch and
+    falls as the model learns, so early stopping ends the run and the first epoch's weights come back."""
+    from pipelines.train import fit, load_base, validation_split
+
+    settings = tiny_settings(tmp_path, tiny_model_dir, train__early_stopping_patience=2)
+    rows = demo_frames["batch_000_reference"].drop_duplicates(subset=["text"]).head(400)
+    train_df, val_df = validation_split(rows, settings)
+    flip = {"negative": "positive", "positive": "negative", "neutral": "neutral"}
+    val_df = val_df.assign(label=val_df["label"].map(flip))
+    model, tokenizer = load_base(settings)
+
+    result = fit(settings, model, tokenizer, train_df, val_df, learning_rate=1e-3, epochs=8, work_dir=tmp_path / "ck")
+
+    evals = [h for h in result.history if "eval_macro_f1" in h and h["epoch"] > 0]
+    best = max(evals, key=lambda h: (h["eval_macro_f1"], -h["epoch"]))
+    m = result.metrics
+    assert m["epochs_run"] < 8, evals  # stopped early
+    assert m["epochs_run"] == best["epoch"] + settings.train.early_stopping_patience
+    assert m["best_epoch"] == best["epoch"]
+    # The returned model is the best epoch's: evaluating it again gives that epoch's validation macro-F1.
+    assert abs(m["val_macro_f1"] - best["eval_macro_f1"]) < 1e-6, (m, evals)
+    assert m["sample_passes"] == len(train_df) * m["epochs_run"]
+
+
+def test_epochs_follow_the_data_size(tmp_path, tiny_model_dir):
+    from pipelines.train import epochs_for
+
+    settings = tiny_settings(
+        tmp_path,
+        tiny_model_dir,
+        train__epochs=10,
+        train__fine_tune_epochs=4,
+        train__min_epochs=2,
+        train__target_sample_passes=2400,
+        train__fine_tune_sample_passes=1200,
+    )
+    assert epochs_for(100, settings, "retrain") == 10  # capped
+    assert epochs_for(600, settings, "retrain") == 4
+    assert epochs_for(5000, settings, "retrain") == 2  # floor
+    assert epochs_for(100, settings, "fine_tune") == 4
+    assert epochs_for(600, settings, "fine_tune") == 2
+
+
+def test_head_warm_up_trains_only_the_head_and_restores_trainable_flags(tmp_path, tiny_model_dir, demo_frames):
+    import torch
+
+    from pipelines.train import load_base, validation_split, warm_up_head
+
+    settings = tiny_settings(tmp_path, tiny_model_dir, train__head_warmup_epochs=1)
+    rows = demo_frames["batch_000_reference"].drop_duplicates(subset=["text"]).head(200)
+    train_df, val_df = validation_split(rows, settings)
+    model, tokenizer = load_base(settings)
+    model.bert.embeddings.word_embeddings.weight.requires_grad = False  # frozen before: stays frozen
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    result = warm_up_head(settings, model, tokenizer, train_df, val_df, tmp_path / "warm")
+
+    after = result.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("classifier.") for k in changed), changed
+    assert result.metrics["sample_passes"] == len(train_df)
+    flags = {n: p.requires_grad for n, p in result.model.named_parameters()}
+    assert flags["bert.embeddings.word_embeddings.weight"] is False
+    assert all(v for n, v in flags.items() if n != "bert.embeddings.word_embeddings.weight")
