@@ -34,10 +34,25 @@ def _signed(value: Any, digits: int = 3) -> str:
     return "–" if value is None else f"{float(value):+.{digits}f}"
 
 
+def _pct(fraction: Any) -> str:
+    return "–" if fraction is None else f"{float(fraction) * 100:.1f} %"
+
+
 def _mark(passed: bool | None, skipped: bool = False) -> str:
     if skipped:
         return "⏭ skipped"
     return "✅ pass" if passed else "❌ FAIL"
+
+
+def gate_outcome(gate: dict[str, Any]) -> str:
+    """``pass``, ``fail`` or ``review`` of a gate dict (from ``passed`` for a summary written before outcomes)."""
+    return str(gate.get("outcome") or ("pass" if gate.get("passed") else "fail"))
+
+
+def _gate_mark(gate: dict[str, Any]) -> str:
+    if gate.get("skipped"):
+        return "⏭ skipped"
+    return {"pass": "✅ pass", "fail": "❌ FAIL", "review": "⚠️ REVIEW"}.get(gate_outcome(gate), "❌ FAIL")
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -47,18 +62,31 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 #: The order gates are listed in (result.json is written with sorted keys, so the order is restored here).
-GATE_ORDER = ["macro_f1_floor", "class_recall_floor", "non_inferiority", "slices", "latency_p95_ms", "size_mb"]
+GATE_ORDER = [
+    "majority",
+    "baseline",
+    "non_inferiority",
+    "slices",
+    "macro_f1_floor",
+    "class_recall_floor",
+    "latency_p95_ms",
+    "size_mb",
+]
+
+#: The header of the gate table (:func:`gate_rows`).
+GATE_HEADER = ["gate", "result", "value", "threshold", "note"]
 
 
 def gate_rows(gates: dict[str, dict[str, Any]]) -> list[list[str]]:
-    """One table row per gate, in :data:`GATE_ORDER`: name, result, value, threshold, note."""
+    """One table row per gate, in :data:`GATE_ORDER`: name, result (pass / FAIL / REVIEW / skipped), value,
+    threshold, note (statistical gates name the evaluation set size there)."""
     rows = []
     order = {name: i for i, name in enumerate(GATE_ORDER)}
     for name, gate in sorted(gates.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])):
         rows.append(
             [
                 f"`{name}`",
-                _mark(gate.get("passed"), gate.get("skipped", False)),
+                _gate_mark(gate),
                 _f(gate.get("value")),
                 f"{gate.get('comparator', '')} {_f(gate.get('threshold'))}".strip(),
                 str(gate.get("note", "")).replace("|", "/"),
@@ -115,15 +143,66 @@ def _scoreboard(summary: dict[str, Any]) -> str:
 
 
 def baseline_warning(summary: dict[str, Any]) -> str | None:
-    """A one-line warning when the candidate does not beat the TF-IDF baseline (shown, not a gate)."""
+    """A one-line warning when the candidate scores below the TF-IDF baseline, with the interval of the difference
+    when the ``baseline`` gate computed it."""
     m = summary["metrics"]
     base = m.get("baseline_macro_f1")
-    if base is not None and m.get("macro_f1") is not None and m["macro_f1"] < base:
-        return (
-            f"⚠️ The candidate ({m['macro_f1']:.3f}) scores below the TF-IDF + logistic-regression baseline "
-            f"({base:.3f}) trained on the same data."
+    if base is None or m.get("macro_f1") is None or m["macro_f1"] >= base:
+        return None
+    gate = (summary.get("gates") or {}).get("baseline") or {}
+    ci = ""
+    if gate.get("ci_low") is not None:
+        level = f"{float(gate['level']):.0%} " if gate.get("level") is not None else ""
+        ci = (
+            f" (Δ {_signed(gate.get('diff'))}, {level}CI [{_signed(gate['ci_low'])}, "
+            f"{_signed(gate.get('ci_high'))}] on {gate.get('n')} rows)"
         )
-    return None
+    held = " It is held for a human review." if gate_outcome(gate) == "review" else ""
+    return (
+        f"⚠️ **Below the TF-IDF baseline**: the candidate ({m['macro_f1']:.3f}) scores below the TF-IDF + "
+        f"logistic-regression baseline ({base:.3f}) trained on the same data{ci}.{held}"
+    )
+
+
+def verdict(summary: dict[str, Any]) -> str:
+    """``PASSED``, ``PASSED, NEEDS REVIEW`` or ``FAILED``."""
+    if not summary.get("passed"):
+        return "FAILED"
+    return "PASSED, NEEDS REVIEW" if summary.get("needs_review") else "PASSED"
+
+
+def review_section(summary: dict[str, Any]) -> list[str]:
+    """Why a human has to decide (the gates with outcome review), or nothing."""
+    if not summary.get("needs_review"):
+        return []
+    lines = ["## Needs a human review", ""]
+    lines.append("Not promoted automatically, even under the `auto` policy; a reviewer approves or rejects it:")
+    lines += [f"- {r}" for r in summary.get("review_reasons") or []]
+    return lines
+
+
+def compression_section(compress: dict[str, Any] | None) -> list[str]:
+    """The compression level chosen and how far it agrees with the fp32 model, or nothing when the compress result
+    does not name a level."""
+    if not compress or compress.get("level") is None:
+        return []
+    lines = ["## Compression", ""]
+    line = f"- level **{compress['level']}**"
+    if compress.get("agreement") is not None:
+        line += f": same label as the fp32 model on {_pct(compress['agreement'])} of"
+        line += f" {compress.get('agreement_rows', '–')} rows"
+        ci = compress.get("agreement_ci")
+        if isinstance(ci, list | tuple) and len(ci) == 2 and None not in ci:
+            line += f" (CI {_pct(ci[0])} to {_pct(ci[1])})"
+    if compress.get("size_mb") is not None:
+        line += f"; served size {_f(compress['size_mb'], 2)} MB"
+    lines.append(line)
+    tried = [t for t in compress.get("levels_tried") or [] if isinstance(t, dict)]
+    if tried:
+        rows = [[f"`{t.get('level')}`", _pct(t.get("agreement")), _f(t.get("size_mb"), 2)] for t in tried]
+        lines += ["", "Levels tried (the most compressed one that agrees well enough is served):", ""]
+        lines.append(_table(["level", "agreement", "size MB"], rows))
+    return lines
 
 
 # --- the evaluation report ----------------------------------------------------------------------------------
@@ -136,8 +215,9 @@ def render_evaluation_report(summary: dict[str, Any]) -> str:
     Returns:
         Markdown text.
     """
-    verdict = "PASSED" if summary["passed"] else "FAILED"
-    lines = [f"# Evaluation: {verdict}", ""]
+    lines = [f"# Evaluation: {verdict(summary)}", ""]
+    if warning := baseline_warning(summary):
+        lines += [warning, ""]
     lines.append(f"- eval set: `{summary.get('eval_uri')}` ({summary.get('eval_rows')} rows)")
     lines.append(f"- candidate: `{summary.get('served_uri')}`")
     if summary.get("champion_version"):
@@ -147,10 +227,17 @@ def render_evaluation_report(summary: dict[str, Any]) -> str:
     lines.append("")
     if summary.get("failures"):
         lines += ["## Why it failed", ""] + [f"- {f}" for f in summary["failures"]] + [""]
-    lines += ["## Gates", "", _table(["gate", "result", "value", "threshold", "note"], gate_rows(summary["gates"])), ""]
+    if review := review_section(summary):
+        lines += [*review, ""]
+    lines += [
+        "## Gates",
+        "",
+        f"On {summary.get('eval_rows')} evaluation rows.",
+        "",
+        _table(GATE_HEADER, gate_rows(summary["gates"])),
+        "",
+    ]
     lines += ["## Scores", "", _scoreboard(summary), ""]
-    if warning := baseline_warning(summary):
-        lines += [warning, ""]
     per_class = summary["metrics"].get("per_class", {})
     if per_class:
         rows = [
@@ -212,6 +299,7 @@ def render_review_description(
     review_comment_tag: str,
     policy: str,
     run_url: str | None = None,
+    compress: dict[str, Any] | None = None,
     max_chars: int = MAX_DESCRIPTION_CHARS,
 ) -> str:
     """The model version description a reviewer decides on, within MLflow's description size limit.
@@ -229,17 +317,24 @@ def render_review_description(
         review_comment_tag: the optional comment tag.
         policy: the promotion policy in force (manual or auto).
         run_url: link to the pipeline's MLflow run.
+        compress: the compress summary, or None; its ``level``, ``agreement``, ``agreement_rows``,
+            ``agreement_ci`` and ``levels_tried`` are shown when present.
         max_chars: the size limit; the least important sections are dropped first to fit.
 
     Returns:
         Markdown text of at most ``max_chars`` characters.
     """
     m = evaluate["metrics"]
-    verdict = "all gates passed" if evaluate["passed"] else "gates FAILED"
+    if not evaluate["passed"]:
+        outcome = "gates FAILED"
+    elif evaluate.get("needs_review"):
+        outcome = "no gate failed, NEEDS REVIEW"
+    else:
+        outcome = "all gates passed"
     head = [
         f"# Challenger for `{model_name}`" + (f" v{version}" if version else ""),
         "",
-        f"**{verdict}**; macro-F1 {_f(m.get('macro_f1'))} "
+        f"**{outcome}**; macro-F1 {_f(m.get('macro_f1'))} on {evaluate.get('eval_rows', '–')} evaluation rows "
         f"(champion {_f(m.get('champion_macro_f1'))}, TF-IDF baseline {_f(m.get('baseline_macro_f1'))}, "
         f"majority class {_f(m.get('majority_macro_f1'))}). Pipeline run `{run_id}`"
         + (f" ([MLflow run]({run_url}))" if run_url else "")
@@ -247,11 +342,14 @@ def render_review_description(
     ]
     if warning := baseline_warning(evaluate):
         head += ["", warning]
+    if review := review_section(evaluate):
+        head += ["", *review]
 
+    held = " This version needs a review, so it is not promoted automatically." if evaluate.get("needs_review") else ""
     how = [
         "## How to decide",
         "",
-        f"Policy: `{policy}`. In the MLflow UI, on this version, add the tag `{review_tag}` = `approved` or "
+        f"Policy: `{policy}`.{held} In the MLflow UI, on this version, add the tag `{review_tag}` = `approved` or "
         f"`rejected`, optionally with `{review_comment_tag}` = your reason. Approval makes this version the "
         "`champion` (stage Production) and archives the old one; rejection archives it and keeps the champion.",
     ]
@@ -289,7 +387,7 @@ def render_review_description(
         if rows:
             data += ["", _table(["test", "statistic", "p-value", "threshold", "drifted"], rows)]
 
-    gates = ["## Gates", "", _table(["gate", "result", "value", "threshold", "note"], gate_rows(evaluate["gates"]))]
+    gates = ["## Gates", "", _table(GATE_HEADER, gate_rows(evaluate["gates"]))]
     if evaluate.get("failures"):
         gates += ["", "Failures:"] + [f"- {f}" for f in evaluate["failures"]]
     lat, size = evaluate["gates"].get("latency_p95_ms", {}), evaluate["gates"].get("size_mb", {})
@@ -305,7 +403,8 @@ def render_review_description(
     footer = [f"Full report: `{evaluate.get('report_uri')}`"]
 
     # Most important first; when over the limit, drop from the end of this list, keeping the footer.
-    sections = [head, how, gates, decision, budgets, slices, data, confusion]
+    compression = compression_section(compress)
+    sections = [sec for sec in (head, how, gates, decision, budgets, compression, slices, data, confusion) if sec]
     while sections:
         text = "\n\n".join("\n".join(s) for s in [*sections, footer]) + "\n"
         if len(text) <= max_chars:
@@ -350,13 +449,14 @@ def confusion_figure(path: Path, labels: Sequence[str], candidate: np.ndarray, c
 def per_class_figure(
     path: Path, labels: Sequence[str], precision: Sequence[float], recall: Sequence[float], recall_floor: float
 ) -> Path:
-    """Per-class precision and recall bars, with the recall floor."""
+    """Per-class precision and recall bars, with the recall floor when it is set."""
     plt = _pyplot()
     x = np.arange(len(labels))
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     ax.bar(x - 0.2, precision, width=0.4, label="precision")
     ax.bar(x + 0.2, recall, width=0.4, label="recall")
-    ax.axhline(recall_floor, color="red", linestyle="--", linewidth=1, label=f"recall floor {recall_floor:.2f}")
+    if recall_floor > 0:  # 0: the floor is off
+        ax.axhline(recall_floor, color="red", linestyle="--", linewidth=1, label=f"recall floor {recall_floor:.2f}")
     ax.set_xticks(x, labels)
     ax.set_ylim(0, 1)
     ax.set_title("Per-class precision and recall (candidate)")

@@ -169,22 +169,38 @@ def mcnemar_exact(y_true: Sequence[Any], candidate: Sequence[Any], reference: Se
     return McNemarResult(candidate_only=b, reference_only=c, p_value=p)
 
 
+#: The three outcomes of the non-inferiority check.
+NI_PASS, NI_FAIL, NI_INCONCLUSIVE = "pass", "fail", "inconclusive"
+
+
 @dataclass(frozen=True)
 class NonInferiority:
-    """The verdict of the non-inferiority check, with its evidence."""
+    """The verdict of the non-inferiority check, with its evidence.
 
-    passed: bool
+    ``outcome`` is ``pass``, ``fail`` or ``inconclusive``; ``verdict`` refines it (``better`` or ``non_inferior``
+    for a pass, ``worse`` for a fail, ``inconclusive``). ``n`` is the size of the evaluation set.
+    """
+
+    outcome: str  # pass | fail | inconclusive
     verdict: str  # better | non_inferior | inconclusive | worse
     margin: float
+    n: int
     bootstrap: BootstrapResult
     mcnemar: McNemarResult
     reason: str
 
+    @property
+    def passed(self) -> bool:
+        """True only when non-inferiority is shown (an inconclusive result has not shown it)."""
+        return self.outcome == NI_PASS
+
     def as_dict(self) -> dict[str, Any]:
         return {
+            "outcome": self.outcome,
             "passed": self.passed,
             "verdict": self.verdict,
             "margin": self.margin,
+            "n": self.n,
             "reason": self.reason,
             "bootstrap": self.bootstrap.as_dict(),
             "mcnemar": self.mcnemar.as_dict(),
@@ -205,12 +221,13 @@ def non_inferiority(
 
     The rule, on the paired bootstrap interval ``[low, high]`` of ``candidate - reference`` and its point ``diff``:
 
-    - ``low > 0``: *better* (passes);
-    - ``low >= -margin``: *non_inferior*, shown at the confidence level (passes);
-    - otherwise, ``diff < -margin`` (worse than the tolerance) or ``high < 0`` (the reference significantly
-      better): *worse* (fails), so a clearly worse candidate fails even on a small set;
-    - otherwise *inconclusive*: the two are equal within the noise of this set (passes, and the report says that
-      the set is too small to show non-inferiority at this margin).
+    - ``low >= -margin``: **pass**, non-inferiority shown at the confidence level (verdict *better* when
+      ``low > 0``, else *non_inferior*);
+    - ``high < -margin`` (the whole interval below the margin) or ``diff < -margin`` (the point estimate already
+      loses more than the margin): **fail**, verdict *worse*; so a clearly worse candidate fails even on a small set;
+    - otherwise **inconclusive**: the interval straddles ``-margin``, i.e. the evaluation set is too small to tell
+      whether the candidate is within the margin. The caller decides what that means (the evaluate step sends it to
+      a human).
 
     Args:
         y_true: true labels.
@@ -223,26 +240,30 @@ def non_inferiority(
         seed: bootstrap seed.
 
     Returns:
-        The verdict with both tests' numbers.
+        The outcome with both tests' numbers and the evaluation set size.
     """
     boot = paired_bootstrap(y_true, candidate, reference, labels, samples=samples, alpha=alpha, seed=seed)
     mc = mcnemar_exact(y_true, candidate, reference)
+    n = len(y_true)
     ci = f"[{boot.ci_low:+.3f}, {boot.ci_high:+.3f}]"
     level = f"{boot.level:.0%}"
-    if boot.ci_low > 0:
-        verdict, passed = "better", True
-        reason = f"candidate better: macro-F1 diff {boot.diff:+.3f}, {level} CI {ci} above 0"
-    elif boot.ci_low >= -margin:
-        verdict, passed = "non_inferior", True
-        reason = f"non-inferior: macro-F1 diff {boot.diff:+.3f}, {level} CI {ci} above -{margin:.3f}"
-    elif boot.diff < -margin or boot.ci_high < 0:
-        verdict, passed = "worse", False
-        why = f"below -{margin:.3f}" if boot.diff < -margin else "significantly below 0"
-        reason = f"candidate worse than champion: macro-F1 diff {boot.diff:+.3f} ({level} CI {ci}) {why}"
+    evidence = f"macro-F1 diff {boot.diff:+.3f}, {level} CI {ci} on {n} rows"
+    if boot.ci_low >= -margin:
+        outcome = NI_PASS
+        if boot.ci_low > 0:
+            verdict, reason = "better", f"candidate better: {evidence}, above 0"
+        else:
+            verdict, reason = "non_inferior", f"non-inferior: {evidence}, lower end at or above -{margin:.3f}"
+    elif boot.ci_high < -margin or boot.diff < -margin:
+        outcome, verdict = NI_FAIL, "worse"
+        why = f"whole interval below -{margin:.3f}" if boot.ci_high < -margin else f"diff below -{margin:.3f}"
+        reason = f"candidate worse than champion: {evidence} ({why})"
     else:
-        verdict, passed = "inconclusive", True
+        outcome, verdict = NI_INCONCLUSIVE, "inconclusive"
         reason = (
-            f"equal within noise: macro-F1 diff {boot.diff:+.3f}, {level} CI {ci} spans 0 and reaches below "
-            f"-{margin:.3f}; the set is too small to show non-inferiority at this margin"
+            f"inconclusive: {evidence} straddles -{margin:.3f}; the evaluation set ({n} rows) is too small to show "
+            f"non-inferiority at a margin of {margin:.3f}"
         )
-    return NonInferiority(passed=passed, verdict=verdict, margin=margin, bootstrap=boot, mcnemar=mc, reason=reason)
+    return NonInferiority(
+        outcome=outcome, verdict=verdict, margin=margin, n=n, bootstrap=boot, mcnemar=mc, reason=reason
+    )

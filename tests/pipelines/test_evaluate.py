@@ -43,26 +43,36 @@ def _ctx(settings, served: Path, eval_uri: str, run_id: str = "r1") -> StepConte
 
 def test_evaluate_bootstrap_passes_and_logs_report(env, eval_set, tmp_path):
     settings, eval_uri = env
-    served = _served(tmp_path, "cand", eval_set, corrupt(eval_set["label"].to_numpy(), 0.1, seed=1))
+    # 5 % errors: above the TF-IDF baseline (about 0.92 macro-F1 on this set), so no gate asks for a review.
+    served = _served(tmp_path, "cand", eval_set, corrupt(eval_set["label"].to_numpy(), 0.05, seed=1))
 
     result = run_step(_ctx(settings, served, eval_uri))
 
     assert result["passed"], result["failures"]
+    assert not result["needs_review"] and result["review_reasons"] == []
     assert result["champion_version"] is None
     assert result["gates"]["non_inferiority"]["skipped"]
     assert 0.85 < result["metrics"]["macro_f1"] < 0.95
     assert result["metrics"]["baseline_macro_f1"] > result["metrics"]["majority_macro_f1"]
     assert result["metrics"]["majority_macro_f1"] < 0.3
     assert set(result["gates"]) == {
-        "macro_f1_floor",
-        "class_recall_floor",
+        "majority",
+        "baseline",
         "non_inferiority",
         "slices",
+        "macro_f1_floor",
+        "class_recall_floor",
         "latency_p95_ms",
         "size_mb",
     }
     for gate in result["gates"].values():
-        assert {"passed", "value", "threshold"} <= set(gate)
+        assert {"passed", "outcome", "value", "threshold", "comparator", "note", "skipped"} <= set(gate)
+        assert gate["outcome"] == "pass"
+    # The absolute floors are off by default; the relative gates decide, with the evaluation set size.
+    assert result["gates"]["macro_f1_floor"]["skipped"] and result["gates"]["class_recall_floor"]["skipped"]
+    majority = result["gates"]["majority"]
+    assert majority["ci_low"] > 0.05 and majority["n"] == 400 and "400 rows" in majority["note"]
+    assert result["gates"]["baseline"]["n"] == 400 and result["gates"]["baseline"]["diff"] >= 0
     report = Path(result["report_uri"]).read_text()
     assert "# Evaluation: PASSED" in report and "bootstrap" in report and "TF-IDF" in report
     assert Path(result["figures"]["reliability"]).is_file()
@@ -94,9 +104,9 @@ def test_evaluate_worse_challenger_fails_non_inferiority(env, eval_set, tmp_path
 
     gate = result["gates"]["non_inferiority"]
     assert not result["passed"]
-    assert not gate["passed"] and gate["verdict"] == "worse"
-    assert gate["ci_high"] < 0
-    assert result["gates"]["macro_f1_floor"]["passed"]  # only the comparison with the champion fails
+    assert not gate["passed"] and gate["outcome"] == "fail" and gate["verdict"] == "worse"
+    assert gate["ci_high"] < 0 and gate["n"] == 400
+    assert result["gates"]["majority"]["outcome"] == "pass"  # only the comparison with the champion fails
     assert any(f.startswith(f"non-inferiority against champion v{version}") for f in result["failures"])
     assert "## Why it failed" in Path(result["report_uri"]).read_text()
 
@@ -124,16 +134,72 @@ def test_evaluate_better_overall_but_worse_on_one_slice_fails(env, eval_set, tmp
     assert "| `kitchen` | 118 |" in Path(result["report_uri"]).read_text()
 
 
-def test_evaluate_majority_class_model_fails_floors(env, eval_set, tmp_path):
+def test_evaluate_majority_class_model_fails_the_majority_gate(env, eval_set, tmp_path):
     settings, eval_uri = env
-    served = save_served(tmp_path / "majority", default="negative")
+    served = save_served(tmp_path / "majority", default="positive")  # the majority class of the accepted rows
 
     result = run(_ctx(settings, served, eval_uri))
 
     assert not result["passed"]
-    assert not result["gates"]["macro_f1_floor"]["passed"]
+    gate = result["gates"]["majority"]
+    assert gate["majority_label"] == "positive"
+    assert gate["outcome"] == "fail" and not gate["passed"]
+    assert gate["diff"] == 0 and gate["ci_low"] == 0  # it is the majority-class predictor
+    assert gate["ci_low"] <= 0.05 and gate["threshold"] == 0.05 and gate["comparator"] == "CI low >"
+    assert any(
+        f.startswith("no significant gain over the majority class") and "400 rows" in f for f in result["failures"]
+    )
+    assert result["gates"]["macro_f1_floor"]["skipped"]  # floors off: the majority gate alone rejects it
+    assert "| `majority` | ❌ FAIL |" in Path(result["report_uri"]).read_text()
+
+
+def test_evaluate_absolute_floors_when_set(env, eval_set, tmp_path):
+    settings, eval_uri = env
+    settings = settings.with_overrides({"gates.min_macro_f1": 0.5, "gates.min_class_recall": 0.2})
+    served = save_served(tmp_path / "majority", default="negative")
+
+    result = run(_ctx(settings, served, eval_uri))
+
+    assert not result["gates"]["macro_f1_floor"]["passed"] and not result["gates"]["macro_f1_floor"]["skipped"]
     assert result["gates"]["class_recall_floor"]["below"] == ["neutral", "positive"]
     assert any("< floor gates.min_macro_f1=0.5" in f for f in result["failures"])
+
+
+def test_evaluate_candidate_below_tfidf_baseline_needs_review(env, eval_set, tmp_path):
+    settings, eval_uri = env
+    truth = eval_set["label"].to_numpy()
+    served = _served(tmp_path, "weak", eval_set, corrupt(truth, 0.45, seed=11))
+
+    result = run(_ctx(settings, served, eval_uri))
+
+    gate = result["gates"]["baseline"]
+    assert result["metrics"]["macro_f1"] < result["metrics"]["baseline_macro_f1"]
+    assert gate["outcome"] == "review" and gate["passed"] and gate["below_baseline"]
+    assert gate["diff"] < 0 and gate["ci_low"] < gate["diff"] < gate["ci_high"] and gate["n"] == 400
+    assert result["gates"]["majority"]["outcome"] == "pass"  # well above the majority class
+    assert result["passed"] and result["needs_review"]  # a review does not fail the run
+    assert len(result["review_reasons"]) == 1
+    assert "below the TF-IDF + logistic-regression baseline" in result["review_reasons"][0]
+    report = Path(result["report_uri"]).read_text()
+    assert report.startswith("# Evaluation: PASSED, NEEDS REVIEW\n\n⚠️ **Below the TF-IDF baseline**")
+    assert "## Needs a human review" in report and "| `baseline` | ⚠️ REVIEW |" in report
+
+
+def test_evaluate_inconclusive_non_inferiority_needs_review(env, eval_set, tmp_path):
+    settings, eval_uri = env
+    truth = eval_set["label"].to_numpy()
+    version = register_champion(settings, _served(tmp_path, "champ", eval_set, corrupt(truth, 0.1, seed=12)))
+    served = _served(tmp_path, "cand", eval_set, corrupt(truth, 0.1, seed=13))
+
+    result = run(_ctx(settings, served, eval_uri))
+
+    gate = result["gates"]["non_inferiority"]
+    assert gate["ci_low"] < -0.02 < gate["ci_high"] and gate["diff"] >= -0.02
+    assert gate["outcome"] == "review" and gate["ni_outcome"] == "inconclusive"
+    assert "evaluation set (400 rows) is too small" in gate["note"]
+    assert result["passed"] and result["needs_review"]
+    assert any(r.startswith(f"non-inferiority against champion v{version}") for r in result["review_reasons"])
+    assert "| `non_inferiority` | ⚠️ REVIEW |" in Path(result["report_uri"]).read_text()
 
 
 def test_evaluate_budgets_fail_with_numbers(env, eval_set, tmp_path):

@@ -43,8 +43,8 @@ def test_non_inferiority_clearly_worse_fails():
     candidate = _with_errors(y, 0.35, seed=4)
     result = non_inferiority(y, candidate, champion, LABELS, margin=0.02, samples=500)
     assert not result.passed
-    assert result.verdict == "worse"
-    assert result.bootstrap.ci_high < 0
+    assert (result.outcome, result.verdict) == ("fail", "worse")
+    assert result.bootstrap.ci_high < -0.02
     assert result.mcnemar.p_value < 1e-6
     assert "worse than champion" in result.reason
 
@@ -55,18 +55,68 @@ def test_non_inferiority_clearly_better_passes():
     candidate = _with_errors(y, 0.10, seed=6)
     result = non_inferiority(y, candidate, champion, LABELS, margin=0.02, samples=500)
     assert result.passed
-    assert result.verdict == "better"
+    assert (result.outcome, result.verdict) == ("pass", "better")
     assert result.bootstrap.ci_low > 0
 
 
-def test_non_inferiority_equal_within_noise_passes():
+def _paired(n: int, reference_wrong: int, candidate_wrong: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Truth cycling through the labels; the reference wrong on its first ``reference_wrong`` rows, the candidate on
+    its last ``candidate_wrong`` rows (disjoint), so both scores and the difference are known by construction."""
+    y = np.array([LABELS[i % 3] for i in range(n)])
+
+    def wrong(rows: range) -> np.ndarray:
+        out = y.copy()
+        for i in rows:
+            out[i] = LABELS[(LABELS.index(y[i]) + 1) % 3]
+        return out
+
+    return y, wrong(range(n - candidate_wrong, n)), wrong(range(reference_wrong))
+
+
+def test_non_inferiority_interval_above_minus_margin_passes():
+    y, candidate, reference = _paired(600, reference_wrong=60, candidate_wrong=58)
+    result = non_inferiority(y, candidate, reference, LABELS, margin=0.05)
+    assert (result.outcome, result.verdict, result.passed) == ("pass", "non_inferior", True)
+    assert -0.05 <= result.bootstrap.ci_low < 0 < result.bootstrap.ci_high
+    assert result.n == 600 and "600 rows" in result.reason
+
+
+def test_non_inferiority_whole_interval_below_minus_margin_fails():
+    y, candidate, reference = _paired(300, reference_wrong=10, candidate_wrong=40)
+    result = non_inferiority(y, candidate, reference, LABELS, margin=0.05)
+    assert (result.outcome, result.verdict, result.passed) == ("fail", "worse", False)
+    assert result.bootstrap.ci_high < -0.05
+    assert "whole interval below -0.050" in result.reason
+
+
+def test_non_inferiority_point_estimate_below_minus_margin_fails_on_a_small_set():
+    # 60 rows: the interval reaches above -margin, but the point estimate already loses 0.10 > 0.05.
+    y, candidate, reference = _paired(60, reference_wrong=3, candidate_wrong=9)
+    result = non_inferiority(y, candidate, reference, LABELS, margin=0.05)
+    assert result.bootstrap.diff == pytest.approx(-0.1, abs=1e-9)
+    assert result.bootstrap.ci_high > -0.05
+    assert (result.outcome, result.verdict, result.passed) == ("fail", "worse", False)
+    assert "diff below -0.050" in result.reason
+
+
+def test_non_inferiority_interval_straddling_minus_margin_is_inconclusive():
+    # Equal scores (6 errors each, on different rows) on 60 rows: the interval is far wider than the margin.
+    y, candidate, reference = _paired(60, reference_wrong=6, candidate_wrong=6)
+    result = non_inferiority(y, candidate, reference, LABELS, margin=0.05)
+    assert result.bootstrap.diff == 0
+    assert result.bootstrap.ci_low < -0.05 < result.bootstrap.ci_high
+    assert (result.outcome, result.verdict, result.passed) == ("inconclusive", "inconclusive", False)
+    assert "evaluation set (60 rows) is too small" in result.reason
+    assert result.as_dict()["outcome"] == "inconclusive" and result.as_dict()["n"] == 60
+
+
+def test_non_inferiority_equal_error_rates_on_random_rows_are_not_passed_as_shown():
     y = _truth()
     champion = _with_errors(y, 0.20, seed=7)
     candidate = _with_errors(y, 0.20, seed=8)  # same error rate, different rows
     result = non_inferiority(y, candidate, champion, LABELS, margin=0.02, samples=500)
-    assert result.passed
-    assert result.verdict in {"non_inferior", "inconclusive"}
-    assert result.bootstrap.ci_low < 0 < result.bootstrap.ci_high
+    assert result.outcome == "inconclusive" and not result.passed
+    assert result.bootstrap.ci_low < -0.02 < result.bootstrap.ci_high
     assert result.mcnemar.p_value > 0.05
 
 
@@ -74,7 +124,7 @@ def test_non_inferiority_identical_predictions_are_non_inferior():
     y = _truth()
     p = _with_errors(y, 0.2, seed=9)
     result = non_inferiority(y, p, p, LABELS, margin=0.02, samples=200)
-    assert result.verdict == "non_inferior"
+    assert (result.outcome, result.verdict) == ("pass", "non_inferior")
     assert result.bootstrap.diff == 0 and result.bootstrap.ci_low == 0
     assert result.mcnemar.p_value == 1.0
 
