@@ -12,7 +12,9 @@ id finds it (and a LoggedModel already uploaded for it) and completes what is mi
 The version gets the ``challenger`` alias and the legacy stage ``Staging``: aliases are the source of truth in
 MLflow 3, stages are deprecated but still shown in the registry UI's stage column, so both are set to tell the same
 story (see :mod:`pipelines.promote`). Under the promotion policy ``auto`` (``registry.promotion`` or the run's
-``promotion`` param) a version whose every gate passed is promoted at once.
+``promotion`` param) a version whose every gate passed is promoted at once; one that needs a review (a gate with
+outcome ``review``: below the TF-IDF baseline, or non-inferiority inconclusive) stays the challenger with the tags
+``eval.needs_review=true`` and ``eval.review_reasons``, and the review sensor waits for a human as under ``manual``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _MAX_TAG = 5000
+
+#: Version tags read by the review sensor: a version that needs a human review is never promoted by the policy.
+TAG_NEEDS_REVIEW = "eval.needs_review"
+TAG_REVIEW_REASONS = "eval.review_reasons"
 
 
 def git_commit() -> str:
@@ -70,11 +76,12 @@ def _tag(value: Any) -> str:
 
 def _lineage_tags(ctx: StepContext, results: dict[str, dict[str, Any] | None]) -> dict[str, str]:
     from pipelines.datasets import accepted_uris
+    from pipelines.report import gate_outcome
     from pipelines.storage import basename
 
     s = ctx.settings
-    validate, drift, decide, train, evaluate = (
-        results.get(k) or {} for k in ("validate", "drift", "decide", "train", "evaluate")
+    validate, drift, decide, train, evaluate, compress = (
+        results.get(k) or {} for k in ("validate", "drift", "decide", "train", "evaluate", "compress")
     )
     tags: dict[str, Any] = {
         TAG_PIPELINE_RUN: ctx.run_id,
@@ -105,9 +112,20 @@ def _lineage_tags(ctx: StepContext, results: dict[str, dict[str, Any] | None]) -
         "train.eval_uri": train.get("eval_uri", ""),
         "eval.passed": str(bool(evaluate.get("passed"))).lower(),
         "eval.report_uri": evaluate.get("report_uri", ""),
-        "eval.gates": {k: g.get("passed") for k, g in (evaluate.get("gates") or {}).items()},
+        "eval.gates": {
+            k: "skipped" if g.get("skipped") else gate_outcome(g) for k, g in (evaluate.get("gates") or {}).items()
+        },
+        "eval.rows": evaluate.get("eval_rows", ""),
         "eval.champion_version": evaluate.get("champion_version") or "",
+        TAG_NEEDS_REVIEW: str(bool(evaluate.get("needs_review"))).lower(),
     }
+    if evaluate.get("needs_review"):
+        tags[TAG_REVIEW_REASONS] = "; ".join(evaluate.get("review_reasons") or []) or "see the evaluation report"
+    # Written by compress when it chose a compression level (older results have no level: no tags then).
+    if compress.get("level") is not None:
+        tags["compress.level"] = str(compress["level"])
+        if compress.get("agreement") is not None:
+            tags["compress.agreement"] = f"{float(compress['agreement']):.5f}"
     # Read by drift/decide: after decision.max_fine_tunes_before_retrain fine-tunes in a row, retrain.
     action = tags["decision.action"]
     tags["fine_tunes_since_retrain"] = 0 if action == "retrain" else int(drift.get("fine_tunes_since_retrain") or 0) + 1
@@ -154,13 +172,15 @@ def _logged_model(client: Any, ctx: StepContext, parent: str, served_dir: Path, 
 def run(ctx: StepContext) -> dict[str, Any]:
     """Register the served model of this run (once), describe it for review, and stage it as the challenger.
 
-    Inputs: ``served_uri``. Reads the ``validate``, ``drift``, ``decide``, ``train`` and ``evaluate`` results of
-    the same run for the description and the lineage tags. Params: ``promotion`` (manual | auto) overrides
-    ``registry.promotion``.
+    Inputs: ``served_uri``. Reads the ``validate``, ``drift``, ``decide``, ``train``, ``compress`` and
+    ``evaluate`` results of the same run for the description and the lineage tags. Params: ``promotion``
+    (manual | auto) overrides ``registry.promotion``. Under ``auto`` the version is promoted only when it passed
+    and needs no review; one that needs a review is staged as the challenger like under ``manual``.
 
     Returns:
         ``model_name``, ``version``, ``alias`` (challenger, or champion once promoted), ``model_uri``, ``created``,
-        ``policy``, ``promoted``, ``champion_before``.
+        ``policy``, ``promoted``, ``needs_review``, ``held_for_review`` (staged for a human although the policy is
+        auto, or under manual), ``champion_before``.
 
     Raises:
         ValueError: the evaluate result of this run is missing.
@@ -176,7 +196,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
     s = ctx.settings
     name, reg = s.registry.model_name, s.registry
     served_uri = ctx.require("served_uri")
-    results = {k: ctx.result_of(k) for k in ("validate", "drift", "decide", "train", "evaluate")}
+    results = {k: ctx.result_of(k) for k in ("validate", "drift", "decide", "train", "compress", "evaluate")}
     evaluate = results["evaluate"]
     if evaluate is None:
         raise ValueError(
@@ -243,6 +263,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
         review_comment_tag=reg.review_comment_tag,
         policy=policy,
         run_url=run_url(s, parent),
+        compress=results["compress"],
     )
     if mv.description != description:
         client.update_model_version(name, version, description=description)
@@ -252,8 +273,16 @@ def run(ctx: StepContext) -> dict[str, Any]:
     if fresh and champion_before != version:
         client.set_registered_model_alias(name, CHALLENGER, version)
         mirror_stage(client, name, version, "Staging")
+    needs_review = bool(evaluate.get("needs_review"))
     promoted = False
-    if policy == "auto" and champion_before != version and fresh:
+    if policy == "auto" and needs_review and fresh:
+        log.warning(
+            "register: policy auto, but %s version %s needs a human review (%s); staged as the challenger",
+            name,
+            version,
+            "; ".join(evaluate.get("review_reasons") or []),
+        )
+    elif policy == "auto" and champion_before != version and fresh:
         promote(s, version, by="policy:auto", reason="promotion policy auto: every gate passed", request=ctx.run_id)
         promoted = True
     alias = (
@@ -269,6 +298,8 @@ def run(ctx: StepContext) -> dict[str, Any]:
         "created": created,
         "policy": policy,
         "promoted": promoted,
+        "needs_review": needs_review,
+        "held_for_review": needs_review and not promoted and alias == CHALLENGER,
         "champion_before": champion_before,
         "parent_run_id": parent,
     }

@@ -14,12 +14,27 @@ from mlops_airflow.params import split_params
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from pipelines.config import Settings
+
+
+def needs_review(settings: Settings, version: str) -> tuple[bool, str]:
+    """Whether the model ``version`` carries ``eval.needs_review=true``, and its ``eval.review_reasons`` (both set by
+    the register step)."""
+    from pipelines.register import TAG_NEEDS_REVIEW, TAG_REVIEW_REASONS
+    from pipelines.tracking import configure
+
+    mv = configure(settings).get_model_version(settings.registry.model_name, str(version))
+    tags = mv.tags or {}
+    return str(tags.get(TAG_NEEDS_REVIEW, "")).strip().lower() == "true", str(tags.get(TAG_REVIEW_REASONS, ""))
+
 
 class ReviewSensor(BaseSensorOperator):
     """Wait until the model ``version`` is approved or rejected (the ``review`` tag on the version).
 
     Runs in ``reschedule`` mode, so no worker slot is held between pokes. Under the ``auto`` promotion policy it
-    returns at once. On timeout the task fails with "review timed out" and nothing is promoted.
+    returns at once, unless the version carries the tag ``eval.needs_review=true`` (a gate asked for a human: below
+    the TF-IDF baseline, or non-inferiority inconclusive); then it waits for the review tag as under ``manual``.
+    On timeout the task fails with "review timed out" and nothing is promoted.
 
     Args:
         version: the model version to watch (templated; typically the register task's XCom).
@@ -43,8 +58,17 @@ class ReviewSensor(BaseSensorOperator):
         policy = step_params.get("promotion", settings.registry.promotion)
         name = settings.registry.model_name
         if policy == "auto":
-            self.log.info("promotion policy is auto: no review needed for %s version %s", name, self.version)
-            return PokeReturnValue(is_done=True, xcom_value={"decision": "auto", "version": self.version})
+            held, reasons = needs_review(settings, self.version)
+            if not held:
+                self.log.info("promotion policy is auto: no review needed for %s version %s", name, self.version)
+                return PokeReturnValue(is_done=True, xcom_value={"decision": "auto", "version": self.version})
+            self.log.info(
+                "promotion policy is auto, but %s version %s is tagged eval.needs_review=true (%s): waiting for a "
+                "human review as under manual",
+                name,
+                self.version,
+                reasons or "see the version description",
+            )
         state = review_state(settings, self.version)
         self.log.info(
             "waiting for review of %s version %s (tag %r in the MLflow UI: approved|rejected): %s",

@@ -154,6 +154,8 @@ def test_register_manual_stages_challenger_with_report_and_lineage(tmp_path, dem
         "## Confusion matrix",
     ):
         assert needle in text, needle
+    assert "## Compression" not in text  # no compress result with a level: no section, no tags
+    assert "compress.level" not in mv.tags and "compress.agreement" not in mv.tags
     # Lineage and metrics on the version.
     assert mv.tags["batch.content_hash"] == "ab" * 32
     assert mv.tags["decision.action"] == "fine_tune"
@@ -171,6 +173,58 @@ def test_register_manual_stages_challenger_with_report_and_lineage(tmp_path, dem
     assert runs[0].data.tags["mlflow.parentRunId"] == mv.run_id
     images = {a.path for a in client.list_artifacts(runs[0].info.run_id, "evaluation")}
     assert "evaluation/confusion_matrix.png" in images and "evaluation/reliability.png" in images
+
+
+def _compress_result(settings, run_id: str) -> None:
+    """A compress result with the chosen level, as the compress step writes it."""
+    ctx = StepContext(step="compress", run_id=run_id, settings=settings)
+    result = {
+        "served_uri": "compress/served",
+        "size_mb": 22.4,
+        "level": "int8_weight_only",
+        "agreement": 0.985,
+        "agreement_rows": 200,
+        "agreement_ci": [0.967, 0.995],
+        "levels_tried": [
+            {"level": "int8_dynamic", "agreement": 0.94, "size_mb": 21.9},
+            {"level": "int8_weight_only", "agreement": 0.985, "size_mb": 22.4},
+        ],
+    }
+    ctx.storage.write_text(ctx.output("result.json"), json.dumps(result))
+
+
+def test_register_auto_holds_a_candidate_below_the_baseline_as_challenger(tmp_path, demo_frames, eval_set):
+    settings, eval_uri = _settings(tmp_path, demo_frames, eval_set, registry__promotion="auto")
+    truth = eval_set["label"].to_numpy()
+    weak = save_served(tmp_path / "weak", table=dict(zip(eval_set["text"], corrupt(truth, 0.3, seed=4), strict=True)))
+    evaluation = _evaluated(settings, eval_uri, weak, "run-w")
+    assert evaluation["passed"] and evaluation["needs_review"]
+    assert evaluation["gates"]["baseline"]["outcome"] == "review"
+    _compress_result(settings, "run-w")
+
+    result = _register(settings, weak, "run-w")
+
+    assert result["policy"] == "auto" and not result["promoted"] and result["held_for_review"]
+    assert result["needs_review"] and result["alias"] == "challenger"
+    assert registry_state(settings) == {"stages": {"1": "Staging"}, "champion": None, "challenger": "1"}
+    assert read_audit(settings) == []
+    mv = configure(settings).get_model_version("sentiment", result["version"])
+    assert mv.tags["eval.needs_review"] == "true" and mv.tags["eval.passed"] == "true"
+    assert "below the TF-IDF + logistic-regression baseline" in mv.tags["eval.review_reasons"]
+    assert json.loads(mv.tags["eval.gates"])["baseline"] == "review"
+    assert (mv.tags["compress.level"], mv.tags["compress.agreement"]) == ("int8_weight_only", "0.98500")
+    text = mv.description
+    for needle in (
+        "**no gate failed, NEEDS REVIEW**",
+        "⚠️ **Below the TF-IDF baseline**",
+        "## Needs a human review",
+        "This version needs a review, so it is not promoted automatically.",
+        "| `baseline` | ⚠️ REVIEW |",
+        "## Compression",
+        "level **int8_weight_only**: same label as the fp32 model on 98.5 % of 200 rows (CI 96.7 % to 99.5 %)",
+        "| `int8_dynamic` | 94.0 % | 21.90 |",
+    ):
+        assert needle in text, needle
 
 
 def test_register_rerun_for_same_run_id_reuses_the_version(tmp_path, demo_frames, eval_set):
