@@ -1,0 +1,79 @@
+"""The Markdown of the evaluation report and the review description, rendered from hand-written summaries."""
+
+from __future__ import annotations
+
+from pipelines.report import compression_section, gate_rows, render_review_description, verdict
+
+
+def _summary(**extra):
+    gates = {
+        "majority": {"passed": True, "outcome": "pass", "value": 0.21, "threshold": 0.05, "comparator": "CI low >"},
+        "baseline": {
+            "passed": True,
+            "outcome": "review",
+            "value": -0.04,
+            "threshold": 0.0,
+            "comparator": "Δ ≥",
+            "diff": -0.04,
+            "ci_low": -0.09,
+            "ci_high": 0.01,
+            "level": 0.95,
+            "n": 104,
+            "note": "candidate 0.41 vs TF-IDF baseline 0.45 on 104 rows",
+        },
+        "size_mb": {"passed": False, "value": 300.0, "threshold": 200.0, "comparator": "≤"},  # no outcome: older
+    }
+    summary = {
+        "passed": True,
+        "needs_review": True,
+        "review_reasons": ["candidate macro-F1 0.410 below the TF-IDF + logistic-regression baseline 0.450"],
+        "gates": gates,
+        "metrics": {"macro_f1": 0.41, "baseline_macro_f1": 0.45, "majority_macro_f1": 0.2},
+        "failures": [],
+        "eval_rows": 104,
+        "confusion": {"labels": ["a", "b"], "candidate": [[1, 0], [0, 1]], "champion": None},
+        "report_uri": "runs/r/evaluate/report.md",
+    }
+    summary.update(extra)
+    return summary
+
+
+def test_gate_rows_mark_pass_fail_review_in_gate_order():
+    rows = gate_rows(_summary()["gates"])
+    assert [r[:2] for r in rows] == [["`majority`", "✅ pass"], ["`baseline`", "⚠️ REVIEW"], ["`size_mb`", "❌ FAIL"]]
+
+
+def test_verdict_names_a_review():
+    assert verdict(_summary()) == "PASSED, NEEDS REVIEW"
+    assert verdict(_summary(needs_review=False)) == "PASSED"
+    assert verdict(_summary(passed=False)) == "FAILED"
+
+
+def test_compression_section_degrades_without_a_level():
+    assert compression_section(None) == []
+    assert compression_section({"served_uri": "x", "agreement": 0.99}) == []  # compress before levels: nothing
+    lines = compression_section({"level": "int8", "agreement": 0.97})
+    assert (
+        lines[0] == "## Compression" and "level **int8**: same label as the fp32 model on 97.0 % of – rows" in lines[2]
+    )
+
+
+def test_review_description_flags_the_baseline_and_the_review_at_the_top():
+    text = render_review_description(
+        model_name="m",
+        version="3",
+        run_id="r",
+        evaluate=_summary(),
+        validate=None,
+        drift=None,
+        decide=None,
+        train=None,
+        review_tag="review",
+        review_comment_tag="review_comment",
+        policy="auto",
+    )
+    head = text.split("## How to decide")[0]
+    assert "**no gate failed, NEEDS REVIEW**; macro-F1 0.410 on 104 evaluation rows" in head
+    assert "⚠️ **Below the TF-IDF baseline**" in head and "95% CI [-0.090, +0.010] on 104 rows" in head
+    assert "## Needs a human review" in head
+    assert "## Compression" not in text
