@@ -411,7 +411,8 @@ def run(ctx: StepContext) -> dict[str, Any]:
         policy = str(p.get("promotion") or reg.promotion)
         tags = _get_version(client, name, version).tags
         state = review_state(s, version)
-        if state is None and policy == "auto" and tags.get("eval.passed") == "true":
+        held = tags.get("eval.needs_review") == "true"  # the gates asked for a human: auto never approves it
+        if state is None and policy == "auto" and tags.get("eval.passed") == "true" and not held:
             action, by, reason = "approve", "policy:auto", reason or "promotion policy auto: every gate passed"
         elif state == APPROVED:
             comment = tags.get(reg.review_comment_tag)

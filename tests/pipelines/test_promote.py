@@ -188,3 +188,19 @@ def test_promote_step_auto_after_auto_registration_is_a_no_op(settings, served):
     out = run(_ctx(settings, run_id="r1", action="auto", version=v1))
     assert (out["status"], out["champion_before"], out["champion_after"]) == ("already_champion", v1, v1)
     assert len(read_audit(settings)) == 1
+
+
+def test_promote_step_auto_policy_never_approves_a_version_held_for_review(settings, served):
+    v1 = add_version(settings, served)
+    promote(settings, v1, by="alice", reason="first")
+    v2 = add_version(settings, served, alias="challenger")
+    client = configure(settings)
+    client.set_model_version_tag("sentiment", v2, "eval.passed", "true")
+    client.set_model_version_tag("sentiment", v2, "eval.needs_review", "true")
+
+    held = run(_ctx(settings, action="auto", version=v2, promotion="auto"))
+
+    assert held["status"] == "pending" and held["champion_after"] == v1
+    assert registry_state(settings)["champion"] == v1
+    client.set_model_version_tag("sentiment", v2, "eval.needs_review", "false")
+    assert run(_ctx(settings, action="auto", version=v2, promotion="auto"))["champion_after"] == v2
