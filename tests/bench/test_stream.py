@@ -1,0 +1,89 @@
+"""The stream benchmark: its --quick run (the real DAG on the synthetic demo stream, a tiny BERT) and its streams."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "bench"))
+
+import stream  # noqa: E402
+
+
+def test_csv_stream_splits_on_a_date_column_or_on_values(tmp_path):
+    import pandas as pd
+
+    rows = [
+        {
+            "body": f"text {i}",
+            "y": ["negative", "neutral", "positive"][i % 3],
+            "day": f"2020-01-{1 + i % 28:02d}",
+            "topic": "ab"[i % 2],
+        }
+        for i in range(120)
+    ]
+    path = tmp_path / "s.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+    by_date = stream.csv_stream(path, "day", text_column="body", label_column="y", batches=3)
+    assert [n for n, _ in by_date] == ["day_1", "day_2", "day_3"]
+    assert sum(len(f) for _, f in by_date) == 120 and list(by_date[0][1].columns) == ["text", "label", "domain"]
+    firsts = [f["text"].tolist() for _, f in by_date]
+    days = {r["body"]: r["day"] for r in rows}
+    assert max(days[t] for t in firsts[0]) <= min(days[t] for t in firsts[1])  # sorted by date
+
+    by_topic = stream.csv_stream(
+        path, "topic", text_column="body", label_column="y", rows_per_batch=50, values=["b", "a"]
+    )
+    assert [(n, len(f)) for n, f in by_topic] == [("b", 50), ("a", 50)]
+    assert set(by_topic[0][1]["domain"]) == {"b"}
+
+    with pytest.raises(SystemExit, match="no column"):
+        stream.csv_stream(path, "missing")
+
+
+def test_public_stream_is_drugs_by_date_then_tweet_topics(drug_reviews, tweets):
+    from conftest import SHARED_DATA
+
+    batches = stream.public_stream(SHARED_DATA)
+    assert [n for n, _ in batches] == ["drugs_1", "drugs_2", "drugs_3", "drugs_4", *stream.TWEET_TOPICS]
+    assert sum(len(f) for _, f in batches[:4]) == 979
+    assert all(len(f) == 600 for _, f in batches[4:])
+
+
+@pytest.mark.slow
+def test_stream_quick_runs_the_real_loop_and_prints_the_figures(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "stream.py"), "--quick", "--work", str(tmp_path / "work")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    out = json.loads(lines[-1])
+    for key in (
+        "loop_f1",
+        "never_f1",
+        "fine_tune_f1",
+        "retrain_f1",
+        "tfidf_f1",
+        "loop_compute_share",
+        "champions",
+        "promoted_regressions",
+        "loop_s",
+    ):
+        assert out[key] is not None, key
+    assert out["loop_actions"][0] == "retrain" and out["loop_champion_after"][0] != ""  # a champion after batch 1
+    assert out["champions"] >= 1 and out["promoted_regressions"] == 0
+    assert len(out["per_batch_f1"]["loop"]) == len(out["batches"]) - 1
+    assert all(v is not None for v in out["per_batch_f1"]["loop"])
+    assert 0 < out["loop_compute_share"] <= 1.5
+    assert out["sample_passes"]["always_retrain"] > out["sample_passes"]["never"] > 0
+    assert "Next-batch macro-F1" in proc.stdout and "The loop, batch by batch" in proc.stdout
