@@ -371,8 +371,13 @@ def gate_non_inferiority(p: Predictions, labels: list[str], g: GateSettings) -> 
 
 def gate_slices(eval_df: pd.DataFrame, p: Predictions, settings: Settings) -> Gate:
     """No slice (``data.slice_column``) of at least ``min_slice_size`` rows loses more than ``slice_tolerance``
-    macro-F1 against the champion. Skipped with no champion (slices still listed) or no slice column."""
-    from pipelines.stats import macro_f1
+    macro-F1 against the champion. Skipped with no champion (slices still listed) or no slice column.
+
+    Per slice, a paired bootstrap of the macro-F1 difference: ``fail`` when the whole interval lies below
+    ``-slice_tolerance`` (a regression on that slice beyond doubt), ``review`` when only the point estimate does
+    (a human looks at it; the slice is too small to tell), else ``pass``.
+    """
+    from pipelines.stats import macro_f1, paired_bootstrap
 
     g, column = settings.gates, settings.data.slice_column
     name, threshold, comparator = "slices", -g.slice_tolerance, "Δ ≥"
@@ -381,7 +386,7 @@ def gate_slices(eval_df: pd.DataFrame, p: Predictions, settings: Settings) -> Ga
         note = f"no slice column {column!r} in the evaluation set"
         return Gate(name, None, threshold, comparator, skipped=True, note=note, details={**base, "slices": []})
     y, cand, champ = p.y, p.candidate, p.champion
-    rows, worst, failed = [], None, []
+    rows, worst, failed, doubtful = [], None, [], []
     values = eval_df[column].fillna("<missing>").astype(str).to_numpy()
     for value in sorted(set(values)):
         sel = values == value
@@ -391,14 +396,24 @@ def gate_slices(eval_df: pd.DataFrame, p: Predictions, settings: Settings) -> Ga
         if champ is not None:
             row["champion"] = macro_f1(y[sel], champ[sel], present)
             row["delta"] = row["candidate"] - row["champion"]
-        row["passed"] = not row["checked"] or row["delta"] >= -g.slice_tolerance
+        row["passed"] = True
         if row["checked"]:
+            boot = paired_bootstrap(
+                y[sel], cand[sel], champ[sel], present, samples=g.bootstrap_samples, alpha=g.alpha, seed=g.seed
+            )
+            row["ci_low"], row["ci_high"] = boot.ci_low, boot.ci_high
             worst = row["delta"] if worst is None else min(worst, row["delta"])
-            if not row["passed"]:
-                failed.append(
-                    f"{column}={value!r} ({row['n']} rows): macro-F1 {row['candidate']:.3f} vs champion "
-                    f"{row['champion']:.3f} (Δ {row['delta']:+.3f} < -{g.slice_tolerance:.3f})"
-                )
+            line = (
+                f"{column}={value!r} ({row['n']} rows): macro-F1 {row['candidate']:.3f} vs champion "
+                f"{row['champion']:.3f} (Δ {row['delta']:+.3f}, {boot.level:.0%} CI [{boot.ci_low:+.3f}, "
+                f"{boot.ci_high:+.3f}]; tolerance -{g.slice_tolerance:.3f})"
+            )
+            if boot.ci_high < -g.slice_tolerance:
+                row["passed"] = False
+                failed.append(line)
+            elif row["delta"] < -g.slice_tolerance:
+                row["review"] = True
+                doubtful.append(line)
         rows.append(row)
     if champ is None:
         note = "no champion (bootstrap): slices shown, not compared"
@@ -407,16 +422,17 @@ def gate_slices(eval_df: pd.DataFrame, p: Predictions, settings: Settings) -> Ga
         note = f"{len(rows) - small} slice(s) of {column!r} compared" + (
             f", {small} below {g.min_slice_size} rows not gated" if small else ""
         )
+    outcome = FAIL if failed else (REVIEW if doubtful else PASS)
     return Gate(
         name,
         worst,
         threshold,
         comparator,
-        outcome=FAIL if failed else PASS,
+        outcome=outcome,
         note=note,
         skipped=champ is None,
-        reasons=tuple(f"slice {f}" for f in failed),
-        details={**base, "slices": rows, "column": column, "failures": failed},
+        reasons=tuple(f"slice {f}" for f in failed or doubtful),
+        details={**base, "slices": rows, "column": column, "failures": failed, "doubtful": doubtful},
     )
 
 

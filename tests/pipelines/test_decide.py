@@ -59,10 +59,13 @@ def test_decide_moderate_fine_tunes_and_keeps_drift_reasons(settings):
     ]
 
 
-def test_decide_severe_retrains(settings):
-    out = decide(
-        _drift("severe", reasons=["embedding MMD p=0 < 0.01 (distance 0.2050), distance >= 0.05"]), None, settings
-    )
+def test_decide_severe_fine_tunes_by_default_and_retrains_when_configured(settings):
+    drift = _drift("severe", reasons=["embedding MMD p=0 < 0.01 (distance 0.2050), distance >= 0.05"])
+    out = decide(drift, {"rows": 400}, settings)
+    assert out["action"] == "fine_tune" and "decision.severe_action=fine_tune" in out["reasons"][0]
+    assert "distance >= 0.05" in out["reasons"][1]
+    retrain = settings.with_overrides({"decision.severe_action": "retrain"})
+    out = decide(drift, None, retrain)
     assert out["action"] == "retrain" and "distance >= 0.05" in out["reasons"][1]
 
 
@@ -97,7 +100,7 @@ def test_decide_run_reads_results_and_validate_rows(settings, tmp_path):
 @pytest.mark.parametrize("forced", ["skip", "fine_tune", "retrain"])
 def test_decide_forced_action_wins(settings, tmp_path, forced):
     out = run(_ctx(settings, tmp_path, drift=_drift("severe"), force_action=forced))
-    assert out["action"] == forced and out["forced"] is True and out["auto_action"] == "retrain"
+    assert out["action"] == forced and out["forced"] is True and out["auto_action"] == "fine_tune"
     assert out["reasons"][0] == f"forced by run parameter force_action={forced!r}"
 
 
@@ -152,7 +155,7 @@ def test_decide_skips_drift_when_the_champions_quality_held(settings, severity):
     assert out["action"] == "skip"
     assert out["reasons"][0].startswith("the distribution moved, but the champion's macro-F1 on the batch (0.610)")
     assert "decision.min_quality_drop=0.05" in out["reasons"][0]
-    skipped = "fine_tune" if severity == "moderate" else "retrain"
+    skipped = "fine_tune"
     assert out["reasons"][0].endswith(f"skip ({skipped} not worth its compute)")
     assert "embedding MMD p=0.001 < 0.01" in out["reasons"]
 
@@ -160,8 +163,8 @@ def test_decide_skips_drift_when_the_champions_quality_held(settings, severity):
 def test_decide_acts_when_the_champions_quality_dropped(settings):
     out = decide(_drift("moderate", quality=_quality(0.08)), {"rows": 400}, settings)
     assert out["action"] == "fine_tune"
-    out = decide(_drift("severe", quality=_quality(0.2)), {"rows": 400}, settings)
-    assert out["action"] == "retrain"
+    retrain = settings.with_overrides({"decision.severe_action": "retrain"})
+    assert decide(_drift("severe", quality=_quality(0.2)), {"rows": 400}, retrain)["action"] == "retrain"
 
 
 def test_decide_min_quality_drop_is_configurable(settings):

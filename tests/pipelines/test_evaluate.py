@@ -228,3 +228,32 @@ def test_evaluate_missing_served_folder_says_run_compress(env, tmp_path):
     settings, eval_uri = env
     with pytest.raises(FileNotFoundError, match="run the compress step first"):
         run(_ctx(settings, tmp_path / "nowhere", eval_uri))
+
+
+@pytest.mark.parametrize(("wrong", "outcome"), [(0, "pass"), (8, "review"), (45, "fail")])
+def test_slice_gate_fails_a_sure_regression_and_asks_a_human_about_a_doubtful_one(wrong, outcome):
+    import numpy as np
+    import pandas as pd
+
+    from pipelines.config import get_settings
+    from pipelines.evaluate import Predictions, gate_slices
+
+    labels = ["negative", "neutral", "positive"]
+    y = np.array([labels[i % 3] for i in range(240)])
+    champion = y.copy()
+    candidate = y.copy()
+    in_a = np.arange(240) < 120
+    flip = np.flatnonzero(in_a)[:wrong]
+    candidate[flip] = np.array([labels[(labels.index(v) + 1) % 3] for v in y[flip]])
+    frame = pd.DataFrame({"domain": np.where(in_a, "a", "b")})
+    p = Predictions(y, candidate, None, champion, "1", None, 0, np.full(240, "positive"), "positive")
+
+    gate = gate_slices(frame, p, get_settings(gates__bootstrap_samples=500)).as_dict()
+
+    assert gate["outcome"] == outcome, gate
+    row = {r["slice"]: r for r in gate["slices"]}["a"]
+    assert row["n"] == 120 and row["checked"] and ("ci_high" in row)
+    if outcome == "fail":
+        assert row["ci_high"] < -0.05 and not row["passed"]
+    if outcome == "review":
+        assert row["delta"] < -0.05 <= row["ci_high"] and gate["doubtful"]
