@@ -136,7 +136,8 @@ def decide(drift: dict[str, Any], validate: dict[str, Any] | None, settings: Set
         reasons.append("no drift: " + _quiet_tests(drift.get("tests", {})))
     held = _quality_held(drift, cfg.min_quality_drop) if action != "skip" and drift.get("has_reference", True) else None
     if held:
-        reasons.insert(0, f"{held}: skip ({action} not worth its compute)")
+        # The drift lines stay as evidence; the line that proposed the action goes.
+        reasons = [f"{held}: skip ({action} not worth its compute)", *drift.get("reasons", [])]
         action = "skip"
     return {
         "action": action,

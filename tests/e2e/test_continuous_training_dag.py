@@ -37,6 +37,10 @@ def loop_env(tmp_path_factory, demo_frames, tiny_model_dir):
             train__fine_tune_epochs=3,
             gates__noninferiority_margin=0.1,
             gates__min_macro_f1=0.4,
+            # The tiny BERT is a test double of the encoder and trails TF-IDF on the demo text by design; the baseline
+            # gate and the quality-held skip have their own tests (test_evaluate, test_decide).
+            gates__baseline_tolerance=1.0,
+            decision__min_quality_drop=0.0,
             registry__review_poke_seconds=1,
             dag__retries=0,
         )
@@ -151,7 +155,7 @@ def test_loop_end_to_end(loop_env):
     assert str(_champion(settings)) == str(version)
 
     # 5. a staged challenger that no reviewer decides on within the timeout -> "review timed out", not promoted
-    # (fine_tune is forced only to keep the test short: the policy would retrain on this severe shift)
+    # (fine_tune is forced; the policy chooses it too: decision.severe_action is fine_tune by default)
     timeout = os.environ["MLOPS_REGISTRY__REVIEW_TIMEOUT_MINUTES"]
     os.environ["MLOPS_REGISTRY__REVIEW_TIMEOUT_MINUTES"] = "0.05"
     try:
@@ -165,7 +169,7 @@ def test_loop_end_to_end(loop_env):
         )
     finally:
         os.environ["MLOPS_REGISTRY__REVIEW_TIMEOUT_MINUTES"] = timeout
-    assert unreviewed.results["decide"]["auto_action"] == "retrain"
+    assert unreviewed.results["decide"]["auto_action"] == "fine_tune"
     assert unreviewed.task_states["register"] == "success"
     assert unreviewed.task_states["wait_for_review"] == "failed"
     assert unreviewed.task_states["promote"] == "upstream_failed"
