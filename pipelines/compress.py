@@ -1,15 +1,28 @@
 """Compress step: turn the trained fp32 model into the artifact that will be served.
 
-In order: optional pruning (attention heads by a gradient-free importance score, or global weight magnitude),
-ONNX export, optional onnxruntime transformer graph fusions, int8 quantization (weight-only for the linear
-layers by default, dynamic for the rest; see :func:`quantize`). Two parity checks fail the
-step with :class:`~pipelines.errors.ModelRejected`: the fp32 ONNX graph must reproduce the (pruned) PyTorch
-logits within ``compress.parity_atol``, and the served graph's predictions must agree with the trained fp32
-model's on at least ``compress.min_agreement`` of a held-out sample.
+The step tries compression levels from the strongest to the mildest (``compress.levels``) and ships the first
+whose served graph agrees with the trained fp32 model on at least ``compress.min_agreement`` of a sample:
+
+1. ``prune+int8``: pruning (attention heads by a gradient-free importance score, or global weight magnitude),
+   then int8 (weight-only for the linear layers by default, dynamic for the rest; see :func:`quantize`);
+2. ``int8``: the same int8 without pruning;
+3. ``int8_sensitive_fp32``: int8 with the most sensitive encoder layers kept fp32 (each layer is quantized alone
+   and the ones that move the logits most stay fp32; ``compress.sensitive_layers_share``);
+4. ``fp32``: the fp32 ONNX graph.
+
+Levels that the settings turn off are skipped (``prune: none`` starts at int8, ``quantize: false`` is fp32
+directly). Every graph is exported to ONNX (with onnxruntime's transformer fusions when
+``compress.optimize_graph``) and must reproduce its PyTorch model's logits within ``compress.parity_atol``. The
+step fails with :class:`~pipelines.errors.ModelRejected` only when the unpruned fp32 ONNX graph does not (an
+export bug), or when no configured level agrees (possible only without ``fp32`` in ``compress.levels``).
 
 Pruning without retraining costs accuracy, so the requested pruning share is backed off (halved, then
 quartered, then dropped) until the pruned PyTorch model agrees with the original on at least half-way between
 ``min_agreement`` and 1; what was applied is reported.
+
+Agreement is measured on ``compress.parity_sample_rows`` texts: the held-out evaluation set, topped up with
+accepted training rows when it is smaller (``compress.agreement_train_rows``); the summary gives the count and a
+Wilson 95 % interval, and a sample under 200 texts is logged as a warning.
 
 The served artifact is an MLflow pyfunc model folder (``<step_uri>/served``) whose ``artifacts/bundle`` holds
 the layout documented in :mod:`pipelines.champion`; :class:`pipelines.serving.OnnxTextClassifier` serves it.
@@ -20,11 +33,13 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import re
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +56,8 @@ _MB = 1e6
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _LATENCY_SINGLE_CALLS = 50
 _LATENCY_BATCH_CALLS = 8
+_FEW_AGREEMENT_ROWS = 200  # fewer agreement texts than this: a warning
+_SENSITIVITY_ROWS = 256  # texts for measuring each layer's sensitivity to int8
 
 
 # --- PyTorch side ----------------------------------------------------------------------------------
@@ -367,8 +384,16 @@ def build_bundle(
     bundle: Path, served_onnx: Path, tokenizer: Any, fp32_dir: Path, reference_dir: Path, settings: Settings
 ) -> Path:
     """Lay out the bundle folder (see :mod:`pipelines.champion`)."""
-    bundle.mkdir(parents=True, exist_ok=True)
+    _serving_files(bundle, tokenizer, fp32_dir, settings)
     shutil.copy2(served_onnx, bundle / "model.onnx")
+    shutil.copytree(fp32_dir, bundle / "fp32", dirs_exist_ok=True)
+    shutil.copytree(reference_dir, bundle / "reference", dirs_exist_ok=True)
+    return bundle
+
+
+def _serving_files(bundle: Path, tokenizer: Any, fp32_dir: Path, settings: Settings) -> Path:
+    """The tokenizer, labels and serving config of a bundle: what :class:`OnnxPredictor` needs beside a graph."""
+    bundle.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(bundle / "tokenizer")
     if not (bundle / "tokenizer" / "tokenizer.json").is_file():
         raise ValueError(f"the tokenizer of {str(fp32_dir)!r} is not a fast tokenizer (no tokenizer.json)")
@@ -383,8 +408,6 @@ def build_bundle(
             }
         )
     )
-    shutil.copytree(fp32_dir, bundle / "fp32", dirs_exist_ok=True)
-    shutil.copytree(reference_dir, bundle / "reference", dirs_exist_ok=True)
     return bundle
 
 
@@ -418,164 +441,582 @@ def save_served_model(path: Path, bundle: Path, example_texts: list[str], scratc
     )
 
 
-def _sample_texts(ctx: StepContext) -> list[str]:
-    """A seeded held-out sample for the parity checks: the evaluation set, else accepted hold-out rows."""
+# --- the agreement sample -------------------------------------------------------------------------
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval (95 % by default) of the proportion ``successes / n``; (0, 1) when ``n`` is 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return (0.0 if successes <= 0 else max(0.0, centre - half)), (1.0 if successes >= n else min(1.0, centre + half))
+
+
+def sample_texts(ctx: StepContext) -> tuple[list[str], dict[str, int]]:
+    """The seeded sample for the parity and agreement checks, and how many texts came from where.
+
+    Held-out texts first (the evaluation set, else accepted hold-out rows), up to ``compress.parity_sample_rows``;
+    when they are fewer, accepted training rows top the sample up (``compress.agreement_train_rows``).
+    """
     from pipelines.datasets import load_accepted, read_table, split_holdout
 
     settings = ctx.settings
-    text = settings.data.text_column
+    cfg, text, seed = settings.compress, settings.data.text_column, settings.train.seed
     eval_uri = ctx.inputs.get("eval_uri") or (ctx.result_of("train") or {}).get("eval_uri")
+    accepted = None
     if eval_uri and ctx.storage.exists(eval_uri):
-        frame = read_table(eval_uri, settings)
+        held_out = read_table(eval_uri, settings)
     else:
-        frame = split_holdout(load_accepted(settings), settings)[1]
-    frame = frame.dropna(subset=[text]) if text in frame.columns else frame[:0]
-    if frame.empty:
+        accepted = split_holdout(load_accepted(settings), settings)
+        held_out = accepted[1]
+    held_out = held_out.dropna(subset=[text]) if text in held_out.columns else held_out[:0]
+    if held_out.empty:
         raise ValueError(
             "compress needs held-out texts for its parity checks: give input eval_uri (the train step's "
             "eval.parquet) or accept a batch first"
         )
-    n = min(settings.compress.parity_sample_rows, len(frame))
-    return frame.sample(n=n, random_state=settings.train.seed)[text].astype(str).tolist()
+    n = min(cfg.parity_sample_rows, len(held_out))
+    texts = held_out.sample(n=n, random_state=seed)[text].astype(str).tolist()
+    counts = {"held_out": len(texts), "train": 0}
+    missing = cfg.parity_sample_rows - len(texts)
+    if missing > 0 and cfg.agreement_train_rows:
+        trainable = (accepted or split_holdout(load_accepted(settings), settings))[0]
+        if text in trainable.columns:
+            pool = trainable[text].dropna().astype(str).drop_duplicates()
+            pool = pool[~pool.isin(set(texts))]
+            extra = pool.sample(n=min(missing, len(pool)), random_state=seed).tolist()
+            texts += extra
+            counts["train"] = len(extra)
+    if len(texts) < _FEW_AGREEMENT_ROWS:
+        log.warning(
+            "compress: agreement measured on only %d texts (%d held-out, %d training rows); under %d its 95 %% "
+            "interval is too wide to tell 0.95 from 0.90",
+            len(texts),
+            counts["held_out"],
+            counts["train"],
+            _FEW_AGREEMENT_ROWS,
+        )
+    return texts, counts
 
 
 def _size_mb(path: Path) -> float:
     return round(path.stat().st_size / _MB, 3)
 
 
+# --- the compression levels ------------------------------------------------------------------------
+@dataclass
+class Graph:
+    """An fp32 ONNX graph that reproduced its PyTorch model."""
+
+    path: Path
+    parity_max_abs_diff: float
+    fused: dict[str, int]
+
+
+@dataclass
+class Candidate:
+    """The graph a level would serve, the fp32 graph it comes from and what was kept fp32 / made weight-only."""
+
+    served: Path
+    source: Graph
+    kept: dict[str, list[str]] = field(default_factory=lambda: {"fp32": [], "weight_only": []})
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Attempt:
+    """One level tried: its agreement with the trained fp32 model and whether it is good enough to ship."""
+
+    level: str
+    accepted: bool
+    agreement: float | None = None
+    agreement_ci: list[float] | None = None
+    size_mb: float | None = None
+    p50_ms_batch32: float | None = None
+    note: str | None = None
+    candidate: Candidate | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {
+            "level": self.level,
+            "agreement": None if self.agreement is None else round(self.agreement, 5),
+            "agreement_ci": self.agreement_ci,
+            "size_mb": self.size_mb,
+            "p50_ms_batch32": self.p50_ms_batch32,
+            "accepted": self.accepted,
+        }
+        return out if self.note is None else {**out, "note": self.note}
+
+
+class _Skip(Exception):
+    """A level that does not apply (turned off by the settings, or identical to the next one)."""
+
+
+@dataclass
+class Job:
+    """What the parts of :func:`run` share: the loaded model, the sample and its reference labels, the graphs."""
+
+    settings: Settings
+    scratch: Path
+    model_uri: str
+    fp32_dir: Path
+    reference_dir: Path
+    model: Any
+    tokenizer: Any
+    texts: list[str]
+    sample_counts: dict[str, int]
+    reference_logits: Any
+    reference_pred: Any
+    probe: Path  # tokenizer, labels and serving config, to run a candidate graph as the served model would
+    prune_info: dict[str, Any] = field(default_factory=dict)
+    pruned: Any = None
+    graphs: dict[str, Graph] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def _slug(level: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", level)
+
+
+def load(ctx: StepContext, scratch: Path) -> Job:
+    """Download the trained model and the drift reference, draw the sample and its fp32 PyTorch labels."""
+    from pipelines.train import load_classifier
+
+    settings, cfg = ctx.settings, ctx.settings.compress
+    model_uri = ctx.require("model_uri")
+    texts, counts = sample_texts(ctx)
+    fp32_dir = ctx.storage.download_dir(model_uri, scratch / "fp32")
+    reference_dir = ctx.storage.download_dir(ctx.require("reference_uri"), scratch / "reference")
+    model, tokenizer = load_classifier(fp32_dir, settings)
+    model.eval()
+    logits = torch_logits(model, tokenizer, texts, cfg.max_length, cfg.infer_batch_size)
+    return Job(
+        settings=settings,
+        scratch=scratch,
+        model_uri=model_uri,
+        fp32_dir=Path(fp32_dir),
+        reference_dir=Path(reference_dir),
+        model=model,
+        tokenizer=tokenizer,
+        texts=texts,
+        sample_counts=counts,
+        reference_logits=logits,
+        reference_pred=logits.argmax(1),
+        probe=_serving_files(scratch / "probe", tokenizer, fp32_dir, settings),
+        prune_info={"method": cfg.prune, "applied_share": 0.0},
+    )
+
+
+def prune_model(job: Job) -> Any:
+    """The pruned model (pruning with back-off, once), or :class:`_Skip` when pruning does not apply."""
+    cfg = job.settings.compress
+    if cfg.prune == "none":
+        raise _Skip("compress.prune is none")
+    if job.pruned is None:
+        job.pruned, job.prune_info = prune(job.model, job.tokenizer, job.texts, job.reference_pred, job.settings)
+    if not job.prune_info.get("applied_share"):
+        raise _Skip("pruning backed off to nothing (or nothing to prune): the same graph as int8")
+    return job.pruned
+
+
+class _ParityError(Exception):
+    pass
+
+
+def export_checked(job: Job, name: str, model: Any, reference_logits: Any) -> Graph:
+    """Export ``model`` to ONNX (fused when ``compress.optimize_graph``), once per ``name``; the graph must
+    reproduce ``reference_logits`` within ``compress.parity_atol`` (else :class:`_ParityError`)."""
+    if name in job.graphs:
+        return job.graphs[name]
+    cfg = job.settings.compress
+    exported = job.scratch / f"model_{name}_fp32.onnx"
+    export_onnx(model, job.tokenizer, job.texts, exported, cfg.opset, cfg.max_length)
+    graph, fused = exported, {}
+    if cfg.optimize_graph:
+        graph = job.scratch / f"model_{name}_fp32_opt.onnx"
+        fused = optimize_graph(exported, graph, job.model.config.model_type)
+    logits = onnx_logits(graph, job.tokenizer, job.texts, cfg.max_length, cfg.infer_batch_size)
+    diff = float(abs(logits - reference_logits).max())
+    if diff > cfg.parity_atol:
+        raise _ParityError(
+            f"fp32 ONNX export of {job.model_uri!r}{' (pruned)' if name == 'pruned' else ''} does not reproduce "
+            f"PyTorch: max |logit diff| {diff:.2e} > compress.parity_atol={cfg.parity_atol}"
+        )
+    job.graphs[name] = Graph(graph, diff, fused)
+    return job.graphs[name]
+
+
+def plain_graph(job: Job) -> Graph:
+    """The unpruned fp32 ONNX graph; :class:`ModelRejected` when it does not reproduce PyTorch (an export bug)."""
+    try:
+        return export_checked(job, "plain", job.model, job.reference_logits)
+    except _ParityError as exc:
+        cfg = job.settings.compress
+        raise ModelRejected(
+            str(exc),
+            failures=[f"parity on {len(job.texts)} sample texts, graph optimisation {cfg.optimize_graph}"],
+        ) from None
+
+
+def _quantized(job: Job, source: Graph, name: str, exclude: Sequence[str] = ()) -> Candidate:
+    cfg = job.settings.compress
+    if not cfg.quantize:
+        raise _Skip("compress.quantize is false")
+    served = job.scratch / f"model_{name}.onnx"
+    kept = quantize(
+        source.path,
+        served,
+        cfg.quantize_per_channel,
+        cfg.quantize_reduce_range,
+        [*cfg.quantize_exclude, *exclude],
+        cfg.quantize_weight_only,
+        cfg.quantize_block_size,
+    )
+    return Candidate(served, source, kept)
+
+
+def build_prune_int8(job: Job) -> Candidate:
+    if not job.settings.compress.quantize:
+        raise _Skip("compress.quantize is false")
+    pruned = prune_model(job)
+    cfg = job.settings.compress
+    pruned_logits = torch_logits(pruned, job.tokenizer, job.texts, cfg.max_length, cfg.infer_batch_size)
+    return _quantized(job, export_checked(job, "pruned", pruned, pruned_logits), "prune_int8")
+
+
+def build_int8(job: Job) -> Candidate:
+    if not job.settings.compress.quantize:
+        raise _Skip("compress.quantize is false")
+    return _quantized(job, plain_graph(job), "int8")
+
+
+_LAYER = re.compile(r"^(.*?/layer\.\d+/)")
+
+
+def layer_sensitivity(job: Job, graph: Graph) -> list[dict[str, Any]]:
+    """Quantize one encoder layer at a time (everything else fp32) and measure how far each moves the logits on
+    the sample (at most ``_SENSITIVITY_ROWS`` texts); most sensitive first (labels flipped, then mean |logit diff|).
+    """
+    import numpy as np
+    import onnx
+
+    cfg = job.settings.compress
+    nodes = onnx.load(str(graph.path), load_external_data=False).graph.node
+    names = [n.name for n in nodes]
+    candidates = [n.name for n in nodes if n.op_type in ("MatMul", "Gather")]
+    layers = list(dict.fromkeys(m.group(1) for n in nodes if n.op_type == "MatMul" and (m := _LAYER.match(n.name))))
+    texts = job.texts[:_SENSITIVITY_ROWS]
+    reference_logits, reference_pred = job.reference_logits[: len(texts)], job.reference_pred[: len(texts)]
+    user_exclude = [p for p in cfg.quantize_exclude if any(p in name for name in names)]
+    scores = []
+    for index, prefix in enumerate(layers):
+        inside = [name for name in candidates if name.startswith(prefix)]
+        # Exclude every other quantizable node by name (a name that is part of one inside the layer stays in).
+        others = [n for n in candidates if not n.startswith(prefix) and not any(n in i for i in inside)]
+        matmuls = [name for name in inside if not any(p in name for p in user_exclude)]
+        weight_only = [p for p in cfg.quantize_weight_only if any(re.search(p, name) for name in matmuls)]
+        path = job.scratch / f"sensitivity_{index}.onnx"
+        quantize(
+            graph.path,
+            path,
+            cfg.quantize_per_channel,
+            cfg.quantize_reduce_range,
+            [*user_exclude, *others],
+            weight_only,
+            cfg.quantize_block_size,
+        )
+        logits = onnx_logits(path, job.tokenizer, texts, cfg.max_length, cfg.infer_batch_size)
+        path.unlink()
+        scores.append(
+            {
+                "layer": prefix,
+                "flipped": int((logits.argmax(1) != reference_pred).sum()),
+                "mean_abs_logit_diff": round(float(np.abs(logits - reference_logits).mean()), 6),
+            }
+        )
+    return sorted(scores, key=lambda s: (-s["flipped"], -s["mean_abs_logit_diff"], s["layer"]))
+
+
+def build_sensitive(job: Job) -> Candidate:
+    cfg = job.settings.compress
+    if not cfg.quantize:
+        raise _Skip("compress.quantize is false")
+    source = plain_graph(job)
+    scores = layer_sensitivity(job, source)
+    if not scores:
+        raise _Skip("no encoder layer (…/layer.N/…) found among the graph's MatMuls")
+    keep = min(len(scores), max(1, math.ceil(cfg.sensitive_layers_share * len(scores))))
+    fp32_layers = [s["layer"] for s in scores[:keep]]
+    log.info("compress: most sensitive layers kept fp32: %s (of %s)", fp32_layers, scores)
+    candidate = _quantized(job, source, "int8_sensitive_fp32", exclude=fp32_layers)
+    rows = min(len(job.texts), _SENSITIVITY_ROWS)
+    candidate.details = {"fp32_layers": fp32_layers, "layer_sensitivity": scores, "sensitivity_rows": rows}
+    return candidate
+
+
+def build_fp32(job: Job) -> Candidate:
+    source = plain_graph(job)
+    return Candidate(source.path, source)
+
+
+_BUILDERS = {
+    "prune+int8": build_prune_int8,
+    "int8": build_int8,
+    "int8_sensitive_fp32": build_sensitive,
+    "fp32": build_fp32,
+}
+LEVELS = tuple(_BUILDERS)
+
+
+def _run_candidate(level: str, probe: Path, graph: Path, texts: list[str]) -> tuple[Any, float]:
+    """Labels of ``graph`` served as the pyfunc model serves it, and its median ms per call at batch 32."""
+    import numpy as np
+
+    from pipelines.serving import OnnxPredictor
+
+    predictor = OnnxPredictor(probe, model_file=str(graph.resolve()))
+    labels = predictor.predict_proba(texts).argmax(1)
+    batch = (texts * (1 + 32 // max(len(texts), 1)))[:32]
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        predictor.predict_proba(batch)
+        times.append(time.perf_counter() - started)
+    return labels, round(float(np.median(times)) * 1000, 2)
+
+
+def try_level(job: Job, level: str) -> Attempt | None:
+    """Build ``level``'s graph and measure its agreement; None when the level does not apply."""
+    cfg = job.settings.compress
+    try:
+        candidate = _BUILDERS[level](job)
+    except _Skip as skip:
+        log.info("compress: level %s skipped: %s", level, skip)
+        job.skipped[level] = str(skip)
+        return None
+    except _ParityError as exc:  # only a pruned graph: the unpruned one raises ModelRejected
+        log.warning("compress: level %s not served: %s", level, exc)
+        return Attempt(level, accepted=False, note=str(exc))
+    labels, p50 = _run_candidate(level, job.probe, candidate.served, job.texts)
+    n = len(job.texts)
+    agreed = int((labels == job.reference_pred).sum())
+    agreement = agreed / n if n else 1.0
+    low, high = wilson_interval(agreed, n)
+    attempt = Attempt(
+        level,
+        accepted=agreement >= cfg.min_agreement,
+        agreement=agreement,
+        agreement_ci=[round(low, 4), round(high, 4)],
+        size_mb=_size_mb(candidate.served),
+        p50_ms_batch32=p50,
+        candidate=candidate,
+    )
+    log.log(
+        logging.INFO if attempt.accepted else logging.WARNING,
+        "compress: level %s agrees with the trained fp32 model on %.3f of %d texts (95 %% CI %.3f-%.3f), %s "
+        "compress.min_agreement=%s; %.2f MB, %.1f ms per batch of 32",
+        level,
+        agreement,
+        n,
+        low,
+        high,
+        "meets" if attempt.accepted else "below",
+        cfg.min_agreement,
+        attempt.size_mb,
+        p50,
+    )
+    return attempt
+
+
+def choose_level(job: Job) -> tuple[Attempt, list[Attempt]]:
+    """Try ``compress.levels`` in order; the first that agrees is shipped. Returns it and every level tried."""
+    cfg = job.settings.compress
+    tried: list[Attempt] = []
+    for level in cfg.levels:
+        attempt = try_level(job, level)
+        if attempt is None:
+            continue
+        tried.append(attempt)
+        if attempt.accepted:
+            return attempt, tried
+    raise ModelRejected(
+        f"no compression level of {job.model_uri!r} agrees with the trained fp32 model on at least "
+        f"compress.min_agreement={cfg.min_agreement} of {len(job.texts)} texts (compress.levels {list(cfg.levels)})",
+        failures=[
+            *(
+                f"{a.level}: agreement {a.agreement}, CI {a.agreement_ci}{'; ' + a.note if a.note else ''}"
+                for a in tried
+            ),
+            *(f"{level}: skipped, {why}" for level, why in job.skipped.items()),
+            f"prune {job.prune_info}",
+        ],
+    )
+
+
+# --- saving and logging ----------------------------------------------------------------------------
+def save(job: Job, chosen: Attempt, served_uri: str, storage: Any) -> tuple[dict[str, float], dict[str, float]]:
+    """Build the bundle around the chosen graph, time it, save the pyfunc model and upload it to ``served_uri``.
+
+    Returns:
+        (latency, sizes).
+    """
+    from pipelines.serving import OnnxPredictor
+
+    candidate = chosen.candidate
+    assert candidate is not None
+    bundle = build_bundle(
+        job.scratch / "bundle", candidate.served, job.tokenizer, job.fp32_dir, job.reference_dir, job.settings
+    )
+    timings = latency(OnnxPredictor(bundle), job.texts)
+    sizes = {
+        "pytorch_fp32_mb": round(sum(p.stat().st_size for p in job.fp32_dir.glob("*.safetensors")) / _MB, 3),
+        "onnx_fp32_mb": _size_mb(candidate.source.path),
+        "served_mb": _size_mb(bundle / "model.onnx"),
+    }
+    local_served = job.scratch / "served"
+    save_served_model(local_served, bundle, job.texts, job.scratch)
+    if not is_s3(served_uri) and Path(served_uri).exists():
+        shutil.rmtree(served_uri)  # a rerun replaces the folder instead of mixing files
+    storage.upload_dir(local_served, served_uri)
+    return timings, sizes
+
+
+def summarize(
+    job: Job, chosen: Attempt, tried: list[Attempt], timings: dict[str, float], sizes: dict[str, float]
+) -> dict[str, Any]:
+    """The step summary (without the URIs)."""
+    cfg = job.settings.compress
+    candidate = chosen.candidate
+    assert candidate is not None
+    prune_info: dict[str, Any] = dict(job.prune_info)
+    if chosen.level != "prune+int8" and prune_info.get("applied_share"):
+        # Pruning was tried, but the served model is not pruned.
+        prune_info = {"method": cfg.prune, "applied_share": 0.0, "tried": job.prune_info}
+    return {
+        "level": chosen.level,
+        "agreement": round(chosen.agreement or 0.0, 5),
+        "agreement_rows": len(job.texts),
+        "agreement_ci": chosen.agreement_ci,
+        "agreement_sample": dict(job.sample_counts),
+        "min_agreement": cfg.min_agreement,
+        "levels_tried": [a.as_dict() for a in tried],
+        "levels_skipped": dict(job.skipped),
+        "size_mb": sizes["served_mb"],
+        "sizes": sizes,
+        "latency": timings,
+        "parity_max_abs_diff": candidate.source.parity_max_abs_diff,
+        "parity_rows": len(job.texts),
+        "prune": prune_info,
+        "fused_ops": candidate.source.fused,
+        "quantized": chosen.level != "fp32",
+        "kept_fp32": candidate.kept["fp32"],
+        "weight_only_int8": candidate.kept["weight_only"],
+        "sensitive_layers": candidate.details,
+    }
+
+
+def log_to_mlflow(job: Job, summary: dict[str, Any]) -> None:
+    """Parameters, metrics (the shipped level's and each tried level's) and ``compress.json`` on the step's run."""
+    import mlflow
+
+    cfg = job.settings.compress
+    mlflow.log_params(
+        {
+            "level": summary["level"],
+            "levels": ",".join(cfg.levels),
+            "min_agreement": cfg.min_agreement,
+            "prune": cfg.prune,
+            "prune_applied_share": summary["prune"].get("applied_share", 0.0),
+            "quantize": cfg.quantize,
+            "quantize_per_channel": cfg.quantize_per_channel,
+            "quantize_reduce_range": cfg.quantize_reduce_range,
+            "quantize_exclude": ",".join(cfg.quantize_exclude),
+            "quantize_weight_only": ",".join(cfg.quantize_weight_only),
+            "quantize_block_size": cfg.quantize_block_size,
+            "sensitive_layers_share": cfg.sensitive_layers_share,
+            "optimize_graph": cfg.optimize_graph,
+            "opset": cfg.opset,
+            "parity_rows": summary["parity_rows"],
+            "agreement_rows": summary["agreement_rows"],
+        }
+    )
+    mlflow.set_tag("compress.level", summary["level"])
+    low, high = summary["agreement_ci"]
+    metrics = {
+        "agreement": summary["agreement"],
+        "agreement_ci_low": low,
+        "agreement_ci_high": high,
+        "agreement_rows": summary["agreement_rows"],
+        "parity_max_abs_diff": summary["parity_max_abs_diff"],
+        "size_mb": summary["size_mb"],
+        **summary["latency"],
+        **summary["sizes"],
+    }
+    for tried in summary["levels_tried"]:
+        for key in ("agreement", "size_mb", "p50_ms_batch32"):
+            if tried[key] is not None:
+                metrics[f"level_{_slug(tried['level'])}_{key}"] = tried[key]
+    mlflow.log_metrics(metrics)
+    keys = (
+        "level",
+        "agreement",
+        "agreement_rows",
+        "agreement_ci",
+        "agreement_sample",
+        "levels_tried",
+        "levels_skipped",
+        "prune",
+        "fused_ops",
+        "sizes",
+        "sensitive_layers",
+    )
+    mlflow.log_dict(
+        {
+            **{k: summary[k] for k in keys},
+            "kept_fp32": summary["kept_fp32"],
+            "weight_only_int8": summary["weight_only_int8"],
+        },
+        "compress.json",
+    )
+
+
 def run(ctx: StepContext) -> dict[str, Any]:
-    """Prune, export, optimise and quantise the trained model; check parity; save the served pyfunc model.
+    """Ship the strongest compression level that agrees with the trained model, as a pyfunc model.
 
     Inputs: ``model_uri`` (fp32 save_pretrained folder), ``reference_uri`` (drift reference folder); optional
     ``eval_uri`` (held-out texts for the checks; default: the train step's evaluation set).
 
     Returns:
-        served_uri, size_mb, latency (p50/p95 ms at batch 1 and 32), agreement, parity_max_abs_diff, prune,
-        fused ops, sizes of each stage.
+        served_uri, level (the shipped level), agreement, agreement_rows, agreement_ci (Wilson 95 %),
+        levels_tried (level, agreement, agreement_ci, size_mb, p50_ms_batch32, accepted), levels_skipped,
+        size_mb, latency (p50/p95 ms at batch 1 and 32), parity_max_abs_diff, prune, fused ops, sizes.
 
     Raises:
-        ModelRejected: the fp32 ONNX graph does not reproduce PyTorch, or the served graph agrees too little.
+        ModelRejected: the fp32 ONNX graph does not reproduce PyTorch, or no configured level agrees.
         ValueError: an input is missing or the model's labels differ from the settings.
     """
-    import mlflow
-
-    from pipelines.serving import OnnxPredictor
     from pipelines.tracking import step_run
-    from pipelines.train import load_classifier
 
-    settings, cfg = ctx.settings, ctx.settings.compress
-    model_uri, reference_uri = ctx.require("model_uri"), ctx.require("reference_uri")
     served_uri = ctx.output("served")
-    texts = _sample_texts(ctx)
     with tempfile.TemporaryDirectory(prefix="mlops-compress-") as tmp, step_run(ctx):
-        scratch = Path(tmp)
-        fp32_dir = ctx.storage.download_dir(model_uri, scratch / "fp32")
-        reference_dir = ctx.storage.download_dir(reference_uri, scratch / "reference")
-        model, tokenizer = load_classifier(fp32_dir, settings)
-        model.eval()
-        reference = torch_logits(model, tokenizer, texts, cfg.max_length, cfg.infer_batch_size)
-        reference_pred = reference.argmax(1)
-
-        pruned, prune_info = prune(model, tokenizer, texts, reference_pred, settings)
-        exported = scratch / "model_fp32.onnx"
-        export_onnx(pruned, tokenizer, texts, exported, cfg.opset, cfg.max_length)
-        fused: dict[str, int] = {}
-        graph = exported
-        if cfg.optimize_graph:
-            graph = scratch / "model_fp32_opt.onnx"
-            fused = optimize_graph(exported, graph, model.config.model_type)
-
-        pruned_logits = torch_logits(pruned, tokenizer, texts, cfg.max_length, cfg.infer_batch_size)
-        diff = float(
-            abs(onnx_logits(graph, tokenizer, texts, cfg.max_length, cfg.infer_batch_size) - pruned_logits).max()
-        )
-        if diff > cfg.parity_atol:
-            raise ModelRejected(
-                f"fp32 ONNX export of {model_uri!r} does not reproduce PyTorch: max |logit diff| {diff:.2e} > "
-                f"compress.parity_atol={cfg.parity_atol}",
-                failures=[f"parity on {len(texts)} held-out texts, graph optimisation {cfg.optimize_graph}"],
-            )
-
-        served, kept = graph, {"fp32": [], "weight_only": []}
-        if cfg.quantize:
-            served = scratch / "model_int8.onnx"
-            kept = quantize(
-                graph,
-                served,
-                cfg.quantize_per_channel,
-                cfg.quantize_reduce_range,
-                cfg.quantize_exclude,
-                cfg.quantize_weight_only,
-                cfg.quantize_block_size,
-            )
-        bundle = build_bundle(scratch / "bundle", served, tokenizer, fp32_dir, reference_dir, settings)
-        predictor = OnnxPredictor(bundle)
-        served_pred = predictor.predict_proba(texts).argmax(1)
-        agreement = _agreement(served_pred, reference_pred)
-        if agreement < cfg.min_agreement:
-            raise ModelRejected(
-                f"served model agrees with the trained fp32 model on {agreement:.3f} of {len(texts)} held-out texts, "
-                f"below compress.min_agreement={cfg.min_agreement}",
-                failures=[
-                    f"prune {prune_info}",
-                    f"quantize {cfg.quantize} (per_channel {cfg.quantize_per_channel}, reduce_range "
-                    f"{cfg.quantize_reduce_range}, {len(kept['fp32'])} nodes kept fp32, {len(kept['weight_only'])} "
-                    f"weight-only), optimize_graph {cfg.optimize_graph}",
-                ],
-            )
-        timings = latency(predictor, texts)
-        sizes = {
-            "pytorch_fp32_mb": round(sum(p.stat().st_size for p in Path(fp32_dir).glob("*.safetensors")) / _MB, 3),
-            "onnx_fp32_mb": _size_mb(graph),
-            "served_mb": _size_mb(bundle / "model.onnx"),
-        }
-        local_served = scratch / "served"
-        save_served_model(local_served, bundle, texts, scratch)
-        if not is_s3(served_uri) and Path(served_uri).exists():
-            shutil.rmtree(served_uri)  # a rerun replaces the folder instead of mixing files
-        ctx.storage.upload_dir(local_served, served_uri)
-
-        metrics = {"agreement": agreement, "parity_max_abs_diff": diff, "size_mb": sizes["served_mb"], **timings}
-        mlflow.log_params(
-            {
-                "prune": cfg.prune,
-                "prune_applied_share": prune_info.get("applied_share", 0.0),
-                "quantize": cfg.quantize,
-                "quantize_per_channel": cfg.quantize_per_channel,
-                "quantize_reduce_range": cfg.quantize_reduce_range,
-                "quantize_exclude": ",".join(cfg.quantize_exclude),
-                "quantize_weight_only": ",".join(cfg.quantize_weight_only),
-                "quantize_block_size": cfg.quantize_block_size,
-                "optimize_graph": cfg.optimize_graph,
-                "opset": cfg.opset,
-                "parity_rows": len(texts),
-            }
-        )
-        mlflow.log_metrics({**metrics, **sizes})
-        mlflow.log_dict(
-            {
-                "prune": prune_info,
-                "fused_ops": fused,
-                "sizes": sizes,
-                "kept_fp32": kept["fp32"],
-                "weight_only_int8": kept["weight_only"],
-            },
-            "compress.json",
-        )
-    log.info("served model at %s: %.1f MB, agreement %.3f, %s", served_uri, sizes["served_mb"], agreement, timings)
+        job = load(ctx, Path(tmp))
+        chosen, tried = choose_level(job)
+        timings, sizes = save(job, chosen, served_uri, ctx.storage)
+        summary = summarize(job, chosen, tried, timings, sizes)
+        log_to_mlflow(job, summary)
+    log.info(
+        "served model at %s: level %s, %.1f MB, agreement %.3f on %d texts, %s",
+        served_uri,
+        summary["level"],
+        summary["size_mb"],
+        summary["agreement"],
+        summary["agreement_rows"],
+        timings,
+    )
     return {
         "served_uri": served_uri,
-        "model_uri": model_uri,
-        "reference_uri": reference_uri,
-        "size_mb": sizes["served_mb"],
-        "sizes": sizes,
-        "latency": timings,
-        "agreement": round(agreement, 5),
-        "parity_max_abs_diff": diff,
-        "parity_rows": len(texts),
-        "prune": prune_info,
-        "fused_ops": fused,
-        "quantized": cfg.quantize,
-        "kept_fp32": kept["fp32"],
-        "weight_only_int8": kept["weight_only"],
+        "model_uri": job.model_uri,
+        "reference_uri": ctx.require("reference_uri"),
+        **summary,
     }

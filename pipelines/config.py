@@ -222,9 +222,44 @@ class CompressSettings(_Section):
     opset: int = Field(default=17, ge=13)
     parity_atol: float = Field(default=1e-3, gt=0)
     min_agreement: Probability = Field(default=0.95, gt=0, le=1)
-    parity_sample_rows: int = Field(default=256, gt=0)
+    # The compression levels tried, strongest first; the first whose served graph agrees with the trained fp32 model
+    # on at least min_agreement of the sample is shipped. prune+int8: the configured pruning (with its back-off),
+    # then int8; int8: no pruning; int8_sensitive_fp32: int8 with the encoder layers whose int8 version flips the
+    # most labels (measured one layer at a time) kept fp32; fp32: the fp32 ONNX graph. Levels the other settings
+    # turn off are skipped (prune none: no prune+int8; quantize false: fp32 only). Without fp32 in the list, a model
+    # that no int8 level serves faithfully is rejected instead of shipped unquantized.
+    levels: list[Literal["prune+int8", "int8", "int8_sensitive_fp32", "fp32"]] = Field(
+        default_factory=lambda: ["prune+int8", "int8", "int8_sensitive_fp32", "fp32"],
+        description="Compression levels tried in order, strongest first (a subset of prune+int8, int8, "
+        "int8_sensitive_fp32, fp32, in that order).",
+    )
+    sensitive_layers_share: float = Field(
+        default=0.25,
+        gt=0,
+        le=1,
+        description="Share of the encoder layers kept fp32 at level int8_sensitive_fp32 (at least one layer).",
+    )
+    parity_sample_rows: int = Field(
+        default=512, gt=0, description="Texts for the agreement check (capped by the held-out + training rows)."
+    )
+    # An agreement of 0.95 on ~100 texts has a 95 % interval of about 0.89-0.98: too wide to accept or reject a
+    # compression level. When the held-out texts are fewer than parity_sample_rows, accepted training rows top the
+    # sample up: agreement compares two versions of the same model, not accuracy, so seen rows are fair to use.
+    agreement_train_rows: bool = Field(
+        default=True, description="Top the agreement sample up with accepted training rows when held-out texts are few."
+    )
     max_length: int = Field(default=256, gt=0)
     infer_batch_size: int = Field(default=32, gt=0)
+
+    @field_validator("levels")
+    @classmethod
+    def _level_order(cls, value: list[str]) -> list[str]:
+        order = ["prune+int8", "int8", "int8_sensitive_fp32", "fp32"]
+        if not value:
+            raise ValueError(f"name at least one level of {', '.join(order)}")
+        if len(set(value)) != len(value) or value != sorted(value, key=order.index):
+            raise ValueError(f"levels run from the strongest to the mildest, each once: a subset of {', '.join(order)}")
+        return value
 
     @field_validator("quantize_weight_only")
     @classmethod

@@ -44,6 +44,14 @@ def test_compress_serves_int8_pyfunc_that_predicts_raw_text(trained):
     assert result["agreement"] >= settings.compress.min_agreement
     assert result["parity_max_abs_diff"] <= settings.compress.parity_atol
     assert result["prune"]["method"] == "heads" and result["quantized"] is True
+    # The strongest level agreed: nothing else was tried.
+    assert result["level"] == "prune+int8" and result["prune"]["applied_share"] > 0
+    [tried] = result["levels_tried"]
+    assert tried["level"] == "prune+int8" and tried["accepted"] is True and tried["agreement"] == result["agreement"]
+    assert tried["size_mb"] == result["size_mb"] and tried["p50_ms_batch32"] > 0
+    assert result["agreement_rows"] == settings.compress.parity_sample_rows == 64
+    low, high = result["agreement_ci"]
+    assert 0 < low <= result["agreement"] <= high <= 1 and tried["agreement_ci"] == [low, high]
     assert result["fused_ops"] == {}  # compress.optimize_graph is off by default
     assert result["size_mb"] < result["sizes"]["onnx_fp32_mb"]
     # Default: every linear layer (6 per encoder layer, 2 layers) is weight-only int8.
@@ -113,16 +121,26 @@ def test_compress_served_predictions_match_fp32_labels(trained):
     assert np.mean(fp32 == served) >= settings.compress.min_agreement
 
 
-def test_compress_magnitude_pruning_with_graph_fusion_without_quantization(trained):
+def test_compress_magnitude_pruning_with_graph_fusion(trained):
     settings, train = trained
-    settings = settings.with_overrides(
-        {"compress.prune": "magnitude", "compress.quantize": False, "compress.optimize_graph": True}
-    )
+    settings = settings.with_overrides({"compress.prune": "magnitude", "compress.optimize_graph": True})
     result = _compress(settings, train, run_id="run-2")
 
+    assert result["level"] == "prune+int8" and result["quantized"] is True
     assert result["prune"]["method"] == "magnitude" and result["prune"]["applied_share"] > 0
-    assert result["prune"]["weights_zeroed"] > 0 and result["quantized"] is False
-    assert result["size_mb"] == result["sizes"]["onnx_fp32_mb"] and result["fused_ops"]["Attention"] == 2
+    assert result["prune"]["weights_zeroed"] > 0 and result["fused_ops"]["Attention"] == 2
+
+
+def test_compress_without_quantization_serves_the_fp32_graph_directly(trained):
+    settings, train = trained
+    settings = settings.with_overrides({"compress.quantize": False})
+    result = _compress(settings, train, run_id="run-7")
+
+    assert result["level"] == "fp32" and result["quantized"] is False
+    assert [t["level"] for t in result["levels_tried"]] == ["fp32"]
+    assert set(result["levels_skipped"]) == {"prune+int8", "int8", "int8_sensitive_fp32"}
+    assert result["prune"]["applied_share"] == 0.0  # pruning is part of the prune+int8 level only
+    assert result["size_mb"] == result["sizes"]["onnx_fp32_mb"]
 
 
 def test_compress_quantize_exclude_keeps_named_nodes_fp32(trained):
@@ -136,6 +154,7 @@ def test_compress_quantize_exclude_keeps_named_nodes_fp32(trained):
     )
     result = _compress(settings, train, run_id="run-5")
 
+    assert result["level"] == "int8" and "prune+int8" in result["levels_skipped"]  # prune none starts at int8
     assert "/bert/encoder/layer.1/output/dense/MatMul" in result["kept_fp32"]  # and its bias Add
     assert all("layer.1/output/dense/" in name for name in result["kept_fp32"])
     ops = {n.name: n.op_type for n in onnx.load(str(find_bundle(result["served_uri"]) / "model.onnx")).graph.node}
@@ -155,15 +174,152 @@ def test_compress_dynamic_int8_only_when_weight_only_is_empty(trained):
     result = _compress(settings, train, run_id="run-6")
 
     assert result["weight_only_int8"] == [] and result["agreement"] >= settings.compress.min_agreement
+    assert result["level"] == "int8"
     ops = [n.op_type for n in onnx.load(str(find_bundle(result["served_uri"]) / "model.onnx")).graph.node]
     assert "MatMulInteger" in ops and "MatMulNBits" not in ops
 
 
-def test_compress_parity_failure_is_rejected(trained):
+@pytest.mark.parametrize("prune", ["none", "heads"])
+def test_compress_parity_failure_is_rejected(trained, prune):
+    # With pruning, the pruned graph fails parity first and the step backs off to the unpruned graph, which fails too.
     settings, train = trained
-    strict = settings.with_overrides({"compress.parity_atol": 1e-12, "compress.prune": "none"})
+    strict = settings.with_overrides({"compress.parity_atol": 1e-12, "compress.prune": prune})
     with pytest.raises(ModelRejected, match=r"does not reproduce PyTorch.*compress.parity_atol=1e-12"):
         _compress(strict, train, run_id="run-3")
+
+
+def _disagree_at(monkeypatch, levels):
+    """Make the served graph of ``levels`` disagree with the fp32 model on every text (labels rotated)."""
+    from pipelines import compress
+
+    original = compress._run_candidate
+
+    def run_candidate(level, probe, graph, texts):
+        labels, p50 = original(level, probe, graph, texts)
+        return ((labels + 1) % 3 if level in levels else labels), p50
+
+    monkeypatch.setattr(compress, "_run_candidate", run_candidate)
+
+
+def test_compress_backs_off_to_fp32_when_no_int8_level_agrees(trained, monkeypatch):
+    import mlflow
+    import onnx
+    import pandas as pd
+
+    from pipelines.champion import find_bundle
+
+    settings, train = trained
+    _disagree_at(monkeypatch, {"prune+int8", "int8", "int8_sensitive_fp32"})
+    result = _compress(settings, train, run_id="run-8")
+
+    assert result["level"] == "fp32" and result["quantized"] is False
+    tried = result["levels_tried"]
+    assert [(t["level"], t["accepted"]) for t in tried] == [
+        ("prune+int8", False),
+        ("int8", False),
+        ("int8_sensitive_fp32", False),
+        ("fp32", True),
+    ]
+    assert all(t["agreement"] == 0.0 and t["agreement_ci"][0] == 0.0 for t in tried[:3])
+    assert tried[3]["agreement"] == result["agreement"] >= settings.compress.min_agreement
+    assert tried[0]["size_mb"] < tried[1]["size_mb"] < tried[2]["size_mb"] < tried[3]["size_mb"] == result["size_mb"]
+    assert result["agreement_rows"] == 64 and len(result["agreement_ci"]) == 2
+    assert result["prune"]["applied_share"] == 0.0 and result["prune"]["tried"]["applied_share"] > 0
+    assert result["kept_fp32"] == [] and result["weight_only_int8"] == []
+    ops = {n.op_type for n in onnx.load(str(find_bundle(result["served_uri"]) / "model.onnx")).graph.node}
+    assert not ops & {"MatMulNBits", "MatMulInteger", "DynamicQuantizeLinear"}
+
+    out = mlflow.pyfunc.load_model(result["served_uri"]).predict(pd.DataFrame({"text": ["a masterpiece", "junk"]}))
+    assert len(out) == 2 and set(out["label"]) <= {"negative", "neutral", "positive"}
+
+    run = mlflow.MlflowClient(settings.mlflow.tracking_uri).get_run(result["mlflow_run_id"])
+    assert run.data.params["level"] == "fp32" and run.data.tags["compress.level"] == "fp32"
+    assert run.data.metrics["agreement_rows"] == 64 and run.data.metrics["level_int8_agreement"] == 0.0
+    assert run.data.metrics["agreement_ci_low"] == result["agreement_ci"][0]
+    logged = mlflow.artifacts.load_dict(run.info.artifact_uri + "/compress.json")
+    assert logged["level"] == "fp32" and logged["levels_tried"] == tried
+
+
+def test_compress_keeps_the_most_sensitive_layer_fp32_when_int8_disagrees(trained, monkeypatch):
+    import onnx
+
+    from pipelines.champion import find_bundle
+
+    settings, train = trained
+    _disagree_at(monkeypatch, {"prune+int8", "int8"})
+    result = _compress(settings, train, run_id="run-9")
+
+    assert result["level"] == "int8_sensitive_fp32" and result["quantized"] is True
+    assert [t["accepted"] for t in result["levels_tried"]] == [False, False, True]
+    sensitive = result["sensitive_layers"]
+    # 2 encoder layers, compress.sensitive_layers_share 0.25: one layer stays fp32, the one that moved the logits most.
+    scores = sensitive["layer_sensitivity"]
+    assert {s["layer"] for s in scores} == {"/bert/encoder/layer.0/", "/bert/encoder/layer.1/"}
+    order = [(-s["flipped"], -s["mean_abs_logit_diff"]) for s in scores]
+    assert order == sorted(order)
+    [kept_layer] = sensitive["fp32_layers"]
+    assert kept_layer == scores[0]["layer"] and sensitive["sensitivity_rows"] == 64
+    ops = {n.name: n.op_type for n in onnx.load(str(find_bundle(result["served_uri"]) / "model.onnx")).graph.node}
+    fp32_matmuls = [name for name, op in ops.items() if name.startswith(kept_layer) and op == "MatMul"]
+    assert len(fp32_matmuls) >= 6 and all(name in result["kept_fp32"] for name in fp32_matmuls)
+    assert len(result["weight_only_int8"]) == 6  # the other layer's linear layers
+    assert not any(name.startswith(kept_layer) for name in result["weight_only_int8"])
+
+
+def test_compress_without_fp32_level_rejects_a_model_no_level_serves(trained, monkeypatch):
+    settings, train = trained
+    settings = settings.with_overrides({"compress.prune": "none", "compress.levels": ["int8"]})
+    _disagree_at(monkeypatch, {"int8"})
+    with pytest.raises(ModelRejected, match=r"no compression level .* compress.min_agreement=0.95 of 64 texts"):
+        _compress(settings, train, run_id="run-10")
+
+
+def test_compress_levels_setting_is_validated():
+    from pipelines.compress import LEVELS
+    from pipelines.config import CompressSettings, ConfigError, get_settings
+
+    assert CompressSettings().levels == list(LEVELS)
+    assert get_settings(compress__levels=["int8", "fp32"]).compress.levels == ["int8", "fp32"]
+    for bad, why in [
+        (["fp32", "int8"], "strongest to the mildest"),
+        (["int8", "int8"], "strongest to the mildest"),
+        ([], "at least one level"),
+        (["int4"], "int8_sensitive_fp32"),
+    ]:
+        with pytest.raises(ConfigError, match=why):
+            get_settings(compress__levels=bad)
+
+
+def test_wilson_interval():
+    from pipelines.compress import wilson_interval
+
+    low, high = wilson_interval(50, 100)
+    assert round(low, 4) == 0.4038 and round(high, 4) == 0.5962
+    low, high = wilson_interval(100, 106)  # the issue's sample: 0.943 on 106 texts
+    assert 0.88 < low < 0.89 and 0.97 < high < 0.98
+    assert wilson_interval(10, 10)[1] == 1.0 and wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_agreement_sample_is_topped_up_with_training_rows(trained, tmp_path, caplog):
+    import logging
+
+    import pandas as pd
+
+    from pipelines.compress import sample_texts
+
+    settings, train = trained
+    few = tmp_path / "eval_small.parquet"
+    pd.read_parquet(train["eval_uri"]).head(20).to_parquet(few)
+    ctx = StepContext(step="compress", run_id="run-11", settings=settings, inputs={"eval_uri": str(few)})
+    with caplog.at_level(logging.WARNING, logger="pipelines.compress"):
+        texts, counts = sample_texts(ctx)
+    assert counts == {"held_out": 20, "train": 44} and len(texts) == 64
+    assert "agreement measured on only 64 texts (20 held-out, 44 training rows)" in caplog.text
+
+    alone = settings.with_overrides({"compress.agreement_train_rows": False})
+    ctx = StepContext(step="compress", run_id="run-11", settings=alone, inputs={"eval_uri": str(few)})
+    texts, counts = sample_texts(ctx)
+    assert counts == {"held_out": 20, "train": 0} and len(texts) == 20
 
 
 def test_compress_without_held_out_texts_says_where_to_get_them(trained, tmp_path):
