@@ -450,8 +450,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     policies = {name: Policy(name) for name in POLICIES}
     started = time.perf_counter()
+    loop = Loop(settings)
+    regressions: list[dict[str, Any]] = []
+    loop_s = run_loop(stream, loop, policies["loop"], regressions, labels) if "loop" in chosen else 0.0
     wanted = [p for p in chosen if p != "loop"]
-    if wanted:
+    if wanted:  # after the loop, so that a baselines.json written meanwhile by another run can be reused
         fingerprint = _fingerprint(stream, settings)
         cached = _cached_baselines(args.reuse_baselines, fingerprint, wanted)
         if cached:
@@ -461,9 +464,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run_baselines(stream, Baselines(settings, work / "baselines"), policies, wanted, labels)
         _save_baselines(work / "baselines.json", fingerprint, policies, wanted)
-    loop = Loop(settings)
-    regressions: list[dict[str, Any]] = []
-    loop_s = run_loop(stream, loop, policies["loop"], regressions, labels) if "loop" in chosen else 0.0
     total_s = time.perf_counter() - started
     return report(stream, chosen, policies, loop, regressions, loop_s, total_s, labels)
 
@@ -534,7 +534,8 @@ def _cached_baselines(path: Path | None, fingerprint: str, wanted: list[str]) ->
     if path is None:
         return None
     if not path.is_file():
-        raise SystemExit(f"--reuse-baselines {path}: no such file")
+        log(f"baselines: {path} does not exist (yet); training them")
+        return None
     data = json.loads(path.read_text())
     if data.get("fingerprint") != fingerprint or not set(wanted) <= set(data.get("policies", {})):
         log(f"baselines: {path} was made from another stream, settings or training code; training them again")
