@@ -621,7 +621,7 @@ def prune_model(job: Job) -> Any:
 
 
 class _ParityError(Exception):
-    pass
+    """An fp32 ONNX graph that does not reproduce its PyTorch model within ``compress.parity_atol``."""
 
 
 def export_checked(job: Job, name: str, model: Any, reference_logits: Any) -> Graph:
@@ -660,9 +660,8 @@ def plain_graph(job: Job) -> Graph:
 
 
 def _quantized(job: Job, source: Graph, name: str, exclude: Sequence[str] = ()) -> Candidate:
+    """int8 of ``source`` with the configured quantization (plus ``exclude`` kept fp32)."""
     cfg = job.settings.compress
-    if not cfg.quantize:
-        raise _Skip("compress.quantize is false")
     served = job.scratch / f"model_{name}.onnx"
     kept = quantize(
         source.path,
