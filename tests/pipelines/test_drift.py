@@ -38,7 +38,7 @@ def test_drift_demo_batches_give_expected_severity_and_action(settings, demo_fra
         "batch_000_reference": ("none", "skip"),
         "batch_001_in_domain": ("none", "skip"),
         "batch_002_moderate": ("moderate", "fine_tune"),
-        "batch_003_severe": ("severe", "retrain"),
+        "batch_003_severe": ("severe", "fine_tune"),  # decision.severe_action
     }
     for name, (severity, action) in expected.items():
         summary = _drift(settings, _accepted(settings, name, demo_frames[name]), demo_reference, run_id=name)
@@ -78,7 +78,7 @@ def test_drift_logs_images_to_mlflow_and_is_reproducible(settings, demo_frames, 
 
 def test_drift_threshold_in_config_changes_decision(make_settings, demo_frames, demo_reference):
     name = "batch_002_moderate"
-    strict = make_settings(drift__mmd_severe_distance=0.001)
+    strict = make_settings(drift__mmd_severe_distance=0.001, decision__severe_action="retrain")
     summary = _drift(strict, _accepted(strict, name, demo_frames[name]), demo_reference, run_id="strict")
     assert summary["severity"] == "severe"
     assert any("distance >= 0.001" in r for r in summary["reasons"])
@@ -178,7 +178,7 @@ def test_drift_minilm_defaults_on_demo_batches(make_settings, demo_frames, tmp_p
     assert got == {
         "batch_001_in_domain": ("none", "skip"),
         "batch_002_moderate": ("moderate", "fine_tune"),
-        "batch_003_severe": ("severe", "retrain"),
+        "batch_003_severe": ("severe", "fine_tune"),  # decision.severe_action
     }
 
 
