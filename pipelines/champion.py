@@ -13,6 +13,8 @@ that must travel together, so that a rollback restores all of it:
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +85,15 @@ def champion_version(settings: Settings, alias: str = CHAMPION) -> Any | None:
         raise
 
 
+def _cache_root() -> Path:
+    """A private model cache in the user's cache folder (``$XDG_CACHE_HOME`` or ``~/.cache``), mode 0700: not the
+    shared, world-writable temp folder, where another user could plant a model folder."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mlops-models"
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    root.chmod(0o700)
+    return root
+
+
 def get_champion(settings: Settings, alias: str = CHAMPION, dst: str | Path | None = None) -> Champion | None:
     """Download the model version holding ``alias`` (default: the champion); None when there is none."""
     import mlflow
@@ -93,8 +104,13 @@ def get_champion(settings: Settings, alias: str = CHAMPION, dst: str | Path | No
     name = settings.registry.model_name
     # The cache is keyed by the store too: two stores can both hold "version 3" of a model of the same name.
     store = hashlib.sha1((settings.mlflow.registry_uri or settings.mlflow.tracking_uri).encode()).hexdigest()[:12]
-    target = Path(dst) if dst else Path(tempfile.gettempdir()) / "mlops-models" / store / name / str(mv.version)
+    target = Path(dst) if dst else _cache_root() / store / name / str(mv.version)
     if not (target / "MLmodel").is_file():
-        target.mkdir(parents=True, exist_ok=True)
-        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}", dst_path=str(target))
+        # Download beside the target, then rename: a crash mid-download never leaves a folder that looks complete.
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}", dst_path=str(partial))
+        if target.exists():
+            shutil.rmtree(target)
+        partial.rename(target)
     return Champion(name=name, version=str(mv.version), run_id=mv.run_id, model_dir=target, tags=dict(mv.tags))

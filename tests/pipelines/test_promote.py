@@ -204,3 +204,21 @@ def test_promote_step_auto_policy_never_approves_a_version_held_for_review(setti
     assert registry_state(settings)["champion"] == v1
     client.set_model_version_tag("sentiment", v2, "eval.needs_review", "false")
     assert run(_ctx(settings, action="auto", version=v2, promotion="auto"))["champion_after"] == v2
+
+
+def test_champion_cache_is_private_and_outside_the_shared_temp_folder(settings, served, tmp_path, monkeypatch):
+    import stat
+
+    from pipelines.champion import get_champion
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    v1 = add_version(settings, served)
+    promote(settings, v1, by="alice", reason="first")
+
+    champion = get_champion(settings)
+
+    assert champion.model_dir.is_relative_to(tmp_path / "cache" / "mlops-models")
+    assert stat.S_IMODE((tmp_path / "cache" / "mlops-models").stat().st_mode) == 0o700
+    assert (champion.model_dir / "MLmodel").is_file()
+    assert not [p for p in champion.model_dir.parent.iterdir() if p.name.startswith(".")]  # no partial download left
+    assert get_champion(settings).model_dir == champion.model_dir  # cached: the same folder, not downloaded again
