@@ -6,18 +6,26 @@ Values come, lowest precedence first, from the field defaults, ``config/default.
 
 This is the only module that reads environment variables for settings. Importing it is cheap (pydantic and
 yaml only) and has no side effects.
+
+Unknown keys are errors, never ignored: a YAML key or an ``MLOPS_*`` variable that names no setting fails with
+the closest valid name. A few ``MLOPS_*`` variables are not settings (:data:`NOT_SETTINGS`: the config file, the
+CLI's debug switch, and what docker-compose and the container scripts read) and are left alone.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from pipelines.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_FILE = REPO_ROOT / "config" / "default.yaml"
@@ -39,6 +47,23 @@ class PathsSettings(_Section):
     runs: str = "runs"
     golden: str = "golden"
 
+    @field_validator("*")
+    @classmethod
+    def _no_root(cls, value: str, info: Any) -> str:
+        # An empty or "/" root or folder would put the product's writes and deletes at the top of a disk or bucket.
+        text = str(value).strip()
+        if info.field_name == "artifact_root":
+            if not text.strip("/"):
+                raise ValueError("must name a folder or an s3://bucket[/prefix], not an empty path or '/'")
+            if text.startswith("s3:"):
+                _check_s3(text)
+            return text
+        if not text.strip("/") or text.strip("/") == ".":
+            raise ValueError("must name a sub-folder of paths.artifact_root, not an empty path, '.' or '/'")
+        if ".." in text.split("/"):
+            raise ValueError("must stay inside paths.artifact_root (no '..')")
+        return text
+
 
 class StorageSettings(_Section):
     """S3 client options; credentials come from the usual AWS chain (env, profile, IAM role)."""
@@ -55,6 +80,21 @@ class MlflowSettings(_Section):
         default=None, description="Artifact root for a new experiment; default: <artifact_root>/mlruns."
     )
     ui_url: str = "http://127.0.0.1:5000"
+
+    @field_validator("tracking_uri", "registry_uri")
+    @classmethod
+    def _store(cls, value: str | None) -> str | None:
+        return None if value is None else _check_store_uri(value)
+
+    @field_validator("artifact_location")
+    @classmethod
+    def _location(cls, value: str | None) -> str | None:
+        if value is not None:
+            if not value.strip().strip("/"):
+                raise ValueError("must name a folder or an s3://bucket/prefix, not an empty path or '/'")
+            if value.startswith("s3:"):
+                _check_s3(value)
+        return value
 
 
 class RegistrySettings(_Section):
@@ -399,13 +439,10 @@ class _YamlSource(PydanticBaseSettingsSource):
         path = Path(os.environ.get("MLOPS_CONFIG_FILE", DEFAULT_CONFIG_FILE))
         if not path.exists():
             if "MLOPS_CONFIG_FILE" in os.environ:
-                raise FileNotFoundError(f"MLOPS_CONFIG_FILE={str(path)!r} does not exist")
+                raise ConfigError(f"MLOPS_CONFIG_FILE={str(path)!r} does not exist")
             self._data: dict[str, Any] = {}
             return
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"config file {str(path)!r} must hold a mapping at top level, got {type(loaded).__name__}")
-        self._data = loaded
+        self._data = _load_yaml(path)
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
         return self._data.get(field_name), field_name, False
@@ -414,8 +451,130 @@ class _YamlSource(PydanticBaseSettingsSource):
         return dict(self._data)
 
 
-class ConfigError(ValueError):
-    """A setting has a bad value; the message names the key, the value and what was expected."""
+_S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_STORE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "file", "http", "https", "databricks", "databricks-uc")
+
+
+def _check_s3(uri: str) -> None:
+    if not uri.startswith("s3://"):
+        raise ValueError(f"{uri!r} is not an S3 URI; expected s3://bucket/prefix")
+    bucket = uri[len("s3://") :].partition("/")[0]
+    if not _S3_BUCKET.match(bucket):
+        raise ValueError(f"{uri!r} names no valid bucket; expected s3://bucket/prefix (bucket: 3-63 of a-z 0-9 . -)")
+
+
+def _check_store_uri(value: str) -> str:
+    """An MLflow tracking or registry URI with a scheme MLflow knows, a host for http(s), a file for sqlite."""
+    from urllib.parse import urlsplit
+
+    uri = value.strip()
+    if not uri:
+        raise ValueError("must not be empty; e.g. sqlite:///var/mlflow.db or http://mlflow:5000")
+    parts = urlsplit(uri)
+    if not parts.scheme or (len(parts.scheme) == 1 and uri[1:2] == ":"):
+        return uri  # a plain local folder: MLflow's file store
+    scheme = parts.scheme.split("+", 1)[0].lower()
+    if scheme not in _STORE_SCHEMES:
+        raise ValueError(f"unsupported scheme {parts.scheme!r}; expected one of {', '.join(_STORE_SCHEMES)}")
+    if scheme in {"http", "https", "postgresql", "mysql", "mssql"} and not parts.hostname:
+        raise ValueError(f"{uri!r} names no host; e.g. {scheme}://host:port")
+    if scheme == "sqlite" and (not uri.startswith("sqlite:///") or not uri[len("sqlite:///") :].strip("/")):
+        raise ValueError(f"{uri!r} names no database file; e.g. sqlite:///var/mlflow.db")
+    return uri
+
+
+#: ``MLOPS_*`` environment variables that are not settings (never rejected as unknown keys).
+NOT_SETTINGS: dict[str, str] = {
+    "MLOPS_CONFIG_FILE": "the YAML file to read instead of config/default.yaml",
+    "MLOPS_DEBUG": "1: the CLI prints a traceback with an expected failure's one-line message",
+    "MLOPS_DATA_BUCKET": "docker-compose: the S3 bucket of the artifact root",
+    "MLOPS_STEP_IMAGE": "docker-compose / scripts: the step image",
+    "MLOPS_AIRFLOW_IMAGE": "docker-compose / scripts: the Airflow image",
+    "MLOPS_MLFLOW_IMAGE": "docker-compose / scripts: the MLflow image",
+    "MLOPS_BASE_IMAGE": "scripts/container_env.sh: the base image",
+    "MLOPS_TORCH_VARIANT": "docker-compose: cpu or cuda torch wheels",
+    "MLOPS_WHEELHOUSE": "scripts/container_env.sh: the wheel cache",
+    "MLOPS_CONTAINER_STATE": "scripts/container_env.sh: the container tools' state folder",
+}
+#: Prefixes of other non-setting variables: the test suite's (``MLOPS_TEST_DOCKER_URL`` ...).
+NOT_SETTINGS_PREFIXES = ("MLOPS_TEST_",)
+
+
+def _setting_keys() -> dict[str, Any]:
+    """Dotted setting keys -> field info (``drift.p_threshold``), sections included as ``drift``."""
+    keys: dict[str, Any] = {}
+    for section, info in Settings.model_fields.items():
+        keys[section] = info
+        for name, field in info.annotation.model_fields.items():
+            keys[f"{section}.{name}"] = field
+    return keys
+
+
+def _closest(key: str, candidates: list[str]) -> str:
+    match = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
+def _is_mapping_field(field: Any) -> bool:
+    annotation = getattr(field, "annotation", None)
+    return getattr(annotation, "__origin__", annotation) is dict
+
+
+def check_environment(environ: Mapping[str, str] | None = None) -> None:
+    """Refuse ``MLOPS_*`` variables that name no setting (unless listed in :data:`NOT_SETTINGS`).
+
+    Raises:
+        ConfigError: naming the variable and the closest valid name.
+    """
+    environ = os.environ if environ is None else environ
+    keys = _setting_keys()
+    valid = {_env_name(tuple(k.split("."))): k for k in keys}
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith("MLOPS_") or upper in NOT_SETTINGS or upper.startswith(NOT_SETTINGS_PREFIXES):
+            continue
+        if upper in valid:
+            continue
+        parts = upper.removeprefix("MLOPS_").lower().split("__")
+        if len(parts) > 2 and _is_mapping_field(keys.get(".".join(parts[:2]))):
+            continue  # a key inside a mapping setting (runtime.gpu_node_selector)
+        hint = _closest(upper, [*valid, *NOT_SETTINGS])
+        raise ConfigError(
+            f"unknown environment variable {name}: no such setting{hint} (settings are MLOPS_<SECTION>__<KEY>)"
+        )
+
+
+def _load_yaml(path: Path) -> dict[str, Any]:
+    """The YAML file's mapping, its keys checked against the settings.
+
+    Raises:
+        ConfigError: the file does not parse (names the line), holds no mapping, or names an unknown key.
+    """
+    try:
+        text = path.read_text()
+        node = yaml.compose(text)
+        loaded = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"config file {str(path)!r}{where}: not valid YAML: {problem}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping at top level, got {type(loaded).__name__}")
+    keys = _setting_keys()
+    for section_key, section_value in getattr(node, "value", None) or []:
+        section = str(section_key.value)
+        items = [(section, section_key)]
+        if section in keys and isinstance(section_value, yaml.MappingNode):
+            items = [(f"{section}.{k.value}", k) for k, _ in section_value.value]
+        for key, key_node in items:
+            if key not in keys:
+                line = key_node.start_mark.line + 1
+                hint = _closest(key, list(keys))
+                raise ConfigError(f"config file {str(path)!r}, line {line}: unknown setting {key!r}{hint}")
+    return loaded
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
@@ -423,10 +582,11 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node = data
     for part in parts[:-1]:
         if not isinstance(node.get(part), dict):
-            raise ConfigError(f"unknown setting {key!r}: {part!r} is not a section")
+            hint = _closest(key, list(_setting_keys()))
+            raise ConfigError(f"unknown setting {key!r}: {part!r} is not a section{hint}")
         node = node[part]
     if parts[-1] not in node:
-        raise ConfigError(f"unknown setting {key!r}")
+        raise ConfigError(f"unknown setting {key!r}{_closest(key, list(_setting_keys()))}")
     node[parts[-1]] = value
 
 
@@ -443,7 +603,8 @@ def _validated(build: Any) -> Settings:
             loc = tuple(p for p in err["loc"] if not isinstance(p, int))
             key = ".".join(str(p) for p in loc) or "<root>"
             value = err.get("input")
-            lines.append(f"{key}={value!r}: {err['msg']} (set it in config/default.yaml or {_env_name(loc)})")
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            lines.append(f"{key}={value!r}: {msg} (set it in config/default.yaml or {_env_name(loc)})")
         raise ConfigError("invalid configuration: " + "; ".join(lines)) from None
 
 
@@ -459,6 +620,7 @@ def get_settings(**overrides: Any) -> Settings:
     Raises:
         ConfigError: a value is invalid; the message names the key, the value and the expectation.
     """
+    check_environment()
     sections: dict[str, Any] = {}
     dotted: dict[str, Any] = {}
     for key, value in overrides.items():
@@ -468,6 +630,43 @@ def get_settings(**overrides: Any) -> Settings:
             sections[key] = value
     settings = _validated(lambda: Settings(**sections))
     return settings.with_overrides(dotted) if dotted else settings
+
+
+class RunParams(_Section):
+    """The run parameters a step accepts (``--param`` on the CLI, the DAG's step params); checked before any step.
+
+    A new param must be added here, or every run that passes it fails as unknown.
+    """
+
+    force_action: Literal["auto", "skip", "fine_tune", "retrain"] | None = Field(default=None, description="decide")
+    promotion: Literal["manual", "auto"] | None = Field(
+        default=None, description="register / promote: the run's promotion policy (config is the ceiling)"
+    )
+    action: Literal["auto", "skip", "fine_tune", "retrain", "approve", "promote", "reject", "rollback"] | None = Field(
+        default=None, description="train: the decided action; promote: what to do with the version"
+    )
+    version: int | None = Field(default=None, ge=1, description="promote: the model version to act on")
+    by: str | None = Field(default=None, description="promote: who acts, for the audit trail")
+    reason: str | None = Field(default=None, description="promote: why, for the audit trail")
+
+
+def check_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Check run params against :class:`RunParams`; return them as given (not coerced).
+
+    Raises:
+        ConfigError: an unknown param (with the closest known name) or a value out of range; one line.
+    """
+    known = list(RunParams.model_fields)
+    for name in params:
+        if name not in RunParams.model_fields:
+            raise ConfigError(f"unknown param {name!r}{_closest(name, known)} (params: {', '.join(known)})")
+    try:
+        RunParams.model_validate(dict(params))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = ".".join(str(p) for p in err["loc"]) or "<params>"
+        raise ConfigError(f"param {name}={err.get('input')!r}: {err['msg']}") from None
+    return dict(params)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -64,7 +64,7 @@ def test_config_yaml_file(tmp_path, monkeypatch):
 
 def test_config_missing_yaml_file(monkeypatch, tmp_path):
     monkeypatch.setenv("MLOPS_CONFIG_FILE", str(tmp_path / "nope.yaml"))
-    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+    with pytest.raises(ConfigError, match="nope.yaml.*does not exist"):
         get_settings()
 
 
