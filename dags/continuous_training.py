@@ -53,8 +53,8 @@ with DAG(
 ) as dag:
 
     @task(retries=0)
-    def pick_batch(params=None):
-        return tasks.pick_batch(params or {})
+    def pick_batch(params=None, run_id=None):
+        return tasks.pick_batch(params or {}, run_id)
 
     validate = RunStepOperator(
         task_id="validate", step="validate", inputs={"batch_uri": "{{ ti.xcom_pull(task_ids='pick_batch') }}"}
@@ -64,11 +64,11 @@ with DAG(
 
     @task.branch(retries=0)
     def route(ti=None):
-        return tasks.choose_after_decide(ti.xcom_pull(task_ids="decide"))
+        return tasks.choose_after_decide(ti.xcom_pull(task_ids="decide"), ti.xcom_pull(task_ids="validate"))
 
     @task(retries=0)
     def skip():
-        """Nothing drifted: keep the champion."""
+        """Nothing to train (no drift worth it, or a duplicate batch): keep the champion."""
 
     train = RunStepOperator(
         task_id="train",

@@ -44,6 +44,8 @@ class PathsSettings(_Section):
     landing: str = "landing"
     accepted: str = "accepted"
     quarantine: str = "quarantine"
+    duplicates: str = Field(default="duplicates", description="Landed batches identical to an accepted one.")
+    set_aside: str = Field(default="set_aside", description="Batches whose runs kept failing (dag.batch_max_attempts)")
     runs: str = "runs"
     golden: str = "golden"
 
@@ -386,6 +388,11 @@ class DagSettings(_Section):
     retries: int = Field(default=2, ge=0)
     retry_delay_seconds: int = Field(default=60, ge=0)
     owner: str = "mlops"
+    batch_max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Runs that may pick the same landing batch; then it is set aside (paths.set_aside).",
+    )
 
 
 class Settings(BaseSettings):

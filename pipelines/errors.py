@@ -63,6 +63,14 @@ class ReviewTimedOut(PipelineError):
     """No reviewer decided on the challenger within the configured time."""
 
 
+class BadInput(PipelineError, ValueError):
+    """A user-supplied input (a param, a batch reference) is refused before it touches storage.
+
+    The message is one line naming the parameter and what was expected; it never echoes file contents.
+    Also a ``ValueError``, so callers that catch bad values catch it too.
+    """
+
+
 class ConfigError(PipelineError, ValueError):
     """A setting has a bad value; the message names the key, the value and what was expected."""
 

@@ -8,6 +8,7 @@ The suite (:func:`build_suite`) is defined here in code from ``settings.validati
 | at least ``min_rows`` rows | ``expect_table_row_count_to_be_between`` |
 | text and label never null | ``expect_column_values_to_not_be_null`` |
 | text length in [``min_text_chars``, ``max_text_chars``] (so not empty) | ``expect_column_value_lengths_to_be_between`` |
+| text not blank (only whitespace) | ``expect_column_values_to_not_match_regex`` |
 | label in ``data.labels`` | ``expect_column_values_to_be_in_set`` |
 | duplicate texts at most ``max_duplicate_share`` | ``expect_column_proportion_of_unique_values_to_be_between`` |
 | texts with control or U+FFFD replacement characters at most ``max_bad_char_share`` | ``expect_column_values_to_not_match_regex`` (``mostly``) |
@@ -16,10 +17,25 @@ The suite (:func:`build_suite`) is defined here in code from ``settings.validati
 A file that cannot be read as a table (not CSV, not UTF-8, empty, truncated inside a quoted field, a broken
 Parquet file) fails before GX runs, with the same :class:`~pipelines.errors.DataValidationFailed` and a JSON report.
 
+The batch reference goes through :func:`pipelines.storage.resolve_batch` first: it must name a CSV or Parquet
+file inside the landing prefix. Messages name checks, columns and counts, never a cell's value or the header row;
+examples of failing values go into the report only.
+
 Outputs: ``<step folder>/validation.json`` (report + summary) and ``<step folder>/data_docs/`` (GX Data Docs HTML).
-Pass: ``<root>/accepted/<batch_id>.parquet`` (immutable), then the landing file is removed once the written copy's
-hash is verified. Fail: ``<root>/quarantine/<batch_id>/`` receives the report, then the original file by a verified
-move. A rerun for the same run whose landing file is already gone returns (or raises) the earlier outcome.
+Names carry a content hash, so nothing is ever overwritten:
+
+- pass: ``<root>/accepted/<batch_id>-<sha8>.parquet`` (immutable; ``sha8``: the first 8 hex digits of the
+  Parquet's sha256), then the landing file is removed once the written copy's hash is verified, then a receipt
+  ``<batch_id>-<sha8>.json`` is written beside it (the acceptance is complete).
+- duplicate: a batch whose accepted Parquet would be identical to a completely accepted one is not accepted again:
+  it moves to ``<root>/duplicates/<batch_id>-<src8>/`` (``src8``: of the landed file's sha256) with the report in
+  ``<run_id>/validation.json``; the summary carries ``duplicate_of`` and the DAG skips training.
+- fail: ``<root>/quarantine/<batch_id>-<src8>/`` receives the report (``<run_id>/validation.json`` and
+  ``<run_id>/data_docs/``), then the original file by a verified move.
+
+A rerun for the same run whose landing file is already gone returns (or raises) the earlier outcome. A run
+interrupted between writing the accepted copy and removing the landing file leaves no receipt, so the next
+attempt (any run) completes that acceptance instead of calling the batch a duplicate.
 """
 
 from __future__ import annotations
@@ -33,8 +49,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.errors import DataValidationFailed
-from pipelines.storage import basename, join
+from pipelines.errors import BadInput, DataValidationFailed
+from pipelines.storage import basename, clear_attempts, join, resolve_batch
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -55,8 +71,11 @@ DOCS_DIR = "data_docs"
 #: C0 control characters except tab, newline and carriage return; DEL; the U+FFFD replacement character
 #: (what a decoder leaves where bytes were not valid in the source encoding).
 BAD_CHAR_REGEX = "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]"
+#: A text that is empty after stripping whitespace.
+BLANK_REGEX = r"\A\s*\Z"
 _DELIMITER_HINTS = (";", "\t", "|")
 _DOC_SKIP = re.compile(r"(^|/)static/fonts/|\.gif$")
+_QUOTED = re.compile(r"b?'[^']*'|b?\"[^\"]*\"")
 
 
 def batch_id_of(uri: str) -> str:
@@ -65,7 +84,7 @@ def batch_id_of(uri: str) -> str:
     stem = name.split(".", 1)[0] if not name.startswith(".") else name
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("_.")
     if not cleaned:
-        raise ValueError(f"batch_uri={uri!r} has no usable file name; expected e.g. landing/batch_007.csv")
+        raise BadInput(f"param batch_uri={uri!r} has no usable file name; expected e.g. landing/batch_007.csv")
     return cleaned
 
 
@@ -94,6 +113,9 @@ def build_suite(settings: Settings) -> Any:
             min_value=v.min_text_chars,
             max_value=v.max_text_chars,
             meta={"check": f"text length in [{v.min_text_chars}, {v.max_text_chars}] characters"},
+        ),
+        E.ExpectColumnValuesToNotMatchRegex(
+            column=text, regex=BLANK_REGEX, meta={"check": "text not blank (only whitespace)"}
         ),
         E.ExpectColumnValuesToBeInSet(
             column=label, value_set=list(d.labels), meta={"check": f"label in {list(d.labels)}"}
@@ -124,22 +146,25 @@ def build_suite(settings: Settings) -> Any:
 
 
 def run(ctx: StepContext) -> dict[str, Any]:
-    """Validate the landing batch ``inputs['batch_uri']``; accept it or quarantine it.
+    """Validate the landing batch ``inputs['batch_uri']``; accept it, set it aside as a duplicate, or quarantine it.
 
     Args:
-        ctx: the step context; input ``batch_uri`` (a CSV or Parquet file under the landing folder).
+        ctx: the step context; input ``batch_uri`` (a CSV or Parquet file inside the landing prefix: a name in it,
+            a path or an ``s3://`` URI).
 
     Returns:
         ``passed``, ``batch_id``, ``batch_uri``, ``accepted_uri``, ``content_hash`` (sha256 of the accepted
-        Parquet), ``source_hash``, ``rows``, ``report_uri``, ``data_docs_uri``.
+        Parquet), ``source_hash``, ``rows``, ``report_uri``, ``data_docs_uri``; for a duplicate also
+        ``duplicate_of`` (the accepted batch it repeats, which ``accepted_uri`` names too) and ``duplicate_uri``.
 
     Raises:
+        BadInput: ``batch_uri`` does not name a CSV or Parquet file inside the landing prefix (one line).
         DataValidationFailed: the batch failed a check (or could not be read); it was quarantined with its report.
         FileNotFoundError: the batch does not exist and this run has not validated it before.
-        ValueError: the input is missing, or ``accepted/<batch_id>.parquet`` exists with other content.
+        ValueError: the input is missing.
     """
     settings, storage = ctx.settings, ctx.storage
-    batch_uri = ctx.require("batch_uri")
+    batch_uri = resolve_batch(settings, ctx.require("batch_uri"), must_exist=False)
     batch_id = batch_id_of(batch_uri)
     report_uri = ctx.output(REPORT_NAME)
 
@@ -150,14 +175,17 @@ def run(ctx: StepContext) -> dict[str, Any]:
     source_hash = hashlib.sha256(data).hexdigest()
     df, read_failures, notes = _read_table(data, batch_uri)
     log.info(
-        "validate %s: %s", batch_id, f"{len(df)} rows, columns {list(df.columns)}" if df is not None else "unreadable"
+        "validate %s: %s", batch_id, f"{len(df)} rows, {len(df.columns)} columns" if df is not None else "unreadable"
     )
 
     with tempfile.TemporaryDirectory(prefix="mlops-validate-") as tmp:
         docs_dir = Path(tmp) / DOCS_DIR
+        examples: list[list[str]] = [[] for _ in read_failures]
         if df is not None:
-            failures, results, docs_page = _run_suite(ctx, df, docs_dir)
-            failures = read_failures + (notes if failures else []) + failures
+            failures, suite_examples, results, docs_page = _run_suite(ctx, df, docs_dir)
+            extra = read_failures + (notes if failures else [])
+            examples = [[] for _ in extra] + suite_examples
+            failures = extra + failures
         else:
             failures, results, docs_page = read_failures, None, None
         passed = not failures
@@ -170,6 +198,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
             "rows": int(len(df)) if df is not None else 0,
             "columns": [str(c) for c in df.columns] if df is not None else [],
             "failures": failures,
+            "failure_examples": examples,
             "warnings": notes,
             "suite": build_suite(settings).to_json_dict() if df is not None else None,
             "gx_results": results,
@@ -180,37 +209,59 @@ def run(ctx: StepContext) -> dict[str, Any]:
         data_docs_uri = join(docs_uri, docs_page) if docs_page else None
 
         if not passed:
-            quarantine = settings.uri(settings.paths.quarantine, batch_id)
+            quarantine = settings.uri(settings.paths.quarantine, f"{batch_id}-{source_hash[:8]}")
             report["summary"] = None
             report["quarantine_uri"] = quarantine
             report["data_docs_uri"] = data_docs_uri
             text = json.dumps(report, indent=2, default=str)
             storage.write_text(report_uri, text)
             # The report lands beside the batch first, so a quarantined batch is never without its report.
-            storage.write_text(join(quarantine, REPORT_NAME), text)
+            run_folder = join(quarantine, _safe(ctx.run_id))
+            storage.write_text(join(run_folder, REPORT_NAME), text)
             if docs_dir.is_dir():
-                _replace_dir(ctx, docs_dir, join(quarantine, DOCS_DIR))
+                _replace_dir(ctx, docs_dir, join(run_folder, DOCS_DIR))
             storage.move(batch_uri, join(quarantine, basename(batch_uri)))
+            clear_attempts(settings, source_hash)
             log.warning("validate %s: %d check(s) failed; quarantined in %s", batch_id, len(failures), quarantine)
             raise DataValidationFailed(batch_id, failures, report_uri, quarantine)
 
-    accepted_uri, content_hash = _accept(ctx, df, batch_id)
-    summary = {
+    parquet = _to_parquet(df)
+    content_hash = hashlib.sha256(parquet).hexdigest()
+    summary: dict[str, Any] = {
         "passed": True,
         "batch_id": batch_id,
         "batch_uri": batch_uri,
-        "accepted_uri": accepted_uri,
+        "accepted_uri": None,
         "content_hash": content_hash,
         "source_hash": source_hash,
         "rows": int(len(df)),
         "report_uri": report_uri,
         "data_docs_uri": data_docs_uri,
     }
-    report["summary"] = summary
     report["data_docs_uri"] = data_docs_uri
+    duplicate_of = _completed_acceptance(ctx, batch_id, content_hash)
+    if duplicate_of:
+        folder = settings.uri(settings.paths.duplicates, f"{batch_id}-{source_hash[:8]}")
+        summary.update(accepted_uri=duplicate_of, duplicate_of=duplicate_of, duplicate_uri=folder)
+        report["summary"] = summary
+        text = json.dumps(report, indent=2, default=str)
+        storage.write_text(report_uri, text)
+        storage.write_text(join(folder, _safe(ctx.run_id), REPORT_NAME), text)
+        storage.move(batch_uri, join(folder, basename(batch_uri)))
+        clear_attempts(settings, source_hash)
+        log.warning(
+            "validate %s: identical to the accepted %s; moved to %s, not accepted again", batch_id, duplicate_of, folder
+        )
+        return summary
+
+    accepted_uri = _accept(ctx, parquet, batch_id, content_hash)
+    summary["accepted_uri"] = accepted_uri
+    report["summary"] = summary
     storage.write_text(report_uri, json.dumps(report, indent=2, default=str))
     # Only now, with the accepted copy verified and the report written, does the batch leave landing.
     storage.delete(batch_uri)
+    _write_receipt(ctx, summary)
+    clear_attempts(settings, source_hash)
     log.info("validate %s: passed; accepted as %s (sha256 %s)", batch_id, accepted_uri, content_hash[:12])
     return summary
 
@@ -222,7 +273,10 @@ def _prior_outcome(ctx: StepContext, batch_uri: str, report_uri: str) -> dict[st
         if prior.get("batch_uri") == batch_uri:
             log.info("validate: %s already processed by run %s; returning the earlier outcome", batch_uri, ctx.run_id)
             if prior.get("passed"):
-                return prior["summary"]
+                summary = prior["summary"]
+                if not summary.get("duplicate_of"):
+                    _write_receipt(ctx, summary)  # the earlier attempt may have stopped just before it
+                return summary
             raise DataValidationFailed(prior["batch_id"], prior["failures"], report_uri, prior.get("quarantine_uri"))
     raise FileNotFoundError(
         f"batch_uri={batch_uri!r} does not exist and run {ctx.run_id!r} has not validated it before; "
@@ -241,7 +295,7 @@ def _read_table(data: bytes, uri: str) -> tuple[pd.DataFrame | None, list[str], 
         try:
             return pd.read_parquet(io.BytesIO(data)), [], []
         except Exception as exc:  # pyarrow raises several types for broken or truncated files
-            return None, [f"file {name!r} is not a readable Parquet file ({type(exc).__name__}: {exc})"], []
+            return None, [f"file {name!r} is not a readable Parquet file ({_reason(exc)})"], []
     if b"\x00" in data[:65536]:
         return None, [f"file {name!r} is not a text CSV file (binary content: NUL bytes); expected UTF-8 CSV"], []
     notes = []
@@ -260,9 +314,14 @@ def _read_table(data: bytes, uri: str) -> tuple[pd.DataFrame | None, list[str], 
         # Only an empty field is missing: a text that reads "NA" or "null" is a text.
         df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""])
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
-        reason = " ".join(str(exc).split())
-        return None, [f"file {name!r} is not a well-formed CSV ({type(exc).__name__}: {reason})", *hint], notes
+        return None, [f"file {name!r} is not a well-formed CSV ({_reason(exc)})", *hint], notes
     return df, hint, notes
+
+
+def _reason(exc: Exception) -> str:
+    """A parser's error as one short line, quoted parts (which may be file content) left out."""
+    reason = _QUOTED.sub("'...'", " ".join(str(exc).split()))
+    return f"{type(exc).__name__}: {reason[:160]}"
 
 
 def _delimiter_hint(text: str, name: str) -> list[str]:
@@ -271,12 +330,17 @@ def _delimiter_hint(text: str, name: str) -> list[str]:
     counts = {d: header.count(d) for d in (",", *_DELIMITER_HINTS)}
     best = max(counts, key=lambda d: counts[d])
     if best != "," and counts[best] > counts[","]:
-        return [f"file {name!r}: header {header[:80]!r} is split by {best!r}: wrong delimiter {best!r}? expected ','"]
+        return [
+            f"file {name!r}: the header row has {counts[best] + 1} fields split by {best!r} and "
+            f"{counts[','] + 1} by ',': wrong delimiter {best!r}? expected ','"
+        ]
     return []
 
 
-def _run_suite(ctx: StepContext, df: pd.DataFrame, docs_dir: Path) -> tuple[list[str], dict[str, Any], str | None]:
-    """Run the suite in an ephemeral GX context; returns (failures, GX result dict, data docs page path)."""
+def _run_suite(
+    ctx: StepContext, df: pd.DataFrame, docs_dir: Path
+) -> tuple[list[str], list[list[str]], dict[str, Any], str | None]:
+    """Run the suite in an ephemeral GX context; returns (failures, their examples, GX result dict, docs page)."""
     import great_expectations as gx
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -312,9 +376,9 @@ def _run_suite(ctx: StepContext, df: pd.DataFrame, docs_dir: Path) -> tuple[list
         batch_parameters={"dataframe": df}, run_id=RunIdentifier(run_name=_safe(ctx.run_id), run_time=run_time)
     )
     vr = next(iter(result.run_results.values())).to_json_dict()
-    failures = _failures(vr, df)
+    failures, examples = _failures(vr, df)
     pages = sorted(p.relative_to(docs_dir).as_posix() for p in (docs_dir / "validations").rglob("*.html"))
-    return failures, vr, (pages[0] if pages else None)
+    return failures, examples, vr, (pages[0] if pages else None)
 
 
 def _safe(run_id: str) -> str:
@@ -323,10 +387,15 @@ def _safe(run_id: str) -> str:
     return safe_run_id(run_id)
 
 
-def _failures(vr: dict[str, Any], df: pd.DataFrame) -> list[str]:
-    """One line per failed expectation: the check, its column, the observed value, the expectation."""
+def _failures(vr: dict[str, Any], df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """One line per failed expectation (the check, its column, counts, the expectation), and its examples.
+
+    The lines carry no cell value and no header: they end up in logs and exception messages. Examples of the
+    failing values (at most 3, each cut at 80 characters) go only into the report, beside each line.
+    """
     present = {str(c) for c in df.columns}
-    out = []
+    out: list[str] = []
+    examples: list[list[str]] = []
     for item in vr.get("results", []):
         if item.get("success"):
             continue
@@ -336,28 +405,28 @@ def _failures(vr: dict[str, Any], df: pd.DataFrame) -> list[str]:
         column = kwargs.get("column")
         res = item.get("result") or {}
         if kind == "expect_column_to_exist":
-            out.append(f"{check}: column {column!r} is missing (columns: {sorted(present)}) [{kind}]")
+            out.append(f"{check}: column {column!r} is missing (the file has {len(present)} columns) [{kind}]")
+            examples.append([f"columns: {sorted(present)}"[:400]])
             continue
         if column is not None and column not in present:
             continue  # reported once by the column's existence check
         if (item.get("exception_info") or {}).get("raised_exception"):
-            message = item["exception_info"].get("exception_message")
-            out.append(f"{check}: column {column!r} could not be checked ({message}) [{kind}]")
+            message = str(item["exception_info"].get("exception_message"))
+            out.append(f"{check}: column {column!r} could not be checked (see the report) [{kind}]")
+            examples.append([message[:400]])
         elif "observed_value" in res:
             observed = res["observed_value"]
             if kind == "expect_column_proportion_of_unique_values_to_be_between" and observed is not None:
                 observed = f"duplicate share {1 - float(observed):.3f}"
             where = f"column {column!r}" if column else "table"
             out.append(f"{check}: {where} observed {observed} [{kind}]")
+            examples.append([])
         else:
             count, total = res.get("unexpected_count", 0), res.get("element_count", 0)
             share = res.get("unexpected_percent") or 0.0
-            examples = [repr(x)[:80] for x in (res.get("partial_unexpected_list") or [])[:3]]
-            sample = f", e.g. {', '.join(examples)}" if examples else ""
-            out.append(
-                f"{check}: column {column!r} has {count} of {total} values ({share:.1f}%) failing{sample} [{kind}]"
-            )
-    return out
+            out.append(f"{check}: column {column!r} has {count} of {total} values ({share:.1f}%) failing [{kind}]")
+            examples.append([repr(x)[:80] for x in (res.get("partial_unexpected_list") or [])[:3]])
+    return out, examples
 
 
 def _replace_dir(ctx: StepContext, local_dir: Path, uri: str) -> None:
@@ -371,24 +440,56 @@ def _replace_dir(ctx: StepContext, local_dir: Path, uri: str) -> None:
             storage.upload_file(path, join(uri, rel))
 
 
-def _accept(ctx: StepContext, df: pd.DataFrame, batch_id: str) -> tuple[str, str]:
-    """Write the accepted Parquet (immutable) and verify it; returns (uri, sha256)."""
-    settings, storage = ctx.settings, ctx.storage
+def _to_parquet(df: pd.DataFrame) -> bytes:
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
-    data = buf.getvalue()
-    content_hash = hashlib.sha256(data).hexdigest()
-    uri = settings.uri(settings.paths.accepted, f"{batch_id}.parquet")
+    return buf.getvalue()
+
+
+def _receipt_uri(accepted_uri: str) -> str:
+    return accepted_uri[: -len(".parquet")] + ".json"
+
+
+def _completed_acceptance(ctx: StepContext, batch_id: str, content_hash: str) -> str | None:
+    """The accepted batch with this content whose acceptance completed (its receipt exists), or None.
+
+    An accepted copy without a receipt was written by an attempt that stopped before the landing file was
+    removed: it is completed by this attempt, not a duplicate. Batches accepted before receipts existed are named
+    ``<batch_id>.parquet``: one of the same name and content counts as completed.
+    """
+    settings, storage = ctx.settings, ctx.storage
+    for uri in storage.list(settings.uri(settings.paths.accepted)):
+        name = basename(uri)
+        if name.endswith(f"-{content_hash[:8]}.parquet"):
+            if storage.exists(_receipt_uri(uri)) and storage.content_hash(uri) == content_hash:
+                return uri
+        elif name == f"{batch_id}.parquet" and storage.content_hash(uri) == content_hash:
+            return uri
+    return None
+
+
+def _accept(ctx: StepContext, data: bytes, batch_id: str, content_hash: str) -> str:
+    """Write the accepted Parquet (immutable, named by its hash) and verify it; returns its uri."""
+    settings, storage = ctx.settings, ctx.storage
+    uri = settings.uri(settings.paths.accepted, f"{batch_id}-{content_hash[:8]}.parquet")
     if storage.exists(uri):
         existing = storage.content_hash(uri)
         if existing != content_hash:
             raise ValueError(
-                f"accepted batch {uri!r} already exists with other content (sha256 {existing[:12]} != "
-                f"{content_hash[:12]}); accepted batches are immutable: land the new data under a new batch name"
+                f"accepted batch {uri!r} exists with other content (sha256 {existing[:12]} != {content_hash[:12]}, "
+                "the same first 8 hex digits); accepted batches are immutable: land the data under another name"
             )
-        return uri, content_hash
+        return uri
     storage.write_bytes(uri, data)
     written = storage.content_hash(uri)
     if written != content_hash:
         raise OSError(f"accepted copy {uri!r} does not match what was written (sha256 {written} != {content_hash})")
-    return uri, content_hash
+    return uri
+
+
+def _write_receipt(ctx: StepContext, summary: dict[str, Any]) -> None:
+    """Mark an acceptance complete (its landing file is gone): a later identical batch is then a duplicate."""
+    uri = _receipt_uri(summary["accepted_uri"])
+    if not ctx.storage.exists(uri):
+        receipt = {k: summary[k] for k in ("accepted_uri", "content_hash", "batch_uri", "source_hash", "rows")}
+        ctx.storage.write_text(uri, json.dumps({**receipt, "run_id": ctx.run_id}, indent=2))

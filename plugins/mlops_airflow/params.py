@@ -24,7 +24,9 @@ def continuous_training_params() -> dict[str, Param]:
             "",
             type="string",
             title="Batch URI",
-            description="A batch in the landing folder (local path or s3:// URI). Empty: the oldest unprocessed batch.",
+            description="A CSV or Parquet batch inside the landing folder: its name there (batch_007.csv), a path "
+            "or an s3:// URI under the landing prefix; anything outside landing is refused. "
+            "Empty: the oldest waiting batch.",
         ),
         "force_action": Param(
             "auto",

@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+log = logging.getLogger(__name__)
 
-def pick_batch(params: dict[str, Any]) -> str:
-    """The batch this run processes: the ``batch_uri`` param, or the oldest unprocessed batch in landing.
+
+def pick_batch(params: dict[str, Any], run_id: str | None = None) -> str:
+    """The batch this run processes: the ``batch_uri`` param, or the oldest waiting batch in landing.
+
+    The param must name a CSV or Parquet file inside the landing prefix (see
+    :func:`pipelines.storage.resolve_batch`). With ``run_id``, each pick is counted per batch content; a waiting
+    batch already picked by ``dag.batch_max_attempts`` runs (so each of them failed before it left landing) is set
+    aside with a note, and the next one is taken. A batch named by the param is never set aside.
 
     Raises:
         AirflowSkipException: no batch is waiting (a scheduled run with nothing to do).
-        AirflowFailException: a param is invalid, or the given ``batch_uri`` does not exist; the message names it.
+        AirflowFailException: a param is invalid, or ``batch_uri`` is outside landing or absent; the message names
+            the param and the landing prefix.
     """
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
     from mlops_airflow.params import split_params
     from pipelines.config import ConfigError, get_settings
-    from pipelines.storage import get_storage
+    from pipelines.storage import batch_attempts, note_attempt, resolve_batch, set_aside, waiting_batches
 
     # The form validates params at trigger time; this catches what reaches a run by another way, first.
     try:
@@ -24,21 +33,41 @@ def pick_batch(params: dict[str, Any]) -> str:
         settings = get_settings().with_overrides(overrides)
     except (ConfigError, ValueError) as exc:
         raise AirflowFailException(str(exc)) from None
-    storage = get_storage(settings)
     given = (params.get("batch_uri") or "").strip()
     if given:
-        if not storage.exists(given):
-            raise AirflowFailException(f"param batch_uri={given!r} does not exist; drop the batch there or fix the URI")
-        return given
-    landing = settings.uri(settings.paths.landing)
-    waiting = [u for u in storage.list(landing) if u.endswith((".csv", ".parquet"))]
-    if not waiting:
-        raise AirflowSkipException(f"no batch waiting in {landing}")
-    return waiting[0]
+        try:
+            uri = resolve_batch(settings, given)
+        except ValueError as exc:
+            raise AirflowFailException(str(exc)) from None
+        if run_id:
+            note_attempt(settings, batch_attempts(settings, uri), run_id)
+        return uri
+    for waiting in waiting_batches(settings):
+        try:
+            uri = resolve_batch(settings, waiting)
+        except ValueError as exc:  # e.g. a symlink in landing that points outside it: never read, left in place
+            log.warning("skipping %s in landing: %s", waiting, exc)
+            continue
+        if not run_id:
+            return uri
+        record = batch_attempts(settings, uri)
+        if run_id not in record["runs"] and len(record["runs"]) >= settings.dag.batch_max_attempts:
+            folder = set_aside(settings, uri, record, run_id)
+            log.warning("set aside %s after %d failed run(s): %s", uri, len(record["runs"]), folder)
+            continue
+        note_attempt(settings, record, run_id)
+        return uri
+    raise AirflowSkipException(f"no batch waiting in {settings.uri(settings.paths.landing)}")
 
 
-def choose_after_decide(decision: dict[str, Any] | None) -> str:
-    """Branch: ``skip`` ends the run cleanly; ``fine_tune`` and ``retrain`` go to training."""
+def choose_after_decide(decision: dict[str, Any] | None, validation: dict[str, Any] | None = None) -> str:
+    """Branch: ``skip`` ends the run cleanly; ``fine_tune`` and ``retrain`` go to training.
+
+    A batch that validate found identical to an accepted one (``duplicate_of``) is never trained on again.
+    """
+    if (validation or {}).get("duplicate_of"):
+        log.info("batch is a duplicate of %s: skip", validation["duplicate_of"])
+        return "skip"
     action = (decision or {}).get("action")
     if action == "skip":
         return "skip"
