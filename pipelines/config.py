@@ -458,7 +458,7 @@ class _YamlSource(PydanticBaseSettingsSource):
         return dict(self._data)
 
 
-_S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_S3_BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _STORE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "file", "http", "https", "databricks", "databricks-uc")
 
 
@@ -467,7 +467,7 @@ def _check_s3(uri: str) -> None:
         raise ValueError(f"{uri!r} is not an S3 URI; expected s3://bucket/prefix")
     bucket = uri[len("s3://") :].partition("/")[0]
     if not _S3_BUCKET.match(bucket):
-        raise ValueError(f"{uri!r} names no valid bucket; expected s3://bucket/prefix (bucket: 3-63 of a-z 0-9 . -)")
+        raise ValueError(f"{uri!r} names no valid bucket; expected s3://bucket/prefix (bucket: a-z 0-9 . - _)")
 
 
 def _check_store_uri(value: str) -> str:

@@ -8,7 +8,7 @@ Tests (every threshold is in ``settings.drift``):
 | ``ks_embedding`` | each embedding dimension, Bonferroni or FDR corrected | alibi-detect ``KSDrift`` | any dimension drifts |
 | ``label`` | label mix | alibi-detect ``ChiSquareDrift`` | p < ``label_p_threshold`` |
 | ``length`` | text length in characters | alibi-detect ``KSDrift`` | p < ``length_p_threshold`` |
-| ``quality`` | the champion's macro-F1 on the (labelled) batch vs its tag ``eval.macro_f1`` | MLflow pyfunc | drop >= ``quality_drop_moderate`` |
+| ``quality`` | the champion's macro-F1 on the (labelled) batch vs its tag ``eval.macro_f1`` | its ONNX bundle | drop >= ``quality_drop_moderate`` |
 
 Severity: ``severe`` when the MMD fires with distance >= ``mmd_severe_distance``, or the share of drifted
 embedding dimensions >= ``ks_severe_share``, or the quality drop >= ``quality_drop_severe``; ``moderate`` when any
@@ -405,13 +405,11 @@ def _quality(champion: Champion | None, sample: pd.DataFrame, settings: Settings
     recorded = champion.metric(QUALITY_TAG)
     if recorded is None:
         return {**base, "skipped": f"champion version {champion.version} has no tag {QUALITY_TAG!r}"}
-    import mlflow.pyfunc
-    import pandas as pd
     from sklearn.metrics import f1_score
 
     text_col, label_col = settings.data.text_column, settings.data.label_column
-    model = mlflow.pyfunc.load_model(str(champion.model_dir))
-    predicted = model.predict(pd.DataFrame({"text": sample[text_col].astype(str).tolist()}))
+    # The bundle's ONNX graph, tokenizer and labels: never the pickled pyfunc (see pipelines.champion).
+    predicted = champion.predictor().predict(sample[text_col].astype(str).tolist())
     y_pred = predicted["label"].astype(str).tolist()
     y_true = sample[label_col].astype(str).tolist()
     # Macro over the classes present in the batch: a class the batch lacks says nothing about the model.

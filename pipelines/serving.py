@@ -87,11 +87,15 @@ class OnnxPredictor:
             out[idx] = probs / probs.sum(axis=1, keepdims=True)
         return out
 
-    def predict(self, texts: Sequence[str]) -> Any:
-        """A DataFrame with ``label`` and one ``prob_<label>`` column per class, in input order."""
+    def predict(self, texts: Any) -> Any:
+        """A DataFrame with ``label`` and one ``prob_<label>`` column per class, in input order.
+
+        ``texts``: whatever the served pyfunc model takes (a list of str, a DataFrame with a ``text`` column ...),
+        so this predictor stands in for it wherever the pipeline scores a served model without unpickling it.
+        """
         import pandas as pd
 
-        probs = self.predict_proba(texts)
+        probs = self.predict_proba(texts_from_input(texts))
         frame = pd.DataFrame({"label": [self.labels[i] for i in probs.argmax(axis=1)] if len(probs) else []})
         for j, name in enumerate(self.labels):
             frame[f"prob_{name}"] = probs[:, j].astype(float)

@@ -388,10 +388,11 @@ def _resolve_s3(settings: Settings, ref: str, param: str, landing: str, must_exi
     _check_name(parts[len(prefix_parts) :], param, ref, landing)
     uri = f"s3://{bucket}/{key}"
     storage = get_storage(settings)
-    if must_exist and not storage.exists(uri):
+    if not storage.exists(uri):
         if storage.list(uri + "/"):
             raise _refused(param, ref, landing, "is a folder, not a file")
-        raise _refused(param, ref, landing, "does not exist")
+        if must_exist:
+            raise _refused(param, ref, landing, "does not exist")
     return uri
 
 

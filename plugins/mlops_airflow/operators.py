@@ -3,6 +3,14 @@
 ``runtime.mode`` in the configuration picks the runtime; the DAG is the same for all three. In the container
 runtimes the step runs as ``python -m pipelines <step> ...`` in the step image and its JSON summary (the last
 line of its output, or ``/airflow/xcom/return.json`` on Kubernetes) comes back as the task's XCom.
+
+Retries follow the CLI's exit-code contract (:mod:`pipelines.cli`), decided by the error's type in every runtime:
+a permanent failure (exit 2: bad config, input or data, a rejected model, a corrupt artifact) fails the task with
+``AirflowFailException``, so it is not retried; a transient one (exit 3: MLflow or S3 unreachable) and an
+unexpected one (exit 1) raise as they are, and Airflow retries them. In process the exception is classified by
+:func:`pipelines.errors.exit_code`; the container operators are built with ``skip_on_exit_code=[2]``, so exit 2
+comes back as the providers' skip exception (raised from the container's or pod's exit code), which this operator
+turns into a failure, never a skip.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ if TYPE_CHECKING:
 
 #: Where the Kubernetes xcom sidecar reads a pod's result (fixed by the provider).
 K8S_XCOM_FILE = "/airflow/xcom/return.json"
+#: The CLI's exit code for a failure a retry cannot help (pipelines.errors.EXIT_PERMANENT).
+PERMANENT_EXIT_CODES = [2]
 
 
 class RunStepOperator(BaseOperator):
@@ -65,46 +75,52 @@ class RunStepOperator(BaseOperator):
         """The run's settings (form overrides applied), step params, and non-empty inputs.
 
         Raises:
-            ValueError: a form param is invalid (names it) or the step is unknown.
+            ValueError: a form param, the run id or an input is invalid (names it), or the step is unknown.
         """
+        from pipelines.cli import check_inputs, check_run_id
+        from pipelines.config import check_params
         from pipelines.steps import STEPS
 
         if self.step not in STEPS:
             raise ValueError(f"task {self.task_id!r}: unknown step {self.step!r}; expected one of {list(STEPS)}")
+        check_run_id(context["run_id"])
         params, overrides = split_params(dict(context.get("params") or {}))
         params.update({k: v for k, v in (self.step_params or {}).items() if v not in (None, "", "None")})
+        check_params(params)
         settings = self.base_settings.with_overrides(overrides) if overrides else self.base_settings
-        inputs = {k: str(v) for k, v in (self.inputs or {}).items() if v not in (None, "", "None")}
+        inputs = check_inputs({k: str(v) for k, v in (self.inputs or {}).items() if v not in (None, "", "None")})
         return settings, params, inputs
 
     # --- execution ----------------------------------------------------------------------------------
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow.sdk.exceptions import AirflowFailException
+        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-        from pipelines.config import ConfigError
-        from pipelines.errors import PipelineError
+        from pipelines.errors import EXIT_PERMANENT, exit_code, one_line
 
         _push_links(context)
         try:
             settings, params, inputs = self.resolve(context)
-        except (ConfigError, ValueError) as exc:
-            raise AirflowFailException(str(exc)) from None
+        except Exception as exc:
+            if exit_code(exc) == EXIT_PERMANENT:
+                raise AirflowFailException(f"task {self.task_id!r}: {one_line(exc)}") from None
+            raise
         self.log.info("step %s, runtime %s, inputs %s, params %s", self.step, settings.runtime.mode, inputs, params)
         if settings.runtime.mode == "local":
             try:
                 result = self._run_local(context, settings, params, inputs)
-            except (PipelineError, ValueError, FileNotFoundError) as exc:
-                # Bad data, a rejected model or a wrong input: a retry cannot help.
-                raise AirflowFailException(f"step {self.step!r} failed: {exc}") from exc
+            except Exception as exc:
+                if exit_code(exc) == EXIT_PERMANENT:  # bad input or data, a rejected model: a retry cannot help
+                    raise AirflowFailException(f"step {self.step!r} failed: {one_line(exc)}") from exc
+                raise  # transient (a service unreachable) or unexpected: Airflow retries
         else:
             self._container_op = self.container_operator(context, settings, params, inputs)
             try:
                 raw = self._container_op.execute(context)
-            except Exception as exc:
-                # Exit code 2 is the CLI's "bad input / rejected" code: a retry cannot help.
-                if "'StatusCode': 2" in str(exc):
-                    raise AirflowFailException(f"step {self.step!r} failed in its container: {exc}") from exc
-                raise
+            except AirflowSkipException as exc:  # skip_on_exit_code: the step exited with EXIT_PERMANENT
+                raise AirflowFailException(
+                    f"step {self.step!r} failed in its {settings.runtime.mode} container with exit code "
+                    f"{EXIT_PERMANENT} (permanent: see the task log for its error line); not retried"
+                ) from exc
             result = _parse_summary(raw, self.step)
         _push_links(context, settings.mlflow.ui_url, result)
         return result
@@ -213,6 +229,7 @@ def _docker_operator(task_id: str, settings: Settings, env: dict[str, str], args
         mounts=mounts,
         mount_tmp_dir=False,
         auto_remove="success",
+        skip_on_exit_code=PERMANENT_EXIT_CODES,  # turned into a failure without retry by RunStepOperator
         xcom_all=True,
         do_xcom_push=True,
         tty=False,
@@ -263,6 +280,7 @@ def _pod_operator(task_id: str, step: str, settings: Settings, env: dict[str, st
         else None,
         labels={"app.kubernetes.io/part-of": "mlops", "mlops/step": step},
         do_xcom_push=True,
+        skip_on_exit_code=PERMANENT_EXIT_CODES,  # turned into a failure without retry by RunStepOperator
         get_logs=True,
         on_finish_action="delete_succeeded_pod",
     )
