@@ -55,6 +55,8 @@ def main() -> int:
         "MLOPS_PATHS__ARTIFACT_ROOT": str(work / "var"),
         "MLOPS_MLFLOW__TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
         "MLOPS_DAG__RETRIES": "0",
+        # No reviewer in a benchmark: the policy is auto (the form's promotion=auto cannot lift a manual config).
+        "MLOPS_REGISTRY__PROMOTION": "auto",
     }
     if args.tiny:
         sys.path.insert(0, str(REPO / "tests"))

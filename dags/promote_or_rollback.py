@@ -1,4 +1,8 @@
-"""Manual promotion, rejection or rollback of a model version in the MLflow registry (recorded in the audit trail)."""
+"""Manual promotion, rejection or rollback of a model version in the MLflow registry (recorded in the audit trail).
+
+The triggering Airflow user is recorded as the decider. Each decision is keyed by a request id (default: the run
+id), so a retried task never moves the champion twice.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ with DAG(
             "version": "{{ params.version }}",
             "reason": "{{ params.reason }}",
             "by": "{{ dag_run.triggering_user_name or 'airflow' }}",
+            "request_id": "{{ params.request_id }}",
         },
         retries=0,
     )

@@ -102,8 +102,14 @@ class MlflowSettings(_Section):
 class RegistrySettings(_Section):
     model_name: str = "text-classifier"
     promotion: Literal["manual", "auto"] = "manual"
+    # The ceiling: a run's promotion=auto param may not lift promotion=manual unless this is true.
+    allow_form_auto: bool = False
     review_tag: str = "review"
     review_comment_tag: str = "review_comment"
+    review_by_tag: str = Field(default="review_by", description="Version tag naming the reviewer who decided.")
+    require_reviewer: bool = Field(
+        default=True, description="An approval counts only when review_by_tag names the reviewer."
+    )
     review_timeout_minutes: float = Field(
         default=7 * 24 * 60, gt=0, description="Then the run fails: review timed out."
     )

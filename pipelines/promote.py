@@ -8,11 +8,18 @@ their column, and older tools still read ``models:/<name>/Production``; they are
 
 MLflow keeps no history of aliases. Every champion move is appended to an audit trail kept on the registered
 model, where the UI shows it: a JSON list in the tag ``mlops.audit`` (read back by :func:`rollback`) and a Markdown
-table in the registered model's description. Each entry: ``action`` (promote | rollback | reject), ``version``,
-``from``, ``to``, ``when`` (UTC), ``by`` (a person, a DAG or a policy), ``why``, ``request`` (the pipeline run
-that asked for it, so a retried task does not add a second entry). Rejections are recorded too (``from`` = ``to`` =
-the unchanged champion). The audit timestamp is the one place where this module reads the clock: it records when
-a side effect happened, and is not an input to any decision.
+table in the registered model's description. Each entry: ``action`` (promote | rollback | reject | refuse),
+``version``, ``from``, ``to``, ``when`` (UTC), ``by`` (a person, a DAG or a policy), ``why``, ``request`` and
+``state`` (requested | done | abandoned). The entry is written with ``state=requested`` *before* the alias moves
+and marked ``done`` after, keyed by its request id (default: the pipeline run id): a retry of the same request
+finds it, finishes an interrupted move, and never moves twice. The audit timestamp is the one place where this
+module reads the clock: it records when a side effect happened, and is not an input to any decision.
+
+Review (version tags): a reviewer sets ``review`` = ``approved`` | ``rejected`` and names themselves in
+``review_by`` (``registry.require_reviewer``: an approval without a reviewer does not count). The pipeline never
+writes ``approved`` for itself: under the ``auto`` policy it writes ``review=auto``, ``review_by=pipeline`` and
+``review_evidence`` (the gate tags it relied on). MLflow does not record who set a tag, so ``review_by`` is the
+reviewer's claim; the audit trail records it with the time the pipeline acted on it.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pipelines.champion import CHALLENGER, CHAMPION
+from pipelines.errors import PipelineError
 
 if TYPE_CHECKING:
     from pipelines.config import Settings
@@ -32,8 +40,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 AUDIT_TAG = "mlops.audit"
-APPROVED, REJECTED = "approved", "rejected"
+APPROVED, REJECTED, AUTO = "approved", "rejected", "auto"
+PIPELINE_REVIEWER = "pipeline"  # review_by of the pipeline's own records (policy auto); never a reviewer's name
+REVIEW_EVIDENCE_TAG = "review_evidence"
+REVIEW_AT_TAG = "review_at"
 MOVES = ("promote", "rollback")
+POLICIES = ("manual", "auto")
 _MAX_TEXT = 5000  # MLflow's SQL columns for tag values and descriptions hold 5000 characters
 _REVIEW_VALUES = {
     "approved": APPROVED,
@@ -43,6 +55,11 @@ _REVIEW_VALUES = {
     "reject": REJECTED,
     "no": REJECTED,
 }
+
+
+class PromotionRefused(PipelineError, ValueError):
+    """A promotion request is refused (policy ceiling, missing reviewer, conflicting request); one line that names
+    the param or tag and the config key. A ``ValueError``: the CLI exits 2 and Airflow does not retry."""
 
 
 # --- small helpers -------------------------------------------------------------------------------------------
@@ -122,7 +139,7 @@ def _write_audit(client: Any, settings: Settings, entries: list[dict[str, Any]])
 
 
 def _audit_markdown(settings: Settings, client: Any, entries: list[dict[str, Any]]) -> str:
-    name = settings.registry.model_name
+    name, reg = settings.registry.model_name, settings.registry
     champion = alias_version(client, name, CHAMPION)
     challenger = alias_version(client, name, CHALLENGER)
     head = [
@@ -131,8 +148,9 @@ def _audit_markdown(settings: Settings, client: Any, entries: list[dict[str, Any
         f"Champion (alias `{CHAMPION}`, stage Production): **{'v' + champion if champion else 'none'}**. "
         f"Challenger (alias `{CHALLENGER}`, stage Staging): {'v' + challenger if challenger else 'none'}.",
         "",
-        f"To review a challenger, set the tag `{settings.registry.review_tag}` = `approved` or `rejected` on its "
-        "version. The machine-readable trail is the JSON tag `mlops.audit` on this registered model.",
+        f"To review a challenger, set the tags `{reg.review_tag}` = `approved` or `rejected` and "
+        f"`{reg.review_by_tag}` = your name on its version. The machine-readable trail is the JSON tag "
+        "`mlops.audit` on this registered model.",
         "",
         "## Champion history (newest first)",
         "",
@@ -142,8 +160,9 @@ def _audit_markdown(settings: Settings, client: Any, entries: list[dict[str, Any
     rows = []
     for e in reversed(entries):
         why = str(e.get("why", "")).replace("|", "/").replace("\n", " ")[:200]
+        action = e["action"] if _state(e) == "done" else f"{e['action']} ({_state(e)})"
         rows.append(
-            f"| {e['when']} | {e['action']} | v{e['version']} | {('v' + e['from']) if e.get('from') else '–'} "
+            f"| {e['when']} | {action} | v{e['version']} | {('v' + e['from']) if e.get('from') else '–'} "
             f"| {('v' + e['to']) if e.get('to') else '–'} | {e.get('by', '')} | {why} |"
         )
     text = "\n".join(head)
@@ -154,8 +173,17 @@ def _audit_markdown(settings: Settings, client: Any, entries: list[dict[str, Any
     return text + "\n"
 
 
+def _state(entry: dict[str, Any]) -> str:
+    return str(entry.get("state") or "done")  # entries written before the state field are done
+
+
+def _done_moves(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in entries if e["action"] in MOVES and _state(e) == "done"]
+
+
 def _last_move(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
-    return next((e for e in reversed(entries) if e["action"] in MOVES), None)
+    moves = _done_moves(entries)
+    return moves[-1] if moves else None
 
 
 def _done_before(entries: list[dict[str, Any]], action: str, request: str | None) -> dict[str, Any] | None:
@@ -164,15 +192,81 @@ def _done_before(entries: list[dict[str, Any]], action: str, request: str | None
     return next((e for e in reversed(entries) if e.get("request") == request and e["action"] == action), None)
 
 
+def _append(client: Any, settings: Settings, entries: list[dict[str, Any]], entry: dict[str, Any]) -> None:
+    entries.append(entry)
+    _write_audit(client, settings, entries)
+
+
+def _mark(client: Any, settings: Settings, entries: list[dict[str, Any]], entry: dict[str, Any], state: str) -> None:
+    entry["state"] = state
+    _write_audit(client, settings, entries)
+
+
+# --- the promotion policy and the review -------------------------------------------------------------------------
+def resolve_policy(settings: Settings, requested: Any = None) -> str:
+    """The promotion policy of a run: ``registry.promotion``, lowered by the run's ``promotion`` param if asked.
+
+    ``registry.promotion`` is the ceiling: a run may ask for ``manual`` when config says ``auto``, never ``auto``
+    when config says ``manual`` (unless ``registry.allow_form_auto`` is true).
+
+    Raises:
+        PromotionRefused: an unknown value, or ``auto`` above a ``manual`` ceiling; the message names both.
+    """
+    configured = settings.registry.promotion
+    text = "" if requested is None else str(requested).strip().lower()
+    if text in {"", "config", "none", "null"}:
+        return configured
+    if text not in POLICIES:
+        raise PromotionRefused(f"param promotion={requested!r} must be one of config, manual, auto")
+    if text == AUTO and configured == "manual" and not settings.registry.allow_form_auto:
+        raise PromotionRefused(
+            "param promotion='auto' is refused: registry.promotion is 'manual' and registry.allow_form_auto is "
+            "false; a run may ask for a review, never skip it"
+        )
+    return text
+
+
+def read_review(settings: Settings, mv: Any) -> dict[str, Any]:
+    """The reviewer's decision recorded on a model version (its ``review`` and ``review_by`` tags).
+
+    Returns:
+        ``state`` (``approved`` | ``rejected`` | None), ``by`` (the reviewer, or None) and ``problem`` (why a
+        recorded approval does not count, or None). ``review=auto`` (the pipeline's own record) is no approval.
+    """
+    reg = settings.registry
+    tags = mv.tags or {}
+    state = _REVIEW_VALUES.get(str(tags.get(reg.review_tag, "")).strip().lower())
+    by = str(tags.get(reg.review_by_tag, "")).strip() or None
+    where = f"{reg.model_name} version {mv.version}"
+    if state == APPROVED and by is not None and by.lower() == PIPELINE_REVIEWER:
+        problem = (
+            f"tag {reg.review_tag}=approved on {where} names {reg.review_by_tag}={by!r}, which is reserved for the "
+            "pipeline's own records; a reviewer must name themselves"
+        )
+        return {"state": None, "by": None, "problem": problem}
+    if state == APPROVED and by is None:
+        if reg.require_reviewer:
+            problem = (
+                f"tag {reg.review_tag}=approved on {where} names no reviewer: add the tag {reg.review_by_tag}=<your "
+                "name> (registry.require_reviewer is true)"
+            )
+            return {"state": None, "by": None, "problem": problem}
+        by = "unknown"
+    if state == REJECTED and by is None:
+        by = "unknown"  # a rejection only keeps the champion: it counts without a name
+    return {"state": state, "by": by, "problem": None}
+
+
 def review_state(settings: Settings, version: Any) -> str | None:
-    """The reviewer's decision on a version, from its ``review`` tag.
+    """The reviewer's decision on a version, from its ``review`` and ``review_by`` tags.
 
     Args:
-        settings: the settings (registry section names the model and the tag).
+        settings: the settings (registry section names the model and the tags).
         version: the model version.
 
     Returns:
-        ``"approved"``, ``"rejected"``, or None while no decision is recorded (or the tag holds something else).
+        ``"approved"`` (with a reviewer named, when ``registry.require_reviewer``), ``"rejected"``, or None while no
+        decision that counts is recorded.
 
     Raises:
         ValueError: the version does not exist.
@@ -180,24 +274,75 @@ def review_state(settings: Settings, version: Any) -> str | None:
     v = _version(version)
     if v is None:
         raise ValueError("review_state needs a model version")
-    mv = _get_version(_client(settings), settings.registry.model_name, v)
-    value = str(mv.tags.get(settings.registry.review_tag, "")).strip().lower()
-    return _REVIEW_VALUES.get(value)
+    return read_review(settings, _get_version(_client(settings), settings.registry.model_name, v))["state"]
+
+
+def _auto_evidence(tags: dict[str, str]) -> str:
+    """What the policy relied on: the gate tags the register step wrote."""
+    parts = [f"{k}={tags.get(k, '')}" for k in ("eval.passed", "eval.needs_review", "eval.gates", "eval.report_uri")]
+    return "; ".join(parts)[:_MAX_TEXT]
 
 
 # --- the champion moves --------------------------------------------------------------------------------------
 def _make_champion(
-    settings: Settings, version: str, action: str, by: str, reason: str, when: str | None, request: str | None
+    settings: Settings,
+    version: str,
+    action: str,
+    by: str,
+    reason: str,
+    when: str | None,
+    request: str | None,
+    review: str | None = None,
 ) -> dict[str, Any]:
     client = _client(settings)
-    name = settings.registry.model_name
-    mv = _get_version(client, name, version)
-    if str(mv.status) not in {"READY", "ModelVersionStatus.READY"}:
-        raise ValueError(f"{name} version {version} is {mv.status}, not READY; it cannot become champion")
+    name, reg = settings.registry.model_name, settings.registry
     entries = read_audit(settings)
-    before = alias_version(client, name, CHAMPION)
-    changed = before != version
-    if changed:
+    current = alias_version(client, name, CHAMPION)
+    entry = _done_before(entries, action, request)
+    resumed = entry is not None
+    if entry is not None:  # the same request again: never a second move
+        if entry["version"] != version:
+            raise PromotionRefused(
+                f"request {request!r} already asked to {action} {name} version {entry['version']}, not {version}; "
+                "a different decision needs a new request id (param request_id)"
+            )
+        if _state(entry) == "done":
+            log.info(
+                "%s: request %s already applied (v%s -> v%s); nothing to do", action, request, entry["from"], version
+            )
+            return {"champion_before": entry["from"], "champion_after": version, "changed": False}
+        if _state(entry) == "abandoned" or current not in {entry["from"], version}:
+            if _state(entry) != "abandoned":
+                _mark(client, settings, entries, entry, "abandoned")
+            raise PromotionRefused(
+                f"request {request!r} to {action} {name} version {version} was interrupted and the champion has "
+                f"since moved to v{current}; it is not applied (trigger a new request)"
+            )
+        by = entry.get("by") or by
+        log.info("%s: finishing interrupted request %s (v%s -> v%s)", action, request, entry["from"], version)
+    else:
+        mv = _get_version(client, name, version)
+        if str(mv.status) not in {"READY", "ModelVersionStatus.READY"}:
+            raise ValueError(f"{name} version {version} is {mv.status}, not READY; it cannot become champion")
+        last = _last_move(entries)
+        if current == version and last is not None and last.get("to") == version:
+            entry = None  # already champion and recorded: only tidy the stages below
+        else:
+            entry = {
+                "action": action,
+                "version": version,
+                "from": current if current != version else (last or {}).get("to"),
+                "to": version,
+                "when": _now(when),
+                "by": by,
+                "why": reason,
+                "request": request,
+                "state": "requested",
+            }
+            _append(client, settings, entries, entry)  # recorded before the alias moves
+    # A resumed request changed the champion even when its alias move landed before the crash.
+    changed = current != version or (resumed and entry["from"] != version)
+    if current != version:
         client.set_registered_model_alias(name, CHAMPION, version)  # one call: the alias moves atomically
     # Mirror the stages: exactly one Production version, the champion.
     mirror_stage(client, name, version, "Production")
@@ -206,32 +351,32 @@ def _make_champion(
             mirror_stage(client, name, str(other.version), "Archived")
     if alias_version(client, name, CHALLENGER) == version:
         client.delete_registered_model_alias(name, CHALLENGER)
-    if not mv.tags.get(settings.registry.review_tag):
-        client.set_model_version_tag(name, version, settings.registry.review_tag, APPROVED)
-    last = _last_move(entries)
-    # A retry after a crash between the alias move and the audit write still records the move once.
-    if (last is None or last.get("to") != version) and not _done_before(entries, action, request):
-        entry = {
-            "action": action,
-            "version": version,
-            "from": before if changed else (last or {}).get("to"),
-            "to": version,
-            "when": _now(when),
-            "by": by,
-            "why": reason,
-            "request": request,
-        }
-        entries.append(entry)
-        client.set_model_version_tag(name, version, "mlops.champion_since", entry["when"])
-        _write_audit(client, settings, entries)
-        log.info("%s: %s v%s -> v%s by %s: %s", action, name, entry["from"], version, by, reason)
-    elif changed:
-        _write_audit(client, settings, entries)
-    return {"champion_before": before, "champion_after": version, "changed": changed}
+    if entry is None:
+        return {"champion_before": current, "champion_after": version, "changed": False}
+    tags = _get_version(client, name, version).tags or {}
+    if review and not tags.get(reg.review_tag):
+        record = {reg.review_tag: review, reg.review_by_tag: by, REVIEW_AT_TAG: entry["when"]}
+        if review == AUTO:
+            record.update({reg.review_by_tag: PIPELINE_REVIEWER, REVIEW_EVIDENCE_TAG: _auto_evidence(tags)})
+        for key, value in record.items():
+            client.set_model_version_tag(name, version, key, value)
+    elif action == "promote" and not tags.get(REVIEW_AT_TAG):
+        client.set_model_version_tag(name, version, REVIEW_AT_TAG, entry["when"])  # when the approval took effect
+    client.set_model_version_tag(name, version, "mlops.champion_since", entry["when"])
+    _mark(client, settings, entries, entry, "done")
+    log.info("%s: %s v%s -> v%s by %s: %s", action, name, entry["from"], version, by, reason)
+    return {"champion_before": entry["from"], "champion_after": version, "changed": changed}
 
 
 def promote(
-    settings: Settings, version: Any, by: str, reason: str, *, when: str | None = None, request: str | None = None
+    settings: Settings,
+    version: Any,
+    by: str,
+    reason: str,
+    *,
+    when: str | None = None,
+    request: str | None = None,
+    review: str | None = APPROVED,
 ) -> dict[str, Any]:
     """Make ``version`` the champion: alias ``champion`` moves to it, it goes to Production, the previous
     champion to Archived, and the ``challenger`` alias is removed if it pointed at it. Safe to repeat.
@@ -239,29 +384,42 @@ def promote(
     Args:
         settings: the settings.
         version: the model version to promote.
-        by: who or what decided (a user, ``policy:auto``, a DAG).
+        by: who decided (a person, or ``policy:auto``).
         reason: why; recorded in the audit trail.
         when: the audit timestamp (ISO 8601, UTC); default now.
-        request: the pipeline run asking, so that a retried request adds no second audit entry.
+        request: the request id (the pipeline run asking): a retry with it finds its audit entry and moves nothing
+            twice.
+        review: the review record to write on a version that has none: ``approved`` (``by`` decided, the default),
+            ``auto`` (the policy; with ``review_by=pipeline`` and the gate evidence) or None (leave the tags: a
+            reviewer's tags are already there).
 
     Returns:
         ``champion_before``, ``champion_after``, ``changed``.
 
     Raises:
         ValueError: the version does not exist, is not READY, or was rejected by a reviewer.
+        PromotionRefused: ``review=auto`` for a version whose gates asked for a human, or a conflicting request.
     """
     v = _version(version)
     if v is None:
         raise ValueError("promote needs a model version")
-    if (
-        review_state(settings, v) == REJECTED
-        and alias_version(_client(settings), settings.registry.model_name, CHAMPION) != v
-    ):
+    client = _client(settings)
+    name, reg = settings.registry.model_name, settings.registry
+    mv = _get_version(client, name, v)
+    if read_review(settings, mv)["state"] == REJECTED and alias_version(client, name, CHAMPION) != v:
         raise ValueError(
-            f"{settings.registry.model_name} version {v} was rejected (tag {settings.registry.review_tag}="
-            f"rejected); remove or change that tag in the MLflow UI before promoting it"
+            f"{name} version {v} was rejected (tag {reg.review_tag}=rejected); remove or change that tag in the "
+            "MLflow UI before promoting it"
         )
-    return _make_champion(settings, v, "promote", by, reason, when, request)
+    tags = mv.tags or {}
+    if review == AUTO and (tags.get("eval.needs_review") == "true" or tags.get("eval.passed") == "false"):
+        raise PromotionRefused(
+            f"{name} version {v} is not promoted by the auto policy: its gates asked for a human review "
+            f"(eval.needs_review={tags.get('eval.needs_review')}, eval.passed={tags.get('eval.passed')})"
+        )
+    if review == APPROVED and (not str(by).strip() or str(by).strip().lower() in {PIPELINE_REVIEWER, "policy:auto"}):
+        raise PromotionRefused(f"param by={by!r} cannot approve {name} version {v}: name the person who decides")
+    return _make_champion(settings, v, "promote", by, reason, when, request, review)
 
 
 def reject(
@@ -272,10 +430,10 @@ def reject(
     Args:
         settings: the settings.
         version: the version to reject.
-        by: who or what decided.
+        by: who or what decided (written to ``review_by`` when no reviewer is named there).
         reason: why; recorded in the audit trail and in the version's ``review_comment`` tag if none is set.
         when: the audit timestamp; default now.
-        request: the pipeline run asking (idempotency of the audit entry).
+        request: the request id: a retry with it adds no second entry.
 
     Returns:
         ``champion_before``, ``champion_after`` (the same), ``changed`` (False).
@@ -290,34 +448,48 @@ def reject(
     name, reg = settings.registry.model_name, settings.registry
     mv = _get_version(client, name, v)
     champion = alias_version(client, name, CHAMPION)
+    entries = read_audit(settings)
+    entry = _done_before(entries, "reject", request)
+    if entry is not None and entry["version"] != v:
+        raise PromotionRefused(
+            f"request {request!r} already rejected {name} version {entry['version']}, not {v}; a different "
+            "decision needs a new request id (param request_id)"
+        )
+    if entry is not None and _state(entry) == "done":
+        log.info("reject: request %s already applied to v%s; nothing to do", request, v)
+        return {"champion_before": champion, "champion_after": champion, "changed": False}
     if champion == v:
         raise ValueError(
             f"{name} version {v} is the champion and cannot be rejected; promote another version or roll back"
         )
-    if str(mv.tags.get(reg.review_tag, "")).strip().lower() not in {"rejected", "reject", "no"}:
+    if entry is None and "mlops.rejected_at" not in mv.tags:
+        entry = {
+            "action": "reject",
+            "version": v,
+            "from": champion,
+            "to": champion,
+            "when": _now(when),
+            "by": by,
+            "why": reason,
+            "request": request,
+            "state": "requested",
+        }
+        _append(client, settings, entries, entry)  # recorded before the version is archived
+    tags = mv.tags or {}
+    if read_review(settings, mv)["state"] != REJECTED:
         client.set_model_version_tag(name, v, reg.review_tag, REJECTED)
-    if not mv.tags.get(reg.review_comment_tag) and reason:
+    if not str(tags.get(reg.review_by_tag, "")).strip() or read_review(settings, mv)["state"] != REJECTED:
+        client.set_model_version_tag(name, v, reg.review_by_tag, by)
+    if not tags.get(reg.review_comment_tag) and reason:
         client.set_model_version_tag(name, v, reg.review_comment_tag, reason[:_MAX_TEXT])
     mirror_stage(client, name, v, "Archived")
     if alias_version(client, name, CHALLENGER) == v:
         client.delete_registered_model_alias(name, CHALLENGER)
-    if "mlops.rejected_at" not in mv.tags:
-        entries = read_audit(settings)
-        if not _done_before(entries, "reject", request):
-            entry = {
-                "action": "reject",
-                "version": v,
-                "from": champion,
-                "to": champion,
-                "when": _now(when),
-                "by": by,
-                "why": reason,
-                "request": request,
-            }
-            entries.append(entry)
-            _write_audit(client, settings, entries)
-            client.set_model_version_tag(name, v, "mlops.rejected_at", entry["when"])
-            log.info("reject: %s v%s by %s: %s (champion stays v%s)", name, v, by, reason, champion)
+    if entry is not None:
+        client.set_model_version_tag(name, v, "mlops.rejected_at", entry["when"])
+        client.set_model_version_tag(name, v, REVIEW_AT_TAG, entry["when"])
+        _mark(client, settings, entries, entry, "done")
+        log.info("reject: %s v%s by %s: %s (champion stays v%s)", name, v, by, reason, champion)
     return {"champion_before": champion, "champion_after": champion, "changed": False}
 
 
@@ -338,9 +510,9 @@ def rollback(
         by: who or what decided.
         reason: why.
         when: the audit timestamp; default now.
-        request: the pipeline run asking: a retried request resolves to the same target and adds no entry.
-            Two separate requests without a version each step back once (so the second returns to where the
-            first started).
+        request: the request id: a retry with it resolves to the target its audit entry names, finishes a move
+            interrupted by a crash, and never rolls back twice. Two separate requests without a version each step
+            back once (so the second returns to where the first started).
 
     Returns:
         ``champion_before``, ``champion_after``, ``changed``.
@@ -352,18 +524,19 @@ def rollback(
     entries = read_audit(settings)
     target = _version(version)
     done = _done_before(entries, "rollback", request)
-    if target is None and done:
-        target = done["to"]
+    if done is not None:
+        return _make_champion(settings, target or done["version"], "rollback", by, reason, when, request)
+    moves = _done_moves(entries)
     if target is None:
         current = alias_version(_client(settings), name, CHAMPION)
-        move = next((e for e in reversed(entries) if e["action"] in MOVES and e.get("to") == current), None)
+        move = next((e for e in reversed(moves) if e.get("to") == current), None)
         if move is None or not move.get("from"):
             raise ValueError(
                 f"no earlier champion of {name!r} in the audit trail (champion: v{current}); pass the version "
                 "to roll back to"
             )
         target = move["from"]
-    if not any(e["action"] in MOVES and e.get("to") == target for e in entries):
+    if not any(e.get("to") == target for e in moves):
         raise ValueError(
             f"{name} version {target} was never champion according to the audit trail; rollback restores an "
             "earlier champion (use promote for a new version)"
@@ -371,69 +544,119 @@ def rollback(
     return _make_champion(settings, target, "rollback", by, reason, when, request)
 
 
+def _refuse(ctx: StepContext, version: str, champion: str | None, request: str, why: str) -> None:
+    """Record a refused approval in the audit trail (once per request) and raise it."""
+    s = ctx.settings
+    client = _client(s)
+    entries = read_audit(s)
+    if _done_before(entries, "refuse", request) is None:
+        entry = {
+            "action": "refuse",
+            "version": version,
+            "from": champion,
+            "to": champion,
+            "when": _now(None),
+            "by": "policy:require_reviewer",
+            "why": why,
+            "request": request,
+            "state": "done",
+        }
+        _append(client, s, entries, entry)
+    log.error("promote: %s", why)
+    raise PromotionRefused(why)
+
+
 # --- the step ------------------------------------------------------------------------------------------------
 def run(ctx: StepContext) -> dict[str, Any]:
     """Apply a decision on a model version.
 
     Params:
-        action: ``auto`` (default: the policy and the review tag decide), ``approve``, ``reject`` or ``rollback``.
+        action: ``auto`` (default: the policy and the review tags decide), ``approve``, ``reject`` or ``rollback``.
         version: the version (default: the challenger; for rollback, the previous champion from the trail).
-        by, reason: recorded in the audit trail.
-        promotion: overrides ``registry.promotion`` (manual | auto) for ``auto``.
+        by: who decides; ``approve`` needs it unless the version carries a reviewer's approval (``review`` +
+            ``review_by`` tags), whose reviewer is then recorded.
+        reason: recorded in the audit trail.
+        promotion: lowers ``registry.promotion`` to ``manual`` for ``auto`` (never lifts it: see
+            :func:`resolve_policy`).
+        request_id: the idempotency key of this decision; default the run id.
 
     Returns:
         ``action``, ``version``, ``status`` (promoted | already_champion | rejected | rolled_back | pending |
-        no_challenger),
-        ``champion_before``, ``champion_after``.
+        no_challenger), ``champion_before``, ``champion_after``, ``request_id``.
 
     Raises:
         ValueError: an unknown action, or approve/reject with no version and no challenger.
+        PromotionRefused: a refused policy, an approval without a reviewer, a conflicting request.
     """
     s, p = ctx.settings, ctx.params
-    name, reg = s.registry.model_name, s.registry
+    name = s.registry.model_name
     action = str(p.get("action") or "auto").strip().lower()
     if action == "promote":
         action = "approve"
     if action not in {"auto", "approve", "reject", "rollback"}:
         raise ValueError(f"param action={action!r} must be one of auto, approve, reject, rollback")
+    policy = resolve_policy(s, p.get("promotion"))
+    request = str(p.get("request_id") or ctx.run_id).strip()
     client = _client(s)
     version = _version(p.get("version"))
     if version is None and action != "rollback":
         version = alias_version(client, name, CHALLENGER)
     before = alias_version(client, name, CHAMPION)
-    by = str(p.get("by") or f"dag:{ctx.dag_id or 'cli'}")
+    given_by = str(p.get("by") or "").strip()
+    by = given_by or f"dag:{ctx.dag_id or 'cli'}"
     reason = str(p.get("reason") or "").strip()
-    summary: dict[str, Any] = {"action": action, "version": version, "champion_before": before}
-
-    if action == "auto":
-        if version is None:
+    summary: dict[str, Any] = {"action": action, "version": version, "champion_before": before, "request_id": request}
+    if action in {"auto", "approve", "reject"} and version is None:
+        if action == "auto":
             return {**summary, "status": "no_challenger", "champion_after": before}
-        policy = str(p.get("promotion") or reg.promotion)
-        tags = _get_version(client, name, version).tags
-        state = review_state(s, version)
-        held = tags.get("eval.needs_review") == "true"  # the gates asked for a human: auto never approves it
-        if state is None and policy == "auto" and tags.get("eval.passed") == "true" and not held:
-            action, by, reason = "approve", "policy:auto", reason or "promotion policy auto: every gate passed"
-        elif state == APPROVED:
-            comment = tags.get(reg.review_comment_tag)
-            action, by = "approve", f"reviewer (tag {reg.review_tag}={APPROVED})"
-            reason = reason or comment or "approved in the MLflow UI"
-        elif state == REJECTED:
-            comment = tags.get(reg.review_comment_tag)
-            action, by = "reject", f"reviewer (tag {reg.review_tag}={REJECTED})"
-            reason = reason or comment or "rejected in the MLflow UI"
-        else:
-            return {**summary, "status": "pending", "champion_after": before}
-
-    if action in {"approve", "reject"} and version is None:
         raise ValueError(f"no version to {action}: model {name!r} has no {CHALLENGER!r} alias; pass param version")
+
+    review: str | None = APPROVED
+    if action in {"auto", "approve", "reject"}:
+        mv = _get_version(client, name, version)
+        tags = mv.tags or {}
+        decided = read_review(s, mv)
+        comment = tags.get(s.registry.review_comment_tag)
+        if action == "auto" and version == before:  # e.g. promoted by the policy in register
+            return {**summary, "status": "already_champion", "champion_after": before}
+        if action == "auto":
+            held = tags.get("eval.needs_review") == "true"  # the gates asked for a human: auto never approves it
+            if decided["state"] is None and policy == AUTO and tags.get("eval.passed") == "true" and not held:
+                action, by, review = "approve", "policy:auto", AUTO
+                reason = reason or "promotion policy auto: every gate passed"
+            elif decided["state"] is not None:
+                action = "approve" if decided["state"] == APPROVED else "reject"
+                by, review = decided["by"], None
+                reason = reason or comment or f"{decided['state']} in the MLflow UI"
+            elif decided["problem"]:
+                _refuse(ctx, version, before, request, decided["problem"])
+            else:
+                return {**summary, "status": "pending", "champion_after": before}
+        elif action == "approve" and not given_by:
+            # The review wait passes no `by`: the reviewer's approval on the version is the decision.
+            if decided["state"] != APPROVED:
+                _refuse(
+                    ctx,
+                    version,
+                    before,
+                    request,
+                    decided["problem"]
+                    or f"param by is required to approve {name} version {version} without a reviewer's approval "
+                    f"(tags {s.registry.review_tag}=approved and {s.registry.review_by_tag}=<name>)",
+                )
+            by, review = decided["by"], None
+            reason = reason or comment or "approved in the MLflow UI"
+        elif action == "reject" and not given_by and decided["state"] == REJECTED:
+            by = decided["by"]
+            reason = reason or comment or "rejected in the MLflow UI"
+
     if action == "approve":
-        out = promote(s, version, by=by, reason=reason or "approved", request=ctx.run_id)
+        out = promote(s, version, by=by, reason=reason or "approved", request=request, review=review)
         status = "promoted" if out["changed"] else "already_champion"
     elif action == "reject":
-        out = reject(s, version, by=by, reason=reason or "rejected", request=ctx.run_id)
+        out = reject(s, version, by=by, reason=reason or "rejected", request=request)
         status = "rejected"
     else:
-        out = rollback(s, version, by=by, reason=reason or "rollback", request=ctx.run_id)
+        out = rollback(s, version, by=by, reason=reason or "rollback", request=request)
         version, status = out["champion_after"], "rolled_back"
     return {**summary, "action": action, "version": version, "status": status, "champion_after": out["champion_after"]}

@@ -8,13 +8,23 @@ reference, so a rollback restores all three together.
 
 Idempotency: the version carries the tag ``mlops.pipeline_run_id``; a retried or re-run register for the same run
 id finds it (and a LoggedModel already uploaded for it) and completes what is missing instead of creating another.
+Two registers of the same run at once (a retry racing a zombie task, two workers) may both create a version: each
+re-reads the versions tagged with the run after creating its own, the lowest version number wins, and a loser
+deletes its own version and LoggedModel, so exactly one remains. This needs nothing but the shared MLflow server
+(version numbers are assigned in order by the registry), not a local lock.
+
+The ``challenger`` alias goes to the newest staged version still awaiting review (unreviewed, not the champion):
+a register sets it, re-reads the candidates and corrects the alias if a newer version appeared meanwhile, so two
+runs registering at once end with the alias on the newer one whatever the order of their writes.
 
 The version gets the ``challenger`` alias and the legacy stage ``Staging``: aliases are the source of truth in
 MLflow 3, stages are deprecated but still shown in the registry UI's stage column, so both are set to tell the same
-story (see :mod:`pipelines.promote`). Under the promotion policy ``auto`` (``registry.promotion`` or the run's
-``promotion`` param) a version whose every gate passed is promoted at once; one that needs a review (a gate with
-outcome ``review``: below the TF-IDF baseline, or non-inferiority inconclusive) stays the challenger with the tags
-``eval.needs_review=true`` and ``eval.review_reasons``, and the review sensor waits for a human as under ``manual``.
+story (see :mod:`pipelines.promote`). Under the promotion policy ``auto`` (``registry.promotion``; a run's
+``promotion`` param may lower it to ``manual``, never lift it: :func:`pipelines.promote.resolve_policy`) a
+version whose every gate passed is promoted at once, recorded as ``review=auto`` (never ``approved``); one that
+needs a review (a gate with outcome ``review``: below the TF-IDF baseline, or non-inferiority inconclusive) stays
+the challenger with the tags ``eval.needs_review=true`` and ``eval.review_reasons``, and the review sensor waits
+for a human as under ``manual``.
 """
 
 from __future__ import annotations
@@ -67,6 +77,60 @@ def find_version(settings: Settings, run_id: str) -> Any | None:
     name = settings.registry.model_name
     found = client.search_model_versions(f"name='{name}' and tags.`{TAG_PIPELINE_RUN}` = '{run_id}'")
     return min(found, key=lambda mv: int(mv.version)) if found else None
+
+
+def _settle_duplicates(client: Any, settings: Settings, run_id: str, mine: Any) -> Any:
+    """After creating ``mine``, keep the lowest version registered for ``run_id`` and delete ``mine`` if it lost.
+
+    Version numbers grow in creation order, so every racer that sees the winner agrees on it, and a loser always
+    sees it (the winner was created first)."""
+    name = settings.registry.model_name
+    found = client.search_model_versions(f"name='{name}' and tags.`{TAG_PIPELINE_RUN}` = '{run_id}'")
+    winner = min([*found, mine], key=lambda mv: int(mv.version))
+    if str(winner.version) == str(mine.version):
+        return mine
+    log.warning(
+        "register: run %s was registered twice at once (%s versions %s and %s); keeping %s, deleting %s",
+        run_id,
+        name,
+        winner.version,
+        mine.version,
+        winner.version,
+        mine.version,
+    )
+    client.delete_model_version(name, str(mine.version))
+    model_id = str(mine.source).removeprefix("models:/")
+    if model_id != str(winner.source).removeprefix("models:/"):
+        from mlflow.exceptions import MlflowException
+
+        try:
+            client.delete_logged_model(model_id)
+        except MlflowException as exc:  # only clutter is left behind; the version is what counts
+            log.warning("register: could not delete the duplicate logged model %s: %s", model_id, exc)
+    return client.get_model_version(name, str(winner.version))
+
+
+def _stage_challenger(client: Any, settings: Settings, version: str) -> None:
+    """Give the ``challenger`` alias to the newest version awaiting review (this one, or a newer one registered at
+    the same time), re-checking once the alias is set so that concurrent registers agree."""
+    from pipelines.promote import alias_version, mirror_stage
+
+    name, reg = settings.registry.model_name, settings.registry
+    mirror_stage(client, name, version, "Staging")
+    for _ in range(3):
+        champion = alias_version(client, name, CHAMPION)
+        waiting = [
+            int(mv.version)
+            for mv in client.search_model_versions(f"name='{name}'")
+            if mv.current_stage in {"None", "Staging"}
+            and TAG_PIPELINE_RUN in (mv.tags or {})
+            and not (mv.tags or {}).get(reg.review_tag)
+            and str(mv.version) != champion
+        ]
+        target = str(max([*waiting, int(version)]))
+        if alias_version(client, name, CHALLENGER) == target:
+            return
+        client.set_registered_model_alias(name, CHALLENGER, target)
 
 
 def _tag(value: Any) -> str:
@@ -174,8 +238,9 @@ def run(ctx: StepContext) -> dict[str, Any]:
 
     Inputs: ``served_uri``. Reads the ``validate``, ``drift``, ``decide``, ``train``, ``compress`` and
     ``evaluate`` results of the same run for the description and the lineage tags. Params: ``promotion``
-    (manual | auto) overrides ``registry.promotion``. Under ``auto`` the version is promoted only when it passed
-    and needs no review; one that needs a review is staged as the challenger like under ``manual``.
+    (config | manual | auto) may lower ``registry.promotion`` to manual, never lift it. Under ``auto`` the version
+    is promoted only when it passed and needs no review; one that needs a review is staged as the challenger like
+    under ``manual``.
 
     Returns:
         ``model_name``, ``version``, ``alias`` (challenger, or champion once promoted), ``model_uri``, ``created``,
@@ -183,13 +248,14 @@ def run(ctx: StepContext) -> dict[str, Any]:
         auto, or under manual), ``champion_before``.
 
     Raises:
+        PromotionRefused: param ``promotion`` is unknown or asks for auto above a manual ceiling.
         ValueError: the evaluate result of this run is missing.
         ModelRejected: the candidate did not pass evaluation (nothing is registered).
         FileNotFoundError: the served folder has no bundle.
     """
     from pipelines import report
     from pipelines.champion import find_bundle
-    from pipelines.promote import alias_version, mirror_stage, promote
+    from pipelines.promote import AUTO, alias_version, promote, resolve_policy
     from pipelines.storage import is_s3
     from pipelines.tracking import configure, parent_run_id, run_url
 
@@ -209,9 +275,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
             failures=evaluate.get("failures"),
             report_uri=evaluate.get("report_uri"),
         )
-    policy = str(ctx.params.get("promotion") or reg.promotion)
-    if policy not in {"manual", "auto"}:
-        raise ValueError(f"param promotion={policy!r} must be 'manual' or 'auto'")
+    policy = resolve_policy(s, ctx.params.get("promotion"))
 
     client = configure(s)
     parent = parent_run_id(ctx)
@@ -243,6 +307,9 @@ def run(ctx: StepContext) -> dict[str, Any]:
             name, source=f"models:/{model_id}", run_id=parent, model_id=model_id, tags={TAG_PIPELINE_RUN: ctx.run_id}
         )
         log.info("register: created %s version %s for run %s", name, mv.version, ctx.run_id)
+        kept = _settle_duplicates(client, s, ctx.run_id, mv)
+        created = str(kept.version) == str(mv.version)
+        mv = kept
     else:
         log.info("register: run %s already has %s version %s; reusing it", ctx.run_id, name, mv.version)
     version = str(mv.version)
@@ -271,8 +338,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
     champion_before = alias_version(client, name, CHAMPION)
     fresh = mv.current_stage in {"None", "Staging"} and not mv.tags.get(reg.review_tag)
     if fresh and champion_before != version:
-        client.set_registered_model_alias(name, CHALLENGER, version)
-        mirror_stage(client, name, version, "Staging")
+        _stage_challenger(client, s, version)
     needs_review = bool(evaluate.get("needs_review"))
     promoted = False
     if policy == "auto" and needs_review and fresh:
@@ -283,7 +349,14 @@ def run(ctx: StepContext) -> dict[str, Any]:
             "; ".join(evaluate.get("review_reasons") or []),
         )
     elif policy == "auto" and champion_before != version and fresh:
-        promote(s, version, by="policy:auto", reason="promotion policy auto: every gate passed", request=ctx.run_id)
+        promote(
+            s,
+            version,
+            by="policy:auto",
+            reason="promotion policy auto: every gate passed",
+            request=ctx.run_id,
+            review=AUTO,
+        )
         promoted = True
     alias = (
         CHAMPION

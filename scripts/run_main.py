@@ -3,12 +3,14 @@
 Writes the demo batches into ``var/landing``, then runs the real ``continuous_training`` DAG twice with Airflow
 (SQLite metadata under ``var/airflow``, MLflow on ``var/mlflow.db``, the packaged MiniLM): first on the
 reference batch (no champion yet: bootstrap retrain), then on a moderately drifted batch (its distribution moved
-but the champion's labelled quality held: a skip). Promotion is ``auto``
-for these runs so the job finishes without a reviewer; scheduled runs keep the configured policy (``manual``).
+but the champion's labelled quality held: a skip). ``registry.promotion`` is ``auto`` in this process (unless
+``MLOPS_REGISTRY__PROMOTION`` is set) so the job finishes without a reviewer; scheduled runs keep the configured
+policy (``manual``).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,6 +24,8 @@ RUNS = [
 
 
 def main() -> int:
+    # Unattended demo: the policy is auto for this process (a run's promotion=auto cannot lift a manual config).
+    os.environ.setdefault("MLOPS_REGISTRY__PROMOTION", "auto")
     prepare_airflow(REPO / "var" / "airflow")
     from pipelines.config import get_settings
     from pipelines.demo import write_demo_batches
@@ -32,7 +36,7 @@ def main() -> int:
     landing = settings.uri(settings.paths.landing)
     written = write_demo_batches(settings)
     print(f"demo batches written to {landing}: {', '.join(Path(u).name for u in written)}")
-    print("promotion: auto for these runs, so the job finishes unattended (scheduled runs use registry.promotion)")
+    print(f"promotion: {settings.registry.promotion} for these runs, so the job finishes unattended")
     started = time.perf_counter()
     outcomes = []
     for title, name in RUNS:

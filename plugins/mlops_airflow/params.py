@@ -17,6 +17,14 @@ THRESHOLD_OVERRIDES: dict[str, str] = {
 }
 
 
+def promotion_modes(settings: Any = None) -> list[str]:
+    """The values the form's ``promotion`` may take: ``auto`` only where config allows it (the ceiling)."""
+    from pipelines.config import get_settings
+
+    reg = (settings or get_settings()).registry
+    return PROMOTION_MODES if reg.promotion == "auto" or reg.allow_form_auto else ["config", "manual"]
+
+
 def continuous_training_params() -> dict[str, Param]:
     """The trigger form: simple typed values only (object-typed params have trigger-form bugs in Airflow 3)."""
     return {
@@ -38,10 +46,11 @@ def continuous_training_params() -> dict[str, Param]:
         "promotion": Param(
             "config",
             type="string",
-            enum=PROMOTION_MODES,
+            enum=promotion_modes(),
             title="Promotion",
             description="config: registry.promotion from the configuration. manual: wait for a reviewer. "
-            "auto: promote when every gate passes.",
+            "auto: promote when every gate passes; offered only when registry.promotion is auto or "
+            "registry.allow_form_auto is true (the form may lower the configured policy, never lift it).",
         ),
         "drift_p_threshold": Param(
             None,
@@ -89,14 +98,25 @@ def promote_or_rollback_params() -> dict[str, Param]:
             "previous champion from the audit trail (rollback).",
         ),
         "reason": Param("", type="string", title="Reason", description="Recorded in the audit trail."),
+        "request_id": Param(
+            "",
+            type="string",
+            maxLength=200,
+            title="Request id",
+            description="Empty: this run's id. To finish a request whose run failed part-way, give that run's id: "
+            "the audit trail finds it and nothing is moved twice.",
+        ),
     }
 
 
-def split_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def split_params(params: dict[str, Any], settings: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split a DAG run's params into (step params, dotted setting overrides), checking their values.
 
+    ``promotion`` is checked against the configured ceiling (``settings``, default :func:`get_settings`).
+
     Raises:
-        ValueError: a param has a value outside what the form allows; the message names the param.
+        ValueError: a param has a value outside what the form allows; the message names the param (and, for a
+            refused ``promotion``, the config keys).
     """
     step_params: dict[str, Any] = {}
     force = params.get("force_action", "auto") or "auto"
@@ -107,6 +127,10 @@ def split_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
     if promotion not in PROMOTION_MODES:
         raise ValueError(f"param promotion={promotion!r} must be one of {PROMOTION_MODES}")
     if promotion != "config":
+        from pipelines.config import get_settings
+        from pipelines.promote import resolve_policy
+
+        resolve_policy(settings or get_settings(), promotion)  # raises when it would lift a manual ceiling
         step_params["promotion"] = promotion
     overrides = {}
     for name, key in THRESHOLD_OVERRIDES.items():

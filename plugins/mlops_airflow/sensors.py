@@ -29,7 +29,9 @@ def needs_review(settings: Settings, version: str) -> tuple[bool, str]:
 
 
 class ReviewSensor(BaseSensorOperator):
-    """Wait until the model ``version`` is approved or rejected (the ``review`` tag on the version).
+    """Wait until the model ``version`` is approved or rejected (the ``review`` tag on the version, with the reviewer
+    named in ``review_by``: an approval without one does not count while ``registry.require_reviewer`` is true; the
+    sensor logs why and keeps waiting).
 
     Runs in ``reschedule`` mode, so no worker slot is held between pokes. Under the ``auto`` promotion policy it
     returns at once, unless the version carries the tag ``eval.needs_review=true`` (a gate asked for a human: below
@@ -51,11 +53,12 @@ class ReviewSensor(BaseSensorOperator):
 
     def poke(self, context: Context) -> PokeReturnValue | bool:
         from pipelines.config import get_settings
-        from pipelines.promote import review_state
+        from pipelines.promote import read_review, resolve_policy
+        from pipelines.tracking import configure
 
         settings = get_settings()
-        step_params, _ = split_params(dict(context.get("params") or {}))
-        policy = step_params.get("promotion", settings.registry.promotion)
+        step_params, _ = split_params(dict(context.get("params") or {}), settings)
+        policy = resolve_policy(settings, step_params.get("promotion"))
         name = settings.registry.model_name
         if policy == "auto":
             held, reasons = needs_review(settings, self.version)
@@ -69,13 +72,18 @@ class ReviewSensor(BaseSensorOperator):
                 self.version,
                 reasons or "see the version description",
             )
-        state = review_state(settings, self.version)
+        review = read_review(settings, configure(settings).get_model_version(name, str(self.version)))
+        state = review["state"]
+        if review["problem"]:
+            self.log.warning("not counted: %s", review["problem"])
         self.log.info(
-            "waiting for review of %s version %s (tag %r in the MLflow UI: approved|rejected): %s",
+            "waiting for review of %s version %s (tags %r = approved|rejected and %r = the reviewer, in the MLflow "
+            "UI): %s",
             name,
             self.version,
             settings.registry.review_tag,
-            state or "no decision yet",
+            settings.registry.review_by_tag,
+            f"{state} by {review['by']}" if state else "no decision yet",
         )
         if state is None:
             return False

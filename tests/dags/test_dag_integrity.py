@@ -101,9 +101,11 @@ def test_continuous_training_params_validate(dagbag):
 def test_split_params_names_the_bad_param():
     from mlops_airflow.params import split_params
 
-    step, overrides = split_params({"force_action": "retrain", "promotion": "auto", "min_macro_f1": 0.6})
-    assert step == {"force_action": "retrain", "promotion": "auto"}
+    step, overrides = split_params({"force_action": "retrain", "promotion": "manual", "min_macro_f1": 0.6})
+    assert step == {"force_action": "retrain", "promotion": "manual"}
     assert overrides == {"gates.min_macro_f1": 0.6}
+    with pytest.raises(ValueError, match="param promotion='auto' is refused: registry.promotion is 'manual'"):
+        split_params({"promotion": "auto"})  # the form may lower the configured policy, never lift it
     with pytest.raises(ValueError, match="force_action='explode'"):
         split_params({"force_action": "explode"})
     with pytest.raises(ValueError, match="min_macro_f1='high'"):

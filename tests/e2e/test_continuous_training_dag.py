@@ -42,6 +42,8 @@ def loop_env(tmp_path_factory, demo_frames, tiny_model_dir):
             gates__baseline_tolerance=1.0,
             decision__min_quality_drop=0.0,
             registry__review_poke_seconds=1,
+            # The bootstrap run is promoted by the policy; later runs lower it to manual from the form.
+            registry__promotion="auto",
             dag__retries=0,
         )
     )
@@ -86,6 +88,9 @@ def _approve_when_staged(settings, stop: threading.Event):
         if mv is not None:
             client.set_model_version_tag(
                 settings.registry.model_name, mv.version, settings.registry.review_tag, "approved"
+            )
+            client.set_model_version_tag(
+                settings.registry.model_name, mv.version, settings.registry.review_by_tag, "e2e-reviewer"
             )
             client.set_model_version_tag(
                 settings.registry.model_name,

@@ -43,7 +43,9 @@ def test_promote_moves_champion_archives_previous_and_records_audit(settings, se
     model = configure(settings).get_registered_model("sentiment")
     assert AUDIT_TAG in model.tags
     assert "| 2026-01-02T00:00:00+00:00 | promote | v2 | v1 | v2 | bob | better on kitchen |" in model.description
-    assert configure(settings).get_model_version("sentiment", v2).tags["review"] == "approved"
+    tags = configure(settings).get_model_version("sentiment", v2).tags
+    assert (tags["review"], tags["review_by"], tags["review_at"]) == ("approved", "bob", "2026-01-02T00:00:00+00:00")
+    assert all(e["state"] == "done" for e in trail)
 
 
 def test_promote_repeated_changes_nothing(settings, served):
@@ -124,6 +126,8 @@ def test_review_state_reads_the_review_tag(settings, served):
     client = configure(settings)
     assert review_state(settings, v) is None
     client.set_model_version_tag("sentiment", v, "review", "Approved ")
+    assert review_state(settings, v) is None  # no reviewer named: registry.require_reviewer
+    client.set_model_version_tag("sentiment", v, "review_by", "dana")
     assert review_state(settings, v) == "approved"
     client.set_model_version_tag("sentiment", v, "review", "rejected")
     assert review_state(settings, v) == "rejected"
@@ -141,6 +145,7 @@ def test_promote_step_auto_waits_then_follows_the_reviewer(settings, served):
 
     client = configure(settings)
     client.set_model_version_tag("sentiment", v2, "review", "approved")
+    client.set_model_version_tag("sentiment", v2, "review_by", "dana")
     client.set_model_version_tag("sentiment", v2, "review_comment", "looks good on the slices")
     done = run(_ctx(settings, action="auto", version=v2))
 
@@ -150,9 +155,10 @@ def test_promote_step_auto_waits_then_follows_the_reviewer(settings, served):
         "status": "promoted",
         "champion_before": v1,
         "champion_after": v2,
+        "request_id": "p1",
     }
     assert read_audit(settings)[-1]["why"] == "looks good on the slices"
-    assert read_audit(settings)[-1]["by"] == "reviewer (tag review=approved)"
+    assert read_audit(settings)[-1]["by"] == "dana"
     assert registry_state(settings)["champion"] == v2
 
 
@@ -173,6 +179,7 @@ def test_promote_step_reject_and_rollback_actions(settings, served):
         "status": "rolled_back",
         "champion_before": v3,
         "champion_after": v1,
+        "request_id": "p3",
     }
     assert registry_state(settings)["champion"] == v1
 
@@ -184,7 +191,7 @@ def test_promote_step_unknown_action_names_choices(settings):
 
 def test_promote_step_auto_after_auto_registration_is_a_no_op(settings, served):
     v1 = add_version(settings, served)
-    promote(settings, v1, by="policy:auto", reason="every gate passed", request="r1")
+    promote(settings, v1, by="policy:auto", reason="every gate passed", request="r1", review="auto")
     out = run(_ctx(settings, run_id="r1", action="auto", version=v1))
     assert (out["status"], out["champion_before"], out["champion_after"]) == ("already_champion", v1, v1)
     assert len(read_audit(settings)) == 1
@@ -198,12 +205,16 @@ def test_promote_step_auto_policy_never_approves_a_version_held_for_review(setti
     client.set_model_version_tag("sentiment", v2, "eval.passed", "true")
     client.set_model_version_tag("sentiment", v2, "eval.needs_review", "true")
 
+    settings = settings.with_overrides({"registry.promotion": "auto"})
     held = run(_ctx(settings, action="auto", version=v2, promotion="auto"))
 
     assert held["status"] == "pending" and held["champion_after"] == v1
     assert registry_state(settings)["champion"] == v1
     client.set_model_version_tag("sentiment", v2, "eval.needs_review", "false")
-    assert run(_ctx(settings, action="auto", version=v2, promotion="auto"))["champion_after"] == v2
+    assert run(_ctx(settings, run_id="p2", action="auto", version=v2, promotion="auto"))["champion_after"] == v2
+    tags = configure(settings).get_model_version("sentiment", v2).tags
+    assert (tags["review"], tags["review_by"]) == ("auto", "pipeline")  # the policy, never "approved"
+    assert "eval.passed=true" in tags["review_evidence"]
 
 
 def test_champion_cache_is_private_and_outside_the_shared_temp_folder(settings, served, tmp_path, monkeypatch):

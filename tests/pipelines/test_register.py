@@ -100,7 +100,7 @@ def _register(settings, served, run_id: str, **params) -> dict:
 
 
 def test_register_bootstrap_auto_promotes_and_champion_predicts_raw_text(tmp_path, demo_frames, eval_set, text_model):
-    settings, eval_uri = _settings(tmp_path, demo_frames, eval_set)
+    settings, eval_uri = _settings(tmp_path, demo_frames, eval_set, registry__promotion="auto")
     served = save_served(tmp_path / "served", fallback=text_model)
     assert _evaluated(settings, eval_uri, served, "run-1")["passed"]
 
@@ -113,6 +113,9 @@ def test_register_bootstrap_auto_promotes_and_champion_predicts_raw_text(tmp_pat
     assert [(e["action"], e["from"], e["to"], e["by"]) for e in read_audit(settings)] == [
         ("promote", None, "1", "policy:auto")
     ]
+    tags = configure(settings).get_model_version("sentiment", "1").tags
+    assert (tags["review"], tags["review_by"]) == ("auto", "pipeline")  # never "approved" by the pipeline
+    assert "eval.passed=true" in tags["review_evidence"] and "eval.gates=" in tags["review_evidence"]
 
     model = mlflow.pyfunc.load_model("models:/sentiment@champion")
     out = model.predict(pd.DataFrame({"text": ["the battery died after two days, awful", "works great, love it"]}))
@@ -273,6 +276,7 @@ def test_register_and_promote_through_mlflow_server(tmp_path, demo_frames, eval_
     result = _register(settings, served, "run-s")
     assert result["alias"] == "challenger"
     configure(settings).set_model_version_tag("sentiment", result["version"], "review", "approved")
+    configure(settings).set_model_version_tag("sentiment", result["version"], "review_by", "erin")
     promoted = run_step(StepContext(step="promote", run_id="run-s", settings=settings, params={"action": "auto"}))
 
     assert (promoted["status"], promoted["champion_after"]) == ("promoted", result["version"])

@@ -38,8 +38,9 @@ def _poke(version: str, promotion: str) -> PokeReturnValue | bool:
     return sensor.poke({"params": {"promotion": promotion}})
 
 
-def test_auto_returns_at_once_when_no_review_is_needed(version):
+def test_auto_returns_at_once_when_no_review_is_needed(version, monkeypatch):
     settings, client, v = version
+    monkeypatch.setenv("MLOPS_REGISTRY__PROMOTION", "auto")
     client.set_model_version_tag("sensed", v, "eval.needs_review", "false")
 
     out = _poke(v, "auto")
@@ -49,8 +50,9 @@ def test_auto_returns_at_once_when_no_review_is_needed(version):
     assert needs_review(settings, v) == (False, "")
 
 
-def test_auto_waits_for_the_reviewer_when_the_version_needs_review(version, caplog, capsys):
+def test_auto_waits_for_the_reviewer_when_the_version_needs_review(version, caplog, capsys, monkeypatch):
     settings, client, v = version
+    monkeypatch.setenv("MLOPS_REGISTRY__PROMOTION", "auto")
     client.set_model_version_tag("sensed", v, "eval.needs_review", "true")
     client.set_model_version_tag("sensed", v, "eval.review_reasons", "candidate below the TF-IDF baseline")
 
@@ -60,6 +62,13 @@ def test_auto_waits_for_the_reviewer_when_the_version_needs_review(version, capl
     assert "eval.needs_review=true (candidate below the TF-IDF baseline)" in logged, logged
 
     client.set_model_version_tag("sensed", v, settings.registry.review_tag, "approved")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert _poke(v, "auto") is False  # an approval that names no reviewer does not count
+    logged = caplog.text + capsys.readouterr().out
+    assert "names no reviewer: add the tag review_by=<your name> (registry.require_reviewer is true)" in logged
+
+    client.set_model_version_tag("sensed", v, settings.registry.review_by_tag, "frank")
     out = _poke(v, "auto")
     assert isinstance(out, PokeReturnValue) and out.xcom_value == {"decision": "approve", "version": v}
 
@@ -70,3 +79,18 @@ def test_manual_waits_even_without_the_needs_review_tag(version):
     client.set_model_version_tag("sensed", v, "review", "rejected")
     out = _poke(v, "manual")
     assert isinstance(out, PokeReturnValue) and out.xcom_value == {"decision": "reject", "version": v}
+
+
+def test_form_auto_under_a_manual_ceiling_is_refused(version):
+    from pipelines.promote import PromotionRefused
+
+    _, _, v = version
+    with pytest.raises(PromotionRefused, match="param promotion='auto' is refused: registry.promotion is 'manual'"):
+        _poke(v, "auto")
+
+
+def test_config_auto_lowered_to_manual_by_the_form_waits(version, monkeypatch):
+    _, client, v = version
+    monkeypatch.setenv("MLOPS_REGISTRY__PROMOTION", "auto")
+    client.set_model_version_tag("sensed", v, "eval.needs_review", "false")
+    assert _poke(v, "manual") is False
