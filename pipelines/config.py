@@ -14,7 +14,6 @@ CLI's debug switch, and what docker-compose and the container scripts read) and 
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Mapping
@@ -127,6 +126,13 @@ class DataSettings(_Section):
     holdout_share: Probability = Field(
         default=0.2, gt=0, lt=1, description="Share of every batch kept out of training, by a hash of its text."
     )
+    # A small batch holds out more, up to max_holdout_share (see pipelines.datasets): EVIDENCE-TODO
+    min_holdout_rows: int = Field(
+        default=100, ge=0, description="Rows a batch holds out at least (within max_holdout_share)."
+    )
+    max_holdout_share: Probability = Field(
+        default=0.4, gt=0, lt=1, description="The most of a batch that min_holdout_rows may hold out."
+    )
     golden_max_rows: int = Field(default=2000, gt=0)
 
     @field_validator("labels")
@@ -196,6 +202,11 @@ class DecisionSettings(_Section):
         ge=0,
         le=1,
         description="Drift without a macro-F1 drop of at least this on the labelled batch is skipped (decide.py).",
+    )
+    # A drifted batch that adds at least this share to the accepted rows before it is fine-tuned on even when the
+    # champion's quality held (decide.py, young history): 0.5 means the history grows to 1.5x or more.
+    min_data_growth: float = Field(
+        default=0.5, ge=0, description="Growth of the labelled history that is worth a fine-tune; 0 turns it off."
     )
 
 
@@ -524,6 +535,8 @@ def _setting_keys() -> dict[str, Any]:
 
 
 def _closest(key: str, candidates: list[str]) -> str:
+    import difflib
+
     match = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
     return f"; did you mean {match[0]!r}?" if match else ""
 
@@ -652,7 +665,7 @@ class RunParams(_Section):
     """
 
     force_action: Literal["auto", "skip", "fine_tune", "retrain"] | None = Field(default=None, description="decide")
-    promotion: Literal["manual", "auto"] | None = Field(
+    promotion: Literal["config", "manual", "auto"] | None = Field(
         default=None, description="register / promote: the run's promotion policy (config is the ceiling)"
     )
     action: Literal["auto", "skip", "fine_tune", "retrain", "approve", "promote", "reject", "rollback"] | None = Field(
@@ -661,6 +674,7 @@ class RunParams(_Section):
     version: int | None = Field(default=None, ge=1, description="promote: the model version to act on")
     by: str | None = Field(default=None, description="promote: who acts, for the audit trail")
     reason: str | None = Field(default=None, description="promote: why, for the audit trail")
+    request_id: str | None = Field(default=None, description="promote: the idempotency key of a move")
 
 
 def check_params(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -196,7 +196,9 @@ def test_run_id_with_a_slash_is_refused(tmp_path):
 def test_promote_with_promotion_bogus_is_refused(tmp_path):
     out = _cli("promote", "--run-id", "r1", "--param", "promotion=bogus", root=tmp_path)
     assert out.returncode == 2
-    assert out.stderr.strip().splitlines() == ["error: param promotion='bogus': Input should be 'manual' or 'auto'"]
+    assert out.stderr.strip().splitlines() == [
+        "error: param promotion='bogus': Input should be 'config', 'manual' or 'auto'"
+    ]
     assert not (tmp_path / "mlflow.db").exists(), "the registry was touched"
 
 
@@ -293,7 +295,9 @@ def test_local_runtime_bad_param_is_not_retried(local_settings):
     from airflow.sdk.exceptions import AirflowFailException
 
     op = _operator(local_settings, step="promote", step_params={"promotion": "bogus"})
-    with pytest.raises(AirflowFailException, match=r"param promotion='bogus': Input should be 'manual' or 'auto'"):
+    with pytest.raises(
+        AirflowFailException, match=r"param promotion='bogus': Input should be 'config', 'manual' or 'auto'"
+    ):
         op.execute(_context())
 
 
