@@ -479,7 +479,8 @@ def run_baselines(stream: Stream, baselines: Baselines, policies: dict[str, Poli
             line = "  ".join(f"{p} {100 * policies[p].scores[-1]['macro_f1']:.1f}" for p in wanted)
             log(f"baselines, batch {t + 1}/{len(stream)} {name}: next-batch macro-F1  {line}")
         log(f"baselines, batch {t + 1}/{len(stream)} {name}: training")
-        baselines.learn(t, batch, policies, wanted)
+        # batch_uri groups the history by batch, as the train step's accepted files do (hold-out share per batch)
+        baselines.learn(t, batch.assign(batch_uri=name), policies, wanted)
 
 
 def run_loop(stream: Stream, loop: Loop, policy: Policy, regressions: list[dict[str, Any]], labels) -> float:

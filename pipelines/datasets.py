@@ -1,14 +1,17 @@
 """Reading batches and the data sets built from them (accepted history, hold-out, golden set).
 
-Each row is kept out of training forever or never, by a hash of its text (``holdout_share``), so retraining on
-all accepted data never trains on a row that an earlier evaluation used.
+Each row is kept out of training forever or never, by a hash of its text, so retraining on all accepted data never
+trains on a row that an earlier evaluation used. The share held out depends only on the batch's own row count
+(:func:`holdout_share_for`): ``data.holdout_share``, raised on small batches so that at least
+``data.min_holdout_rows`` rows are held out (at most ``data.max_holdout_share`` of the batch), because an evaluation
+set of a few dozen rows cannot tell a model from the majority class.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -40,16 +43,32 @@ def _bucket(text: str) -> float:
     return int.from_bytes(hashlib.sha1(text.encode("utf-8")).digest()[:8], "big") / 2**64
 
 
-def is_holdout(texts: Any, share: float) -> Any:
-    """Boolean mask: which rows belong to the hold-out, by a hash of their text."""
+def holdout_share_for(rows: int, settings: Settings) -> float:
+    """The share of a batch of ``rows`` rows that is held out (see the module docstring)."""
+    d = settings.data
+    if rows <= 0:
+        return d.holdout_share
+    return max(d.holdout_share, min(d.max_holdout_share, d.min_holdout_rows / rows))
+
+
+def split_holdout(
+    df: pd.DataFrame, settings: Settings, batch_column: str = "batch_uri"
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split rows into (trainable, hold-out) rows.
+
+    Rows are grouped into batches by ``batch_column`` when ``df`` has it (as :func:`load_accepted` gives), else
+    ``df`` is one batch; each batch's share comes from its row count as given (before any cleaning), so a row
+    lands on the same side every time its batch is read.
+    """
     import numpy as np
 
-    return np.array([_bucket(str(t)) < share for t in texts], dtype=bool)
-
-
-def split_holdout(df: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split a batch into (trainable, hold-out) rows."""
-    mask = is_holdout(df[settings.data.text_column], settings.data.holdout_share)
+    texts = df[settings.data.text_column].astype(str).tolist()
+    if batch_column in df.columns and len(df):
+        sizes = df.groupby(batch_column, sort=False, dropna=False)[batch_column].transform("size").to_numpy()
+        shares = np.array([holdout_share_for(int(n), settings) for n in sizes])
+    else:
+        shares = np.full(len(df), holdout_share_for(len(df), settings))
+    mask = np.array([_bucket(t) < share for t, share in zip(texts, shares, strict=True)], dtype=bool)
     return df[~mask].reset_index(drop=True), df[mask].reset_index(drop=True)
 
 
@@ -73,6 +92,20 @@ def load_accepted(settings: Settings, exclude: set[str] | None = None) -> pd.Dat
     if not frames:
         return pd.DataFrame(columns=[settings.data.text_column, settings.data.label_column, "batch_uri"])
     return pd.concat(frames, ignore_index=True)
+
+
+def accepted_rows(settings: Settings, exclude: set[str] | None = None) -> int:
+    """Rows in the accepted batches (Parquet footers only), leaving out ``exclude``."""
+    import pyarrow.parquet as pq
+
+    from pipelines.storage import get_storage
+
+    storage = get_storage(settings)
+    return sum(
+        pq.ParquetFile(io.BytesIO(storage.read_bytes(uri))).metadata.num_rows
+        for uri in accepted_uris(settings)
+        if not exclude or uri not in exclude
+    )
 
 
 def golden_uri(settings: Settings) -> str:

@@ -20,6 +20,12 @@ distribution moved (embeddings, labels, lengths) while the champion's macro-F1 o
 does its job on this data, and neither a fine-tune nor a retrain would be worth its compute. A bootstrap (no
 champion) and a forced action are not subject to this rule.
 
+Young history: while the labelled history is small, each batch adds a large share of all labelled data, and a model
+learnt from n rows still gains from 1.5 n (learning curves flatten only later). So when the quality rule would skip
+a drifted batch whose rows are at least ``decision.min_data_growth`` of the accepted rows before it, the action is a
+``fine_tune`` instead (never a retrain: a retrain is not worth it while the quality held); as the history grows the
+rule stops firing by itself.
+
 The summary's ``reasons`` are human-readable lines ("label drift p=0.003 < 0.01") that go into the model
 version's report.
 """
@@ -58,6 +64,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
         raise ValueError(f"param force_action={force!r} is not allowed; expected one of: {', '.join(FORCE_CHOICES)}")
     drift = _result(ctx, "drift", "drift_result_uri")
     validate = _result(ctx, "validate", "validate_result_uri")
+    history = _history_rows(ctx, drift)
     if force != "auto":
         summary = {
             "action": force,
@@ -70,7 +77,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
             "champion_version": drift.get("champion_version") if drift else None,
         }
         if drift is not None:
-            auto = decide(drift, validate, ctx.settings)
+            auto = decide(drift, validate, ctx.settings, history)
             summary["auto_action"] = auto["action"]
             summary["reasons"].append(f"the policy alone would choose {auto['action']}: " + "; ".join(auto["reasons"]))
         return summary
@@ -79,16 +86,19 @@ def run(ctx: StepContext) -> dict[str, Any]:
             f"decide needs the drift result of run {ctx.run_id!r}: run the drift step first, pass "
             '--input drift_result_uri=<drift result.json>, or force an action with --param force_action="retrain"'
         )
-    return {**decide(drift, validate, ctx.settings), "forced": False}
+    return {**decide(drift, validate, ctx.settings, history), "forced": False}
 
 
-def decide(drift: dict[str, Any], validate: dict[str, Any] | None, settings: Settings) -> dict[str, Any]:
+def decide(
+    drift: dict[str, Any], validate: dict[str, Any] | None, settings: Settings, history_rows: int | None = None
+) -> dict[str, Any]:
     """Apply the policy to a drift summary.
 
     Args:
         drift: the drift step's summary (``severity``, ``has_reference``, ``tests``, ``reasons`` ...).
         validate: the validate step's summary (for ``rows``), or None.
         settings: the settings holding ``decision`` thresholds.
+        history_rows: accepted labelled rows before this batch (for the young-history rule), None if unknown.
 
     Returns:
         ``action``, ``auto_action`` (the same), ``reasons``, ``severity``, ``has_reference``, ``new_rows``,
@@ -136,9 +146,13 @@ def decide(drift: dict[str, Any], validate: dict[str, Any] | None, settings: Set
         reasons.append("no drift: " + _quiet_tests(drift.get("tests", {})))
     held = _quality_held(drift, cfg.min_quality_drop) if action != "skip" and drift.get("has_reference", True) else None
     if held:
+        grows = _young_history(new_rows, history_rows, cfg) if action == "fine_tune" else None
         # The drift lines stay as evidence; the line that proposed the action goes.
-        reasons = [f"{held}: skip ({action} not worth its compute)", *drift.get("reasons", [])]
-        action = "skip"
+        if grows:
+            reasons = [f"{held}, but {grows}: fine-tune", *drift.get("reasons", [])]
+        else:
+            reasons = [f"{held}: skip ({action} not worth its compute)", *drift.get("reasons", [])]
+            action = "skip"
     return {
         "action": action,
         "auto_action": action,
@@ -161,6 +175,29 @@ def _quality_held(drift: dict[str, Any], min_drop: float) -> str | None:
         f"is within decision.min_quality_drop={min_drop} of its evaluation score "
         f"({quality.get('champion_macro_f1', 0):.3f}, drop {drop:+.3f})"
     )
+
+
+def _young_history(new_rows: int | None, history_rows: int | None, cfg: Any) -> str | None:
+    """Why the batch is worth learning from although the quality held (young history), else None."""
+    if not new_rows or history_rows is None or cfg.min_data_growth <= 0:
+        return None
+    growth = new_rows / max(history_rows, 1)
+    if growth < cfg.min_data_growth:
+        return None
+    return (
+        f"the batch adds {new_rows} rows to {history_rows} accepted so far ({growth:.0%} >= "
+        f"decision.min_data_growth={cfg.min_data_growth:.0%}): a model on a young history still learns from them"
+    )
+
+
+def _history_rows(ctx: StepContext, drift: dict[str, Any] | None) -> int | None:
+    """Rows of the accepted batches other than this run's, or None when unknown."""
+    from pipelines.datasets import accepted_rows
+
+    current = (drift or {}).get("accepted_uri") or ctx.inputs.get("accepted_uri")
+    if not current:
+        return None
+    return accepted_rows(ctx.settings, exclude={current})
 
 
 def _quiet_tests(tests: dict[str, Any]) -> str:

@@ -9,8 +9,8 @@ Every gate is a :class:`Gate` built by one function (thresholds from ``settings.
 outcomes: ``pass``, ``fail`` (the run fails, nothing is registered) or ``review`` (registered and staged as the
 challenger, but a human decides, even under the ``auto`` promotion policy):
 
-- ``majority`` (:func:`gate_majority`): the paired bootstrap interval of macro-F1(candidate) - macro-F1(majority
-  class) must lie above ``min_gain_over_majority``, else fail;
+- ``majority`` (:func:`gate_majority`): macro-F1(candidate) - macro-F1(majority class) must be at least
+  ``min_gain_over_majority`` with its paired bootstrap interval above 0, else fail;
 - ``baseline`` (:func:`gate_baseline`): a candidate below the TF-IDF baseline by more than ``baseline_tolerance``
   goes to review; skipped with no baseline;
 - ``non_inferiority`` (:func:`gate_non_inferiority`): paired bootstrap against the champion (see
@@ -273,23 +273,24 @@ def gate_class_recall_floor(recall: dict[str, float], g: GateSettings) -> Gate:
 
 
 def gate_majority(p: Predictions, labels: list[str], g: GateSettings) -> Gate:
-    """The candidate beats the majority class significantly: the paired bootstrap interval of macro-F1(candidate) -
-    macro-F1(majority) lies above ``gates.min_gain_over_majority`` (its lower end must exceed it), else fail."""
+    """The candidate beats the majority class by a margin that is both worth having and significant: the gain in
+    macro-F1 over the majority-class predictor is at least ``gates.min_gain_over_majority`` and the lower end of its
+    paired bootstrap interval is above 0, else fail."""
     b = _bootstrap(p.y, p.candidate, p.majority, labels, g)
-    ok = b.ci_low > g.min_gain_over_majority
+    worth, significant = b.diff >= g.min_gain_over_majority, b.ci_low > 0
     evidence = (
         f"candidate {b.candidate:.3f} vs majority class {p.majority_label!r} {b.reference:.3f}: gain {b.diff:+.3f}, "
         f"{_ci(b)} on {p.n} rows"
     )
-    reason = (
-        f"no significant gain over the majority class: {evidence}; the lower end must exceed "
-        f"gates.min_gain_over_majority={g.min_gain_over_majority}"
-    )
+    missing = [] if worth else [f"the gain must be >= gates.min_gain_over_majority={g.min_gain_over_majority}"]
+    missing += [] if significant else ["the interval's lower end must be above 0"]
+    reason = f"no significant gain over the majority class: {evidence}; " + " and ".join(missing)
+    ok = worth and significant
     return Gate(
         "majority",
-        b.ci_low,
+        b.diff,
         g.min_gain_over_majority,
-        "CI low >",
+        "gain >= (CI low > 0)",
         outcome=PASS if ok else FAIL,
         note=evidence,
         reasons=() if ok else (reason,),

@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pipelines.champion import CHALLENGER, CHAMPION
-from pipelines.errors import PipelineError
+from pipelines.errors import BadInput
 
 if TYPE_CHECKING:
     from pipelines.config import Settings
@@ -57,9 +57,9 @@ _REVIEW_VALUES = {
 }
 
 
-class PromotionRefused(PipelineError, ValueError):
+class PromotionRefused(BadInput):
     """A promotion request is refused (policy ceiling, missing reviewer, conflicting request); one line that names
-    the param or tag and the config key. A ``ValueError``: the CLI exits 2 and Airflow does not retry."""
+    the param or tag and the config key. Permanent: the CLI exits 2 and Airflow does not retry."""
 
 
 # --- small helpers -------------------------------------------------------------------------------------------

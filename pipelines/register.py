@@ -110,6 +110,22 @@ def _settle_duplicates(client: Any, settings: Settings, run_id: str, mine: Any) 
     return client.get_model_version(name, str(winner.version))
 
 
+def _set_version_tag(client: Any, name: str, version: str, key: str, value: str) -> None:
+    """Set a version tag; a concurrent register writing the same tag at once (the SQL store's insert of a new tag
+    is not an upsert) is fine when the tag ends up with this value."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(3):
+        try:
+            client.set_model_version_tag(name, version, key, value)
+            return
+        except MlflowException:
+            if client.get_model_version(name, version).tags.get(key) == value:
+                return
+            if attempt == 2:
+                raise
+
+
 def _stage_challenger(client: Any, settings: Settings, version: str) -> None:
     """Give the ``challenger`` alias to the newest version awaiting review (this one, or a newer one registered at
     the same time), re-checking once the alias is set so that concurrent registers agree."""
@@ -316,7 +332,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
 
     for key, value in tags.items():
         if mv.tags.get(key) != value:
-            client.set_model_version_tag(name, version, key, value)
+            _set_version_tag(client, name, version, key, value)
     description = report.render_review_description(
         model_name=name,
         version=version,

@@ -559,11 +559,16 @@ def resolve_action(ctx: StepContext) -> str:
     return action
 
 
-def _clean(df: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+def _require_columns(df: pd.DataFrame, settings: Settings) -> None:
     text, label = settings.data.text_column, settings.data.label_column
     missing = [c for c in (text, label) if c not in df.columns]
     if missing:
         raise ValueError(f"training data lacks column(s) {missing!r}; expected {text!r} and {label!r}")
+
+
+def _clean(df: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+    text, label = settings.data.text_column, settings.data.label_column
+    _require_columns(df, settings)
     df = df.dropna(subset=[text, label])
     df = df[df[text].astype(str).str.strip() != ""]
     return df.drop_duplicates(subset=[text, label]).reset_index(drop=True)
@@ -579,9 +584,11 @@ def select_rows(settings: Settings, action: str, new: pd.DataFrame, earlier: pd.
 
     from pipelines.datasets import split_holdout
 
-    new = _clean(new, settings)
-    new_train, new_holdout = split_holdout(new, settings)
-    earlier_train, earlier_holdout = split_holdout(_clean(earlier, settings), settings)
+    _require_columns(new, settings)
+    _require_columns(earlier, settings)
+    # Split before cleaning: a batch's hold-out share follows its row count as stored (pipelines.datasets).
+    new_train, new_holdout = (_clean(part, settings) for part in split_holdout(new, settings))
+    earlier_train, earlier_holdout = (_clean(part, settings) for part in split_holdout(earlier, settings))
     if action == "retrain":
         rows = _clean(pd.concat([earlier_train, new_train], ignore_index=True), settings)
         replay = 0
@@ -605,7 +612,7 @@ def _training_data(ctx: StepContext, action: str, accepted_uri: str) -> dict[str
     if data["rows"].empty:
         raise ValueError(
             f"no trainable rows for {action}: batch {accepted_uri!r} has {data['new_rows']} rows, all in the hold-out "
-            f"(data.holdout_share={settings.data.holdout_share})"
+            f"(data.holdout_share={settings.data.holdout_share}, data.min_holdout_rows={settings.data.min_holdout_rows})"
         )
     return data
 

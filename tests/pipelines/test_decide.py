@@ -170,3 +170,29 @@ def test_decide_acts_when_the_champions_quality_dropped(settings):
 def test_decide_min_quality_drop_is_configurable(settings):
     strict = settings.with_overrides({"decision.min_quality_drop": 0.0})
     assert decide(_drift("moderate", quality=_quality(0.01)), {"rows": 400}, strict)["action"] == "fine_tune"
+
+
+def test_decide_fine_tunes_a_young_history_although_the_quality_held(settings):
+    drift = _drift("moderate", reasons=["label drift p=0.003 < 0.01"], quality=_quality(0.01))
+    out = decide(drift, {"rows": 400}, settings, history_rows=500)
+    assert out["action"] == "fine_tune"
+    assert "the batch adds 400 rows to 500 accepted so far (80% >= decision.min_data_growth=50%)" in out["reasons"][0]
+    assert out["reasons"][0].endswith(": fine-tune") and "label drift p=0.003 < 0.01" in out["reasons"]
+
+
+@pytest.mark.parametrize(
+    ("history", "overrides"),
+    [(801, {}), (None, {}), (100, {"decision.min_data_growth": 0.0})],
+    ids=["grown-history", "unknown-history", "rule-off"],
+)
+def test_decide_young_history_rule_stops_with_a_grown_history(settings, history, overrides):
+    drift = _drift("moderate", quality=_quality(0.01))
+    out = decide(drift, {"rows": 400}, settings.with_overrides(overrides) if overrides else settings, history)
+    assert out["action"] == "skip"
+
+
+def test_decide_young_history_never_retrains(settings):
+    # the chain of fine-tunes is at its limit: a retrain is not worth it while the quality held
+    drift = _drift("moderate", fine_tunes=5, quality=_quality(0.01))
+    assert decide(drift, {"rows": 400}, settings, history_rows=100)["action"] == "skip"
+    assert decide(_drift("none"), {"rows": 400}, settings, history_rows=100)["action"] == "skip"

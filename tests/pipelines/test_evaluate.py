@@ -145,7 +145,7 @@ def test_evaluate_majority_class_model_fails_the_majority_gate(env, eval_set, tm
     assert gate["majority_label"] == "positive"
     assert gate["outcome"] == "fail" and not gate["passed"]
     assert gate["diff"] == 0 and gate["ci_low"] == 0  # it is the majority-class predictor
-    assert gate["ci_low"] <= 0.05 and gate["threshold"] == 0.05 and gate["comparator"] == "CI low >"
+    assert gate["threshold"] == 0.05 and gate["comparator"] == "gain >= (CI low > 0)"
     assert any(
         f.startswith("no significant gain over the majority class") and "400 rows" in f for f in result["failures"]
     )
@@ -257,3 +257,35 @@ def test_slice_gate_fails_a_sure_regression_and_asks_a_human_about_a_doubtful_on
         assert row["ci_high"] < -0.05 and not row["passed"]
     if outcome == "review":
         assert row["delta"] < -0.05 <= row["ci_high"] and gate["doubtful"]
+
+
+@pytest.mark.parametrize(
+    ("n", "found", "outcome", "missing"),
+    [
+        (600, 60, "pass", None),  # a clear gain on many rows
+        (30, 2, "fail", "lower end must be above 0"),  # a large gain on few rows: not significant
+        (3000, 15, "fail", "gates.min_gain_over_majority=0.05"),  # significant but too small to be worth it
+    ],
+    ids=["worth-and-significant", "too-few-rows", "too-small-a-gain"],
+)
+def test_majority_gate_needs_a_gain_worth_having_and_significant(n, found, outcome, missing):
+    import numpy as np
+
+    from pipelines.config import get_settings
+    from pipelines.evaluate import Predictions, gate_majority
+
+    labels = ["negative", "neutral", "positive"]
+    y = np.array(["positive"] * (n - n // 5) + ["negative"] * (n // 5))  # 80 % positive
+    candidate = np.full(n, "positive")
+    candidate[n - n // 5 : n - n // 5 + found] = "negative"  # finds `found` of the negatives, never wrong otherwise
+    p = Predictions(y, candidate, None, None, None, None, 0, np.full(n, "positive"), "positive")
+
+    result = gate_majority(p, labels, get_settings(gates__bootstrap_samples=500).gates)
+    gate = result.as_dict()
+
+    assert gate["outcome"] == outcome, gate
+    assert gate["value"] == pytest.approx(gate["diff"]) and f"on {n} rows" in gate["note"]
+    assert bool(result.reasons) == bool(missing)
+    if missing:
+        assert result.reasons[0].startswith("no significant gain over the majority class")
+        assert missing in result.reasons[0]

@@ -100,8 +100,8 @@ def test_train_fine_tune_freezes_lower_layers(retrained, demo_frames):
     )
 
     assert result["action"] == "fine_tune" and result["base"] == champion["model_uri"]
-    batch = demo_frames["batch_003_severe"].drop_duplicates(subset=["text", "label"])
-    new_trainable = len(split_holdout(batch, settings)[0])
+    trainable = split_holdout(demo_frames["batch_003_severe"], settings)[0]  # the share follows the stored batch
+    new_trainable = len(trainable.drop_duplicates(subset=["text", "label"]))
     assert result["replay_rows"] == round(new_trainable * settings.train.replay_ratio)
     m = result["metrics"]
     assert m["val_loss"] < m["val_loss_initial"] - 0.1, m
