@@ -18,7 +18,7 @@ COMPOSE = REPO / "docker-compose.yaml"
 ENV_EXAMPLE = REPO / ".env.example"
 _VAR = re.compile(r"\$\{([A-Z0-9_]+)(?:(:?[-?])([^}]*))?\}")
 AIRFLOW_SERVICES = ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer")
-ONE_SHOT = ("postgres-init", "minio-init", "airflow-init", "step-image")
+ONE_SHOT = ("postgres-init", "minio-init", "mlflow-users-init", "airflow-init", "step-image")
 
 
 def _env_example() -> dict[str, str]:
