@@ -2,6 +2,7 @@
 
 Policy (thresholds in ``settings.decision``; the severity rule itself lives in ``pipelines.drift``):
 
+0. A batch that validate found identical to an accepted one (``duplicate_of``) is skipped, whatever was asked.
 1. A run parameter ``force_action`` other than ``auto`` wins.
 2. No reference (no champion yet): ``retrain`` from the base model (bootstrap).
 3. ``severe`` drift (embedding shift, most dimensions drifted, or a large quality drop): ``decision.severe_action``,
@@ -64,6 +65,18 @@ def run(ctx: StepContext) -> dict[str, Any]:
         raise ValueError(f"param force_action={force!r} is not allowed; expected one of: {', '.join(FORCE_CHOICES)}")
     drift = _result(ctx, "drift", "drift_result_uri")
     validate = _result(ctx, "validate", "validate_result_uri")
+    if (validate or {}).get("duplicate_of"):
+        return {
+            "action": "skip",
+            "reasons": [f"the batch repeats the accepted {validate['duplicate_of']}: nothing new to learn (skip)"],
+            "forced": False,
+            "auto_action": "skip",
+            "severity": (drift or {}).get("severity"),
+            "has_reference": (drift or {}).get("has_reference"),
+            "new_rows": 0,
+            "champion_version": (drift or {}).get("champion_version"),
+            "duplicate_of": validate["duplicate_of"],
+        }
     history = _history_rows(ctx, drift)
     if force != "auto":
         summary = {

@@ -196,3 +196,12 @@ def test_decide_young_history_never_retrains(settings):
     drift = _drift("moderate", fine_tunes=5, quality=_quality(0.01))
     assert decide(drift, {"rows": 400}, settings, history_rows=100)["action"] == "skip"
     assert decide(_drift("none"), {"rows": 400}, settings, history_rows=100)["action"] == "skip"
+
+
+def test_decide_skips_a_duplicate_batch_even_when_forced(settings, tmp_path):
+    validate = {"rows": 400, "duplicate_of": "var/accepted/b1-0123abcd.parquet"}
+    out = run(_ctx(settings, tmp_path, drift=_drift("severe"), validate=validate, force_action="retrain"))
+    assert out["action"] == "skip" and out["new_rows"] == 0
+    assert out["reasons"] == [
+        "the batch repeats the accepted var/accepted/b1-0123abcd.parquet: nothing new to learn (skip)"
+    ]
