@@ -344,6 +344,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
         train=results["train"],
         review_tag=reg.review_tag,
         review_comment_tag=reg.review_comment_tag,
+        review_by_tag=reg.review_by_tag,
         policy=policy,
         run_url=run_url(s, parent),
         compress=results["compress"],

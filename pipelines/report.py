@@ -301,6 +301,7 @@ def render_review_description(
     run_url: str | None = None,
     compress: dict[str, Any] | None = None,
     max_chars: int = MAX_DESCRIPTION_CHARS,
+    review_by_tag: str = "review_by",
 ) -> str:
     """The model version description a reviewer decides on, within MLflow's description size limit.
 
@@ -320,6 +321,7 @@ def render_review_description(
         compress: the compress summary, or None; its ``level``, ``agreement``, ``agreement_rows``,
             ``agreement_ci`` and ``levels_tried`` are shown when present.
         max_chars: the size limit; the least important sections are dropped first to fit.
+        review_by_tag: the tag naming the reviewer (``review_by``).
 
     Returns:
         Markdown text of at most ``max_chars`` characters.
@@ -350,7 +352,8 @@ def render_review_description(
         "## How to decide",
         "",
         f"Policy: `{policy}`.{held} In the MLflow UI, on this version, add the tag `{review_tag}` = `approved` or "
-        f"`rejected`, optionally with `{review_comment_tag}` = your reason. Approval makes this version the "
+        f"`rejected` and `{review_by_tag}` = your name (an approval without it does not count), optionally with "
+        f"`{review_comment_tag}` = your reason. Approval makes this version the "
         "`champion` (stage Production) and archives the old one; rejection archives it and keeps the champion.",
     ]
 

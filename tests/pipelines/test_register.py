@@ -146,7 +146,7 @@ def test_register_manual_stages_challenger_with_report_and_lineage(tmp_path, dem
     for needle in (
         "# Challenger for `sentiment` v1",
         "## How to decide",
-        "`review` = `approved` or `rejected`",
+        "`review` = `approved` or `rejected` and `review_by` = your name (an approval without it does not count)",
         "| `non_inferiority` | ⏭ skipped",
         "## Decision",
         "moderate drift: MMD p < 0.01",
