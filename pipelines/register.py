@@ -270,7 +270,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
         FileNotFoundError: the served folder has no bundle.
     """
     from pipelines import report
-    from pipelines.champion import find_bundle
+    from pipelines.champion import TAG_BUNDLE_DIGEST, find_bundle, tree_digest
     from pipelines.promote import AUTO, alias_version, promote, resolve_policy
     from pipelines.storage import is_s3
     from pipelines.tracking import configure, parent_run_id, run_url
@@ -305,7 +305,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
             )
             if not served_dir.is_dir():
                 raise FileNotFoundError(f"served model folder {served_uri!r} does not exist; run compress first")
-            find_bundle(served_dir)
+            digest = tree_digest(find_bundle(served_dir))  # every download of the version is checked against it
             metrics = {
                 f"eval.{k}": float(v)
                 for k, v in evaluate["metrics"].items()
@@ -320,7 +320,11 @@ def run(ctx: StepContext) -> dict[str, Any]:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
         mv = client.create_model_version(
-            name, source=f"models:/{model_id}", run_id=parent, model_id=model_id, tags={TAG_PIPELINE_RUN: ctx.run_id}
+            name,
+            source=f"models:/{model_id}",
+            run_id=parent,
+            model_id=model_id,
+            tags={TAG_PIPELINE_RUN: ctx.run_id, TAG_BUNDLE_DIGEST: digest},
         )
         log.info("register: created %s version %s for run %s", name, mv.version, ctx.run_id)
         kept = _settle_duplicates(client, s, ctx.run_id, mv)

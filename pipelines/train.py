@@ -153,7 +153,8 @@ def load_classifier(path: str | Path, settings: Settings) -> tuple[Any, Any]:
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    model = AutoModelForSequenceClassification.from_pretrained(path)
+    # safetensors only: a pickled pytorch_model.bin in a downloaded bundle is never loaded
+    model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True)
     found = [model.config.id2label[i] for i in range(model.config.num_labels)]
     if found != list(settings.data.labels):
         raise ValueError(

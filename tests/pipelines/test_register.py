@@ -116,6 +116,11 @@ def test_register_bootstrap_auto_promotes_and_champion_predicts_raw_text(tmp_pat
     tags = configure(settings).get_model_version("sentiment", "1").tags
     assert (tags["review"], tags["review_by"]) == ("auto", "pipeline")  # never "approved" by the pipeline
     assert "eval.passed=true" in tags["review_evidence"] and "eval.gates=" in tags["review_evidence"]
+    # the bundle's digest is recorded at registration, and a download of the champion matches it
+    from pipelines.champion import TAG_BUNDLE_DIGEST, find_bundle, get_champion, tree_digest
+
+    assert tags[TAG_BUNDLE_DIGEST] == tree_digest(find_bundle(served))
+    assert get_champion(settings, dst=tmp_path / "champion-download").version == "1"
 
     model = mlflow.pyfunc.load_model("models:/sentiment@champion")
     out = model.predict(pd.DataFrame({"text": ["the battery died after two days, awful", "works great, love it"]}))
