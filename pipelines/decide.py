@@ -22,10 +22,11 @@ does its job on this data, and neither a fine-tune nor a retrain would be worth 
 champion) and a forced action are not subject to this rule.
 
 Young history: while the labelled history is small, each batch adds a large share of all labelled data, and a model
-learnt from n rows still gains from 1.5 n (learning curves flatten only later). So when the quality rule would skip
-a drifted batch whose rows are at least ``decision.min_data_growth`` of the accepted rows before it, the action is a
-``fine_tune`` instead (never a retrain: a retrain is not worth it while the quality held); as the history grows the
-rule stops firing by itself.
+learnt from n rows still gains from 1.5 n (learning curves flatten only later), drift or not. So a batch that would
+be skipped (no drift, or the quality held) but whose rows are at least ``decision.min_data_growth`` of the accepted
+rows before it is a ``fine_tune`` instead: never a retrain (not worth it while the quality held), not with fewer
+than ``min_new_rows_fine_tune`` rows, not past ``max_fine_tunes_before_retrain``. As the history grows the rule
+stops firing by itself.
 
 The summary's ``reasons`` are human-readable lines ("label drift p=0.003 < 0.01") that go into the model
 version's report.
@@ -157,15 +158,27 @@ def decide(
     else:
         action = "skip"
         reasons.append("no drift: " + _quiet_tests(drift.get("tests", {})))
-    held = _quality_held(drift, cfg.min_quality_drop) if action != "skip" and drift.get("has_reference", True) else None
+    has_reference = drift.get("has_reference", True)
+    held = _quality_held(drift, cfg.min_quality_drop) if action != "skip" and has_reference else None
+    proposed = action
     if held:
-        grows = _young_history(new_rows, history_rows, cfg) if action == "fine_tune" else None
         # The drift lines stay as evidence; the line that proposed the action goes.
-        if grows:
-            reasons = [f"{held}, but {grows}: fine-tune", *drift.get("reasons", [])]
-        else:
-            reasons = [f"{held}: skip ({action} not worth its compute)", *drift.get("reasons", [])]
-            action = "skip"
+        reasons = [held, *drift.get("reasons", [])]
+        action = "skip"
+    fine_tunes = drift.get("fine_tunes_since_retrain") or 0
+    grows = (
+        _young_history(new_rows, history_rows, cfg)
+        if action == "skip"
+        and has_reference
+        and (new_rows or 0) >= cfg.min_new_rows_fine_tune
+        and fine_tunes < cfg.max_fine_tunes_before_retrain
+        else None
+    )
+    if grows:
+        reasons = [f"{grows}: fine-tune", *reasons]
+        action = "fine_tune"
+    elif held:
+        reasons[0] = f"{held}: skip ({proposed} not worth its compute)"
     return {
         "action": action,
         "auto_action": action,

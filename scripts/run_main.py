@@ -3,7 +3,7 @@
 Writes the demo batches into ``var/landing``, then runs the real ``continuous_training`` DAG twice with Airflow
 (SQLite metadata under ``var/airflow``, MLflow on ``var/mlflow.db``, the packaged MiniLM): first on the
 reference batch (no champion yet: bootstrap retrain), then on a moderately drifted batch (its distribution moved
-but the champion's labelled quality held: a skip). ``registry.promotion`` is ``auto`` in this process (unless
+and the champion's labelled quality held, but the batch doubles a young history: a fine-tune). ``registry.promotion`` is ``auto`` in this process (unless
 ``MLOPS_REGISTRY__PROMOTION`` is set) so the job finishes without a reviewer; scheduled runs keep the configured
 policy (``manual``).
 """

@@ -191,11 +191,15 @@ def test_decide_young_history_rule_stops_with_a_grown_history(settings, history,
     assert out["action"] == "skip"
 
 
-def test_decide_young_history_never_retrains(settings):
+def test_decide_young_history_fine_tunes_without_drift_but_never_retrains(settings):
+    out = decide(_drift("none"), {"rows": 400}, settings, history_rows=100)
+    assert out["action"] == "fine_tune" and out["reasons"][1].startswith("no drift: ")
     # the chain of fine-tunes is at its limit: a retrain is not worth it while the quality held
     drift = _drift("moderate", fine_tunes=5, quality=_quality(0.01))
     assert decide(drift, {"rows": 400}, settings, history_rows=100)["action"] == "skip"
-    assert decide(_drift("none"), {"rows": 400}, settings, history_rows=100)["action"] == "skip"
+    assert decide(_drift("none", fine_tunes=5), {"rows": 400}, settings, history_rows=100)["action"] == "skip"
+    # too few new rows to learn from
+    assert decide(_drift("none"), {"rows": 40}, settings, history_rows=10)["action"] == "skip"
 
 
 def test_decide_skips_a_duplicate_batch_even_when_forced(settings, tmp_path):
