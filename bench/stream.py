@@ -42,7 +42,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -218,7 +218,7 @@ class Baselines:
             step.wall_s = time.perf_counter() - started
             for name in self.models:
                 self.models[name] = first
-                policies[name].steps.append(Step(**{**step.__dict__}))
+                policies[name].steps.append(replace(step))
             log(f"  baselines: first model, {step.passes:.0f} sample passes, {step.train_s:.0f} s")
         elif t > 0:
             policies["never"].steps.append(Step(action="keep"))
@@ -336,12 +336,13 @@ class Loop:
 
 
 def _gate_summary(evaluation: dict[str, Any]) -> str:
-    gates = evaluation.get("gates", {})
-    bad = [
-        f"{name}:{g.get('outcome') or ('pass' if g.get('passed') else 'fail')}"
-        for name, g in gates.items()
-        if not g.get("skipped") and (g.get("outcome") or ("pass" if g.get("passed") else "fail")) != "pass"
-    ]
+    """``n=<rows>`` and the gates that did not pass (``name:outcome``), else ``all pass``."""
+    outcomes = {
+        name: g.get("outcome") or ("pass" if g.get("passed") else "fail")
+        for name, g in evaluation.get("gates", {}).items()
+        if not g.get("skipped")
+    }
+    bad = [f"{name}:{outcome}" for name, outcome in outcomes.items() if outcome != "pass"]
     return f"n={evaluation.get('eval_rows')} " + (" ".join(bad) if bad else "all pass")
 
 
