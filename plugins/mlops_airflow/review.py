@@ -311,7 +311,7 @@ class ChallengerReviewOperator(HITLOperator):
                 raise AirflowFailException(
                     f"review timed out: no reviewer approved or rejected version {version} within "
                     f"{self.response_timeout}; nothing was promoted and the champion is unchanged (the version "
-                    "stays the challenger: a later decision in MLflow is applied by promote_or_rollback)"
+                    "stays the challenger: trigger review_challenger again to reopen its review)"
                 )
             raise AirflowFailException(f"review of version {version} failed: {event['error']}")
         if event.get("source") == "mlflow":
