@@ -22,7 +22,8 @@ with ``--stream CSV --split-column COL``: a date or number column is sorted and 
 any other column gives one batch per value (``--values`` picks and orders them), sampled to ``--rows-per-batch``.
 
 The loop has no reviewer here. A challenger that the gates hold for review (inconclusive, below the TF-IDF
-baseline) waits ``--review-wait-s`` seconds, times out and counts as not promoted; the champion stays.
+baseline) stays the challenger and counts as not promoted; the run ends at once (the review would happen in the
+``review_challenger`` DAG, which the benchmark does not run), and the next batch's challenger supersedes it.
 
     .venv/bin/python bench/stream.py            # the public stream, MiniLM: an hour or more on 2 CPU cores
     .venv/bin/python bench/stream.py --quick    # the synthetic demo stream, a tiny BERT: about a minute
@@ -353,7 +354,8 @@ def configure(work: Path, quick: bool, review_wait_s: float) -> dict[str, str]:
         "MLOPS_PATHS__ARTIFACT_ROOT": str(work / "var"),
         "MLOPS_MLFLOW__TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
         "MLOPS_REGISTRY__PROMOTION": "auto",
-        # No reviewer in a benchmark: a held challenger times out quickly and is not promoted.
+        # No reviewer in a benchmark: a held challenger stays the challenger (continuous_training never waits for a
+        # review); this bounds the review_challenger DAG, were it run.
         "MLOPS_REGISTRY__REVIEW_TIMEOUT_MINUTES": str(review_wait_s / 60),
         "MLOPS_REGISTRY__REVIEW_POKE_SECONDS": "1",
         "MLOPS_DAG__RETRIES": "0",
@@ -400,7 +402,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--values", help="comma-separated values of the split column, in stream order")
     ap.add_argument("--max-batches", type=int, default=None, help="stop after this many batches")
     ap.add_argument("--policies", default=",".join(POLICIES), help=f"subset of {','.join(POLICIES)}")
-    ap.add_argument("--review-wait-s", type=float, default=3.0, help="how long a held challenger waits")
+    ap.add_argument(
+        "--review-wait-s",
+        type=float,
+        default=3.0,
+        help="review timeout of review_challenger (unused: the training run never waits for a review)",
+    )
     ap.add_argument(
         "--reuse-baselines",
         type=Path,

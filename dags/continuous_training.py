@@ -1,7 +1,12 @@
-"""Continuous training: validate a new batch, check drift, decide, train, compress, gate, register, review.
+"""Continuous training: validate a new batch, check drift, decide, train, compress, gate, register.
 
 Scheduled (``dag.schedule`` in the configuration) and whenever the landing asset is updated; also triggered by
 hand with a typed form. Each step is one task; only small JSON summaries travel through XCom.
+
+The run ends once the candidate is registered: promoted under the ``auto`` policy, or staged as the challenger.
+A staged challenger's review runs in the ``review_challenger`` DAG (started by the ``mlops_challenger`` asset event
+that ``request_review`` emits), so a pending review never holds this DAG's run slot (``max_active_runs=1``, which
+also keeps two runs from picking the same landing batch).
 """
 
 from __future__ import annotations
@@ -13,9 +18,9 @@ import pendulum
 from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, task
 
 from mlops_airflow import tasks
+from mlops_airflow.assets import CHALLENGER
 from mlops_airflow.operators import RunStepOperator
 from mlops_airflow.params import continuous_training_params
-from mlops_airflow.sensors import ReviewSensor
 from pipelines.config import get_settings
 
 settings = get_settings()
@@ -98,14 +103,10 @@ with DAG(
     register = RunStepOperator(
         task_id="register", step="register", inputs={"served_uri": _xcom("compress", "served_uri")}
     )
-    wait_for_review = ReviewSensor.from_settings(
-        task_id="wait_for_review", version=_xcom("register", "version"), retries=0
-    )
-    promote = RunStepOperator(
-        task_id="promote",
-        step="promote",
-        step_params={"action": _xcom("wait_for_review", "decision"), "version": _xcom("register", "version")},
-    )
+
+    @task(retries=0, outlets=[CHALLENGER])
+    def request_review(ti=None, outlet_events=None):
+        return tasks.request_review(ti.xcom_pull(task_ids="register"), outlet_events[CHALLENGER])
 
     picked = pick_batch()
     picked >> validate >> drift >> decide
@@ -114,4 +115,4 @@ with DAG(
     train >> compress >> evaluate
     gated = gate()
     evaluate >> gated >> [gate_failed(), register]
-    register >> wait_for_review >> promote
+    register >> request_review()

@@ -15,7 +15,9 @@ deletes its own version and LoggedModel, so exactly one remains. This needs noth
 
 The ``challenger`` alias goes to the newest staged version still awaiting review (unreviewed, not the champion):
 a register sets it, re-reads the candidates and corrects the alias if a newer version appeared meanwhile, so two
-runs registering at once end with the alias on the newer one whatever the order of their writes.
+runs registering at once end with the alias on the newer one whatever the order of their writes. Every older
+version still pending is then superseded (``review=superseded``, archived: :mod:`pipelines.review`), so there is
+never more than one pending challenger, and its review in the ``review_challenger`` DAG ends.
 
 The version gets the ``challenger`` alias and the legacy stage ``Staging``: aliases are the source of truth in
 MLflow 3, stages are deprecated but still shown in the registry UI's stage column, so both are set to tell the same
@@ -23,8 +25,8 @@ story (see :mod:`pipelines.promote`). Under the promotion policy ``auto`` (``reg
 ``promotion`` param may lower it to ``manual``, never lift it: :func:`pipelines.promote.resolve_policy`) a
 version whose every gate passed is promoted at once, recorded as ``review=auto`` (never ``approved``); one that
 needs a review (a gate with outcome ``review``: below the TF-IDF baseline, or non-inferiority inconclusive) stays
-the challenger with the tags ``eval.needs_review=true`` and ``eval.review_reasons``, and the review sensor waits
-for a human as under ``manual``.
+the challenger with the tags ``eval.needs_review=true`` and ``eval.review_reasons``, and waits
+for a human as under ``manual`` (in the ``review_challenger`` DAG; the training run itself never waits).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.champion import CHALLENGER, CHAMPION
 from pipelines.errors import ModelRejected
+from pipelines.review import SUPERSEDED
 from pipelines.tracking import TAG_PIPELINE_RUN
 
 if TYPE_CHECKING:
@@ -126,13 +129,19 @@ def _set_version_tag(client: Any, name: str, version: str, key: str, value: str)
                 raise
 
 
-def _stage_challenger(client: Any, settings: Settings, version: str) -> None:
+def _stage_challenger(client: Any, settings: Settings, version: str) -> list[str]:
     """Give the ``challenger`` alias to the newest version awaiting review (this one, or a newer one registered at
-    the same time), re-checking once the alias is set so that concurrent registers agree."""
+    the same time), re-checking once the alias is set so that concurrent registers agree; then supersede every
+    older pending version (:func:`pipelines.review.supersede_older`), so there is never more than one pending
+    challenger. Returns the versions superseded by this call."""
     from pipelines.promote import alias_version, mirror_stage
+    from pipelines.review import supersede_older
 
     name, reg = settings.registry.model_name, settings.registry
+    if str(client.get_model_version(name, version).tags.get(reg.review_tag, "")).strip():
+        return []  # superseded (or decided) meanwhile, e.g. by a newer run's register: never staged again
     mirror_stage(client, name, version, "Staging")
+    target = version
     for _ in range(3):
         champion = alias_version(client, name, CHAMPION)
         waiting = [
@@ -145,8 +154,9 @@ def _stage_challenger(client: Any, settings: Settings, version: str) -> None:
         ]
         target = str(max([*waiting, int(version)]))
         if alias_version(client, name, CHALLENGER) == target:
-            return
+            break
         client.set_registered_model_alias(name, CHALLENGER, target)
+    return supersede_older(settings, target, client)
 
 
 def _tag(value: Any) -> str:
@@ -261,7 +271,8 @@ def run(ctx: StepContext) -> dict[str, Any]:
     Returns:
         ``model_name``, ``version``, ``alias`` (challenger, or champion once promoted), ``model_uri``, ``created``,
         ``policy``, ``promoted``, ``needs_review``, ``held_for_review`` (staged for a human although the policy is
-        auto, or under manual), ``champion_before``.
+        auto, or under manual), ``champion_before``, ``superseded`` (older pending challengers this version
+        superseded).
 
     Raises:
         PromotionRefused: param ``promotion`` is unknown or asks for auto above a manual ceiling.
@@ -353,13 +364,15 @@ def run(ctx: StepContext) -> dict[str, Any]:
         run_url=run_url(s, parent),
         compress=results["compress"],
     )
-    if mv.description != description:
+    superseded_here = str(mv.tags.get(reg.review_tag, "")).strip().lower() == SUPERSEDED
+    if mv.description != description and not superseded_here:  # a superseded version keeps its status line
         client.update_model_version(name, version, description=description)
 
     champion_before = alias_version(client, name, CHAMPION)
     fresh = mv.current_stage in {"None", "Staging"} and not mv.tags.get(reg.review_tag)
+    superseded: list[str] = []
     if fresh and champion_before != version:
-        _stage_challenger(client, s, version)
+        superseded = _stage_challenger(client, s, version)
     needs_review = bool(evaluate.get("needs_review"))
     promoted = False
     if policy == "auto" and needs_review and fresh:
@@ -395,5 +408,6 @@ def run(ctx: StepContext) -> dict[str, Any]:
         "needs_review": needs_review,
         "held_for_review": needs_review and not promoted and alias == CHALLENGER,
         "champion_before": champion_before,
+        "superseded": superseded,
         "parent_run_id": parent,
     }

@@ -353,8 +353,10 @@ def render_review_description(
         "",
         f"Policy: `{policy}`.{held} In the MLflow UI, on this version, add the tag `{review_tag}` = `approved` or "
         f"`rejected` and `{review_by_tag}` = your name (an approval without it does not count), optionally with "
-        f"`{review_comment_tag}` = your reason. Approval makes this version the "
-        "`champion` (stage Production) and archives the old one; rejection archives it and keeps the champion.",
+        f"`{review_comment_tag}` = your reason. Or in Airflow: Browse → Required Actions, the `review_challenger` "
+        "request for this version (your Airflow user is recorded). The first decision wins. Approval makes this "
+        "version the `champion` (stage Production) and archives the old one; rejection archives it and keeps the "
+        "champion. A newer challenger supersedes this one while it is pending.",
     ]
 
     decision = ["## Decision", ""]

@@ -69,6 +69,11 @@ def _summary(settings, outcomes, total_s: float) -> str:
             lines.append(f"    evaluation report: {evaluate.get('report_uri')}")
         if register:
             lines.append(f"    model version: {register.get('model_name')} v{register.get('version')}")
+            if register.get("alias") == "challenger":
+                lines.append(
+                    "    staged as the challenger, awaiting a review: the review_challenger DAG (Airflow: Browse -> "
+                    "Required Actions) or the tags review / review_by on its MLflow version page"
+                )
         failed = [t for t, s in o.task_states.items() if s == "failed"]
         if failed:
             lines.append(f"    failed tasks: {', '.join(failed)}")

@@ -90,3 +90,34 @@ def gate_failed(evaluation: dict[str, Any] | None) -> None:
         f"candidate rejected by the evaluation gates ({reasons}); champion unchanged; "
         f"report: {evaluation.get('report_uri')}"
     )
+
+
+def request_review(registered: dict[str, Any] | None, event: Any = None) -> dict[str, Any]:
+    """Ask for a human review of the version the register task staged: fill the ``mlops_challenger`` asset event
+    (``event.extra``), which starts a ``review_challenger`` run. The training run ends here; it never waits.
+
+    Raises:
+        AirflowSkipException: nothing to review (promoted by the auto policy, or not the challenger any more); a
+            skipped task emits no asset event.
+    """
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    registered = registered or {}
+    version, name = registered.get("version"), registered.get("model_name")
+    if registered.get("alias") != "challenger":
+        raise AirflowSkipException(
+            f"{name} version {version} is {registered.get('alias') or 'not staged'} (policy "
+            f"{registered.get('policy')}): nothing to review"
+        )
+    extra = {"model_name": name, "version": str(version), "needs_review": bool(registered.get("needs_review"))}
+    if event is not None:
+        event.extra = extra
+    superseded = registered.get("superseded") or []
+    log.info(
+        "%s version %s staged as the challenger%s; its review runs in the review_challenger DAG (Airflow: Required "
+        "Actions; MLflow: the version page, tags review and review_by). This run ends now.",
+        name,
+        version,
+        f" (it supersedes the pending version(s) {', '.join(superseded)})" if superseded else "",
+    )
+    return {**extra, "superseded": superseded, "review_dag": "review_challenger"}

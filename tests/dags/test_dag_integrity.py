@@ -32,7 +32,7 @@ def dagbag():
 
 def test_dags_import_without_errors(dagbag):
     assert dagbag.import_errors == {}, f"import errors: {dagbag.import_errors}"
-    assert set(dagbag.dag_ids) == {"continuous_training", "promote_or_rollback"}
+    assert set(dagbag.dag_ids) == {"continuous_training", "promote_or_rollback", "review_challenger"}
 
 
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
@@ -71,15 +71,29 @@ def test_continuous_training_edges(dagbag):
         ("evaluate", "gate"),
         ("gate", "gate_failed"),
         ("gate", "register"),
-        ("register", "wait_for_review"),
-        ("wait_for_review", "promote"),
+        ("register", "request_review"),
     }
+    # One run at a time: two runs never pick the same landing batch, and since no task waits for a human, a run
+    # holds the slot only while it works.
     assert dag.max_active_runs == 1
     assert "mlops" in dag.tags
     for task in dag.tasks:
         if task.task_type == "RunStepOperator":
             assert task.retries >= 1, f"continuous_training.{task.task_id} has no retries"
-    assert dag.get_task("wait_for_review").mode == "reschedule"
+        assert not task.task_type.endswith(("Sensor", "HITLOperator", "ReviewOperator")), task.task_id
+    assert [a.name for a in dag.get_task("request_review").outlets] == ["mlops_challenger"]
+
+
+def test_review_challenger_is_started_by_the_challenger_asset(dagbag):
+    from airflow.providers.standard.operators.hitl import HITLOperator
+
+    dag = dagbag.dags["review_challenger"]
+    assert _edges(dag) == {("review", "promote")}
+    assert [a.name for a in dag.timetable.asset_condition.objects] == ["mlops_challenger"]
+    review = dag.get_task("review")
+    assert isinstance(review, HITLOperator) and review.options == ["Approve", "Reject"]
+    assert "comment" in review.params
+    assert review.response_timeout is not None
 
 
 def test_continuous_training_params_validate(dagbag):

@@ -1,7 +1,9 @@
 """End to end: the real continuous_training DAG (dag.test on SQLite) over the demo batches with the tiny model.
 
-bootstrap -> champion; in-domain batch -> skip; shifted batch -> fine-tune -> challenger -> approval tag ->
-promoted; malformed batch -> quarantined, champion untouched.
+bootstrap -> champion; in-domain batch -> skip; shifted batch -> fine-tune -> challenger staged, the run ends
+without waiting; the next batch runs to completion although that review is pending, and its challenger supersedes
+the first; review_challenger: the superseded version's review ends at once, the new one's waits until an approval
+tag in MLflow -> promoted; malformed batch -> quarantined, champion untouched; rollback.
 """
 
 from __future__ import annotations
@@ -79,28 +81,23 @@ def _champion(settings):
     return mv.version if mv else None
 
 
-def _approve_when_staged(settings, stop: threading.Event):
-    from pipelines.champion import champion_version
+def _approve_when_waiting(settings, version: str, stop: threading.Event):
+    """Approve ``version`` in MLflow once the review_challenger run is waiting for it in Airflow."""
+    from airflow.models.hitl import HITLDetail
+    from airflow.utils.session import create_session
+
     from pipelines.tracking import configure
 
-    client = configure(settings)
     while not stop.is_set():
-        mv = champion_version(settings, "challenger")
-        if mv is not None:
-            client.set_model_version_tag(
-                settings.registry.model_name, mv.version, settings.registry.review_tag, "approved"
-            )
-            client.set_model_version_tag(
-                settings.registry.model_name, mv.version, settings.registry.review_by_tag, "e2e-reviewer"
-            )
-            client.set_model_version_tag(
-                settings.registry.model_name,
-                mv.version,
-                settings.registry.review_comment_tag,
-                "looks good (e2e reviewer)",
-            )
-            return
-        time.sleep(0.5)
+        with create_session() as session:
+            if session.query(HITLDetail).filter(HITLDetail.chosen_options.is_(None)).first() is not None:
+                break
+        time.sleep(0.3)
+    client = configure(settings)
+    name, reg = settings.registry.model_name, settings.registry
+    client.set_model_version_tag(name, version, reg.review_by_tag, "e2e-reviewer")
+    client.set_model_version_tag(name, version, reg.review_comment_tag, "looks good (e2e reviewer)")
+    client.set_model_version_tag(name, version, reg.review_tag, "approved")
 
 
 def test_loop_end_to_end(loop_env):
@@ -130,24 +127,62 @@ def test_loop_end_to_end(loop_env):
     assert same.task_states["train"] == "skipped" and same.task_states["register"] == "skipped"
     assert _champion(settings) == champion_v1
 
-    # 3. shifted batch -> fine-tune -> challenger -> reviewer approves in MLflow -> promoted
+    # 3. shifted batch -> fine-tune -> challenger staged under manual promotion; the run ends, it never waits
+    shifted = run_dag(
+        "continuous_training", {"batch_uri": _landing(settings, "batch_002_moderate.csv"), "promotion": "manual"}
+    )
+    assert shifted.state == "success", shifted.task_states
+    assert shifted.results["decide"]["action"] == "fine_tune"
+    first = shifted.results["register"]["version"]
+    assert shifted.results["register"]["alias"] == "challenger"
+    assert shifted.results["request_review"]["version"] == str(first)
+    assert not any("review" in t and t != "request_review" for t in shifted.task_states), shifted.task_states
+    assert str(_champion(settings)) == str(champion_v1)
+
+    # 3b. the next batch, with that review still pending: runs to completion, and its challenger supersedes the
+    # first (fine_tune is forced; the policy chooses it too: decision.severe_action is fine_tune by default)
+    nxt = run_dag(
+        "continuous_training",
+        {"batch_uri": _landing(settings, "batch_003_severe.csv"), "promotion": "manual", "force_action": "fine_tune"},
+    )
+    assert nxt.state == "success", nxt.task_states
+    assert nxt.results["decide"]["auto_action"] == "fine_tune"
+    version = nxt.results["register"]["version"]
+    assert int(version) > int(first)
+    assert nxt.results["register"]["superseded"] == [str(first)]
+    assert nxt.results["request_review"]["superseded"] == [str(first)]
+    from pipelines.champion import champion_version
+    from pipelines.tracking import configure
+
+    client = configure(settings)
+    old = client.get_model_version(settings.registry.model_name, str(first))
+    assert old.tags["review"] == "superseded" and old.tags["superseded_by"] == str(version)
+    assert old.current_stage == "Archived" and old.description.startswith("> **Superseded** by version")
+    assert str(champion_version(settings, "challenger").version) == str(version)
+    assert str(_champion(settings)) == str(champion_v1)
+
+    # 3c. the superseded version's review ends at once; the new challenger's waits for the reviewer, who approves
+    # in MLflow -> promoted
+    stale = run_dag("review_challenger", {"version": str(first)})
+    assert stale.state == "success" and stale.task_states["review"] == "skipped", stale.task_states
+    from airflow.models.hitl import HITLDetail  # noqa: F401  (imported here: two threads importing it deadlock)
+
     stop = threading.Event()
-    reviewer = threading.Thread(target=_approve_when_staged, args=(settings, stop), daemon=True)
+    reviewer = threading.Thread(target=_approve_when_waiting, args=(settings, str(version), stop), daemon=True)
     reviewer.start()
     try:
-        shifted = run_dag(
-            "continuous_training", {"batch_uri": _landing(settings, "batch_002_moderate.csv"), "promotion": "manual"}
-        )
+        reviewed = run_dag("review_challenger", {})  # no version: the current challenger
     finally:
         stop.set()
         reviewer.join(timeout=5)
-    assert shifted.state == "success", shifted.task_states
-    assert shifted.results["decide"]["action"] == "fine_tune"
-    assert shifted.results["wait_for_review"]["decision"] == "approve"
-    version = shifted.results["register"]["version"]
+    assert reviewed.state == "success", reviewed.task_states
+    assert reviewed.results["review"] == {
+        "decision": "approve",
+        "version": str(version),
+        "by": "e2e-reviewer",
+        "source": "mlflow",
+    }
     assert str(_champion(settings)) == str(version) != str(champion_v1)
-    from pipelines.champion import champion_version
-
     assert champion_version(settings).tags["fine_tunes_since_retrain"] == "1"
 
     # 4. malformed batch -> validate fails, batch quarantined, champion untouched
@@ -160,28 +195,7 @@ def test_loop_end_to_end(loop_env):
     assert not storage.exists(_landing(settings, "batch_004_malformed.csv"))
     assert str(_champion(settings)) == str(version)
 
-    # 5. a staged challenger that no reviewer decides on within the timeout -> "review timed out", not promoted
-    # (fine_tune is forced; the policy chooses it too: decision.severe_action is fine_tune by default)
-    timeout = os.environ["MLOPS_REGISTRY__REVIEW_TIMEOUT_MINUTES"]
-    os.environ["MLOPS_REGISTRY__REVIEW_TIMEOUT_MINUTES"] = "0.05"
-    try:
-        unreviewed = run_dag(
-            "continuous_training",
-            {
-                "batch_uri": _landing(settings, "batch_003_severe.csv"),
-                "promotion": "manual",
-                "force_action": "fine_tune",
-            },
-        )
-    finally:
-        os.environ["MLOPS_REGISTRY__REVIEW_TIMEOUT_MINUTES"] = timeout
-    assert unreviewed.results["decide"]["auto_action"] == "fine_tune"
-    assert unreviewed.task_states["register"] == "success"
-    assert unreviewed.task_states["wait_for_review"] == "failed"
-    assert unreviewed.task_states["promote"] == "upstream_failed"
-    assert str(_champion(settings)) == str(version)
-
-    # 6. the manual DAG rolls the champion back to the previous one from the audit trail
+    # 5. the manual DAG rolls the champion back to the previous one from the audit trail
     rolled = run_dag("promote_or_rollback", {"action": "rollback", "reason": "e2e rollback"})
     assert rolled.state == "success", rolled.task_states
     assert str(_champion(settings)) == str(champion_v1)

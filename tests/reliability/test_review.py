@@ -541,7 +541,8 @@ def test_concurrent_registers_of_the_same_run_in_threads_give_one_version(evalua
 
 def test_two_runs_staging_at_once_leave_the_challenger_on_the_newer(settings, served):
     """Run A's alias write lands after run B's (a stale decision): A re-checks and gives the alias to B's newer
-    version, so both agree whatever the order of their writes."""
+    version, so both agree whatever the order of their writes; B's staging superseded A's older version, which a
+    late stage never brings back."""
     from pipelines.register import _stage_challenger
     from pipelines.tracking import TAG_PIPELINE_RUN
 
@@ -556,4 +557,5 @@ def test_two_runs_staging_at_once_leave_the_challenger_on_the_newer(settings, se
 
     state = registry_state(settings)
     assert state["challenger"] == v2
-    assert state["stages"] == {v1: "Staging", v2: "Staging"}
+    assert state["stages"] == {v1: "Archived", v2: "Staging"}
+    assert _tags(settings, v1)["review"] == "superseded"
