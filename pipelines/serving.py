@@ -23,6 +23,7 @@ thread builds the records and writes JSONL files of at most ``capture_flush_rows
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
@@ -302,6 +303,7 @@ class CaptureWriter:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="prediction-capture", daemon=True)
         self._thread.start()
+        atexit.register(self.close, 2.0)  # a server stopping cleanly writes what is queued (bounded wait)
 
     def _count(self, key: str, n: int = 1) -> None:
         with self._lock:
