@@ -40,6 +40,7 @@ _STEP_HELP = {
     "evaluate": "gate the served candidate against floors, the champion and its slices",
     "register": "register the candidate as a model version and stage it as challenger",
     "promote": "apply a review decision or the auto policy to the challenger",
+    "monitor": "rate one window of captured predictions (drift, estimated macro-F1, system figures)",
 }
 
 

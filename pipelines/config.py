@@ -740,6 +740,7 @@ class RunParams(_Section):
     by: str | None = Field(default=None, description="promote: who acts, for the audit trail")
     reason: str | None = Field(default=None, description="promote: why, for the audit trail")
     request_id: str | None = Field(default=None, description="promote: the idempotency key of a move")
+    window_end: str | None = Field(default=None, description="monitor: the end of the window (ISO time)")
 
 
 def check_params(params: Mapping[str, Any]) -> dict[str, Any]:
