@@ -32,7 +32,7 @@ def dagbag():
 
 def test_dags_import_without_errors(dagbag):
     assert dagbag.import_errors == {}, f"import errors: {dagbag.import_errors}"
-    assert set(dagbag.dag_ids) == {"continuous_training", "promote_or_rollback"}
+    assert set(dagbag.dag_ids) == {"continuous_training", "promote_or_rollback", "monitor_predictions"}
 
 
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
@@ -80,6 +80,41 @@ def test_continuous_training_edges(dagbag):
         if task.task_type == "RunStepOperator":
             assert task.retries >= 1, f"continuous_training.{task.task_id} has no retries"
     assert dag.get_task("wait_for_review").mode == "reschedule"
+
+
+def test_monitor_predictions_edges_schedule_and_trigger(dagbag):
+    dag = dagbag.dags["monitor_predictions"]
+    assert _edges(dag) == {
+        ("monitor", "route"),
+        ("route", "done"),
+        ("route", "ask_for_labels"),
+        ("route", "trigger_training"),
+    }
+    assert dag.max_active_runs == 1 and "monitoring" in dag.tags
+    assert type(dag.timetable).__name__ == "CronTriggerTimetable"  # monitoring.schedule, hourly by default
+    assert "window_end" in dag.get_task("monitor").step_params
+
+
+def test_monitor_route_and_ask_for_labels():
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mlops_airflow import tasks
+
+    assert tasks.choose_after_monitor({"status": "ok"}) == "done"
+    assert tasks.choose_after_monitor({"status": "warn", "reasons": ["x"]}) == "done"
+    assert tasks.choose_after_monitor({"status": "act", "labels_waiting": 2}) == "trigger_training"
+    assert tasks.choose_after_monitor({"status": "act", "labels_waiting": 0}) == "ask_for_labels"
+    with pytest.raises(AirflowFailException, match="no labelled batch waits in landing"):
+        tasks.ask_for_labels({"status": "act", "window_id": "w", "reasons": ["estimated macro-F1 drop 0.2"]})
+    from airflow.sdk.exceptions import DagRunTriggerException
+
+    summary = {"window_id": "w1", "status": "act", "reasons": ["drop"], "estimate": {"macro_f1": 0.4}}
+    with pytest.raises(DagRunTriggerException) as raised:
+        tasks.trigger_training(summary)
+    request = raised.value
+    assert request.trigger_dag_id == "continuous_training" and request.dag_run_id == "monitor__w1"
+    assert request.skip_when_already_exists is True  # a rerun of the window starts nothing
+    assert request.conf["monitor_evidence"]["estimated_macro_f1"] == 0.4
 
 
 def test_continuous_training_params_validate(dagbag):
