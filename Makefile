@@ -12,7 +12,7 @@ export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: install install-dev run test test-slow test-containers lint ui bench clean
+.PHONY: install install-dev run test test-slow test-containers lint ui serve bench clean
 
 $(VENV)/.installed: requirements.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (set PYTHON=...)"; exit 1; }
@@ -44,6 +44,10 @@ lint: install-dev
 
 ui: install
 	$(PY) -m scripts.ui
+
+# The champion behind MLflow's scoring server on loopback (serving.host:serving.port), following the alias.
+serve: install
+	$(PY) -m pipelines serve
 
 bench: install-dev
 	for b in bench/*.py; do $(PY) $$b || exit 1; done

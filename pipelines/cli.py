@@ -40,6 +40,7 @@ _STEP_HELP = {
     "evaluate": "gate the served candidate against floors, the champion and its slices",
     "register": "register the candidate as a model version and stage it as challenger",
     "promote": "apply a review decision or the auto policy to the challenger",
+    "monitor": "rate one window of captured predictions (drift, estimated macro-F1, system figures)",
 }
 
 
@@ -97,7 +98,7 @@ def _parse_value(raw: str) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m pipelines",
-        description="Run one step of the continuous-training loop, or write the demo batches.",
+        description="Run one step of the continuous-training loop, write the demo batches, or serve the champion.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument(
@@ -126,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
     demo = sub.add_parser("demo-data", help="write the demo batches into the landing folder")
     demo.add_argument("--only", action="append", default=None, metavar="NAME", help="write only this batch")
+    sub.add_parser(
+        "serve",
+        help="serve the champion with MLflow's scoring server behind a front that follows the alias (make serve)",
+        description="Serve models:/<registry.model_name>@champion on serving.host:serving.port; see pipelines/serve.py.",
+    )
     return parser
 
 
@@ -159,6 +165,11 @@ def _run(args: argparse.Namespace) -> int:
 
         for uri in write_demo_batches(settings, args.only):
             print(uri)
+        return 0
+    if args.command == "serve":
+        from pipelines.serve import Supervisor
+
+        Supervisor(settings).run(announce=lambda line: print(line, flush=True))
         return 0
     from pipelines.context import StepContext
     from pipelines.steps import run_step

@@ -420,6 +420,60 @@ class DagSettings(_Section):
     )
 
 
+class ServingSettings(_Section):
+    """``make serve`` (pipelines/serve.py) and prediction capture in the served model (pipelines/serving.py).
+
+    The served model reads the capture keys from ``MLOPS_SERVING__*`` variables (it ships without this module);
+    the serve supervisor exports them from these settings.
+    """
+
+    host: str = Field(default="127.0.0.1", description="Address the front of make serve listens on (loopback).")
+    port: int = Field(default=5001, gt=0, lt=65536, description="Port of the front; the scoring servers use others.")
+    backend_port: int = Field(
+        default=5101, gt=0, lt=65535, description="First of two ports the scoring servers alternate between."
+    )
+    workers: int = Field(default=1, ge=1, description="Scoring server workers (mlflow models serve --workers).")
+    poll_seconds: float = Field(default=20.0, gt=0, description="How often the supervisor reads the champion alias.")
+    start_timeout_seconds: float = Field(default=180.0, gt=0, description="A new scoring server must answer by then.")
+    drain_seconds: float = Field(default=30.0, ge=0, description="Longest wait for in-flight requests at a switch.")
+    capture_share: Probability = Field(
+        default=1.0, ge=0, le=1, description="Share of requests captured (sampled per request); 0 turns capture off."
+    )
+    capture_uri: str | None = Field(default=None, description="Where captures go; default <artifact_root>/captures.")
+    capture_texts: bool = Field(default=True, description="False: keep only each text's SHA-256, never the text.")
+    capture_queue_size: int = Field(default=1000, gt=0, description="Requests buffered for the writer; then dropped.")
+    capture_flush_rows: int = Field(default=500, gt=0, description="Rows per capture file, at most.")
+    capture_flush_seconds: float = Field(
+        default=10.0, gt=0, description="A capture file is written at least this often."
+    )
+
+
+class MonitoringSettings(_Section):
+    """The ``monitor`` step and the ``monitor_predictions`` DAG (pipelines/monitor.py)."""
+
+    schedule: str | None = Field(default="@hourly", description="The monitor_predictions DAG's schedule; null: manual.")
+    settle_seconds: float = Field(
+        default=60.0, ge=0, description="A capture file is claimed only once it is this old (its write has finished)."
+    )
+    max_rows: int = Field(default=5000, gt=0, description="Captured rows per window used for the statistical tests.")
+    min_rows: int = Field(default=30, gt=0, description="Fewer captured rows in a window: status ok, 'too few rows'.")
+    confidence_p_threshold: Probability = Field(default=0.01, gt=0, lt=1, description="KS test of top-class prob.")
+    prediction_p_threshold: Probability = Field(default=0.01, gt=0, lt=1, description="Chi-square of predicted mix.")
+    warn_f1_drop: float = Field(default=0.05, ge=0, le=1, description="Estimated macro-F1 drop that warns.")
+    act_f1_drop: float = Field(default=0.10, ge=0, le=1, description="Estimated macro-F1 drop that acts.")
+    act_on_severe_drift: bool = Field(default=True, description="Severe input drift alone acts (else it warns).")
+    max_error_rate: Probability = Field(default=0.05, ge=0, le=1, description="Error share above it warns.")
+    max_latency_p95_ms: float = Field(default=500.0, gt=0, description="Captured latency p95 above it warns.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> MonitoringSettings:
+        if self.act_f1_drop < self.warn_f1_drop:
+            raise ValueError(
+                f"monitoring.act_f1_drop={self.act_f1_drop!r} must be >= monitoring.warn_f1_drop={self.warn_f1_drop!r}"
+            )
+        return self
+
+
 class Settings(BaseSettings):
     """The whole configuration. Build it with :func:`get_settings`."""
 
@@ -440,6 +494,8 @@ class Settings(BaseSettings):
     gates: GateSettings = Field(default_factory=GateSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     dag: DagSettings = Field(default_factory=DagSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -527,6 +583,7 @@ NOT_SETTINGS: dict[str, str] = {
     "MLOPS_TORCH_VARIANT": "docker-compose: cpu or cuda torch wheels",
     "MLOPS_WHEELHOUSE": "scripts/container_env.sh: the wheel cache",
     "MLOPS_CONTAINER_STATE": "scripts/container_env.sh: the container tools' state folder",
+    "MLOPS_SERVED_MODEL_VERSION": "make serve: the model version a scoring server loaded (stamped on captures)",
 }
 #: Prefixes of other non-setting variables: the test suite's (``MLOPS_TEST_DOCKER_URL`` ...).
 NOT_SETTINGS_PREFIXES = ("MLOPS_TEST_",)
@@ -683,6 +740,7 @@ class RunParams(_Section):
     by: str | None = Field(default=None, description="promote: who acts, for the audit trail")
     reason: str | None = Field(default=None, description="promote: why, for the audit trail")
     request_id: str | None = Field(default=None, description="promote: the idempotency key of a move")
+    window_end: str | None = Field(default=None, description="monitor: the end of the window (ISO time)")
 
 
 def check_params(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ STEPS: dict[str, str] = {
     "evaluate": "pipelines.evaluate",
     "register": "pipelines.register",
     "promote": "pipelines.promote",
+    "monitor": "pipelines.monitor",
 }
 
 

@@ -121,3 +121,71 @@ def request_review(registered: dict[str, Any] | None, event: Any = None) -> dict
         f" (it supersedes the pending version(s) {', '.join(superseded)})" if superseded else "",
     )
     return {**extra, "superseded": superseded, "review_dag": "review_challenger"}
+
+
+def choose_after_monitor(summary: dict[str, Any] | None) -> str:
+    """Branch after ``monitor``: ``act`` with labelled batches waiting starts training; ``act`` without them asks
+    for labels; ``ok`` and ``warn`` end the run (``warn`` is in the summary, the MLflow run and the task log)."""
+    summary = summary or {}
+    if summary.get("status") != "act":
+        if summary.get("status") == "warn":
+            log.warning("monitor: warn: %s", "; ".join(summary.get("reasons") or []))
+        return "done"
+    return "trigger_training" if summary.get("labels_waiting") else "ask_for_labels"
+
+
+def monitor_evidence(summary: dict[str, Any]) -> dict[str, Any]:
+    """The small part of the monitor summary that travels to ``continuous_training`` as its conf."""
+    estimate = summary.get("estimate") or {}
+    return {
+        "window_id": summary.get("window_id"),
+        "status": summary.get("status"),
+        "reasons": summary.get("reasons") or [],
+        "rows": summary.get("rows"),
+        "champion_version": summary.get("champion_version"),
+        "estimated_macro_f1": estimate.get("macro_f1"),
+        "baseline_macro_f1": estimate.get("baseline_macro_f1"),
+        "report_uri": summary.get("report_uri"),
+    }
+
+
+def ask_for_labels(summary: dict[str, Any] | None) -> None:
+    """Fail visibly: the window needs action but no labelled batch waits in landing to train on."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    summary = summary or {}
+    reasons = "; ".join(summary.get("reasons") or [])
+    raise AirflowFailException(
+        f"monitoring window {summary.get('window_id')} needs action ({reasons}) but no labelled batch waits in "
+        f"landing: label a sample of the captured traffic and drop it there; report: {summary.get('report_uri')}"
+    )
+
+
+def trigger_training(summary: dict[str, Any]) -> None:
+    """Start ``continuous_training`` with the window's evidence in its conf, under the run id
+    ``monitor__<window>``: a rerun of the window finds that run and starts nothing (never twice for one window).
+
+    Raises the Task SDK's trigger request (what ``TriggerDagRunOperator`` raises), imported here rather than the
+    operator at parse time: importing the operator costs the DAG file half a second.
+    """
+    from airflow.sdk.exceptions import DagRunTriggerException
+
+    evidence = monitor_evidence(summary)
+    raise DagRunTriggerException(
+        trigger_dag_id="continuous_training",
+        dag_run_id=training_run_id(summary),
+        conf={"monitor_evidence": evidence},
+        logical_date=None,
+        reset_dag_run=False,
+        skip_when_already_exists=True,
+        wait_for_completion=False,
+        allowed_states=["success"],
+        failed_states=["failed"],
+        poke_interval=60,
+        deferrable=False,
+        note=f"started by monitor_predictions: {'; '.join(evidence['reasons'])[:400]}",
+    )
+
+
+def training_run_id(summary: dict[str, Any]) -> str:
+    return f"monitor__{summary.get('window_id')}"

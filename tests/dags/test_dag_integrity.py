@@ -32,7 +32,12 @@ def dagbag():
 
 def test_dags_import_without_errors(dagbag):
     assert dagbag.import_errors == {}, f"import errors: {dagbag.import_errors}"
-    assert set(dagbag.dag_ids) == {"continuous_training", "promote_or_rollback", "review_challenger"}
+    assert set(dagbag.dag_ids) == {
+        "continuous_training",
+        "promote_or_rollback",
+        "review_challenger",
+        "monitor_predictions",
+    }
 
 
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
@@ -94,6 +99,41 @@ def test_review_challenger_is_started_by_the_challenger_asset(dagbag):
     assert isinstance(review, HITLOperator) and review.options == ["Approve", "Reject"]
     assert "comment" in review.params
     assert review.response_timeout is not None
+
+
+def test_monitor_predictions_edges_schedule_and_trigger(dagbag):
+    dag = dagbag.dags["monitor_predictions"]
+    assert _edges(dag) == {
+        ("monitor", "route"),
+        ("route", "done"),
+        ("route", "ask_for_labels"),
+        ("route", "trigger_training"),
+    }
+    assert dag.max_active_runs == 1 and "monitoring" in dag.tags
+    assert type(dag.timetable).__name__ == "CronTriggerTimetable"  # monitoring.schedule, hourly by default
+    assert "window_end" in dag.get_task("monitor").step_params
+
+
+def test_monitor_route_and_ask_for_labels():
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mlops_airflow import tasks
+
+    assert tasks.choose_after_monitor({"status": "ok"}) == "done"
+    assert tasks.choose_after_monitor({"status": "warn", "reasons": ["x"]}) == "done"
+    assert tasks.choose_after_monitor({"status": "act", "labels_waiting": 2}) == "trigger_training"
+    assert tasks.choose_after_monitor({"status": "act", "labels_waiting": 0}) == "ask_for_labels"
+    with pytest.raises(AirflowFailException, match="no labelled batch waits in landing"):
+        tasks.ask_for_labels({"status": "act", "window_id": "w", "reasons": ["estimated macro-F1 drop 0.2"]})
+    from airflow.sdk.exceptions import DagRunTriggerException
+
+    summary = {"window_id": "w1", "status": "act", "reasons": ["drop"], "estimate": {"macro_f1": 0.4}}
+    with pytest.raises(DagRunTriggerException) as raised:
+        tasks.trigger_training(summary)
+    request = raised.value
+    assert request.trigger_dag_id == "continuous_training" and request.dag_run_id == "monitor__w1"
+    assert request.skip_when_already_exists is True  # a rerun of the window starts nothing
+    assert request.conf["monitor_evidence"]["estimated_macro_f1"] == 0.4
 
 
 def test_continuous_training_params_validate(dagbag):

@@ -1,0 +1,124 @@
+"""make serve: MLflow's scoring server behind the front, following the champion alias without dropping requests."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from registry_doubles import add_version, make_registry_settings
+from test_drift import _always_positive_bundle
+
+from pipelines.serve import Supervisor, server_env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _served(tmp: Path, weights: list[float]) -> Path:
+    """A served pyfunc folder (the compress step's own save) whose graph's logits are tokens x ``weights``."""
+    import onnx
+    from onnx import numpy_helper
+
+    from pipelines.compress import save_served_model
+
+    bundle = _always_positive_bundle(tmp / "bundle")
+    model = onnx.load(str(bundle / "model.onnx"))
+    for i, init in enumerate(model.graph.initializer):
+        if init.name == "w":
+            import numpy as np
+
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(np.array([weights], dtype=np.float32), "w"))
+    onnx.save(model, str(bundle / "model.onnx"))
+    save_served_model(tmp / "served", bundle, ["a b", "c", "d e f"], tmp / "scratch")
+    return tmp / "served"
+
+
+def _invoke(url: str, texts: list[str]) -> tuple[int, str | None, list[str]]:
+    req = urllib.request.Request(
+        url + "/invocations",
+        data=json.dumps({"inputs": texts}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        body = json.loads(resp.read())
+        return resp.status, resp.headers.get("X-Model-Version"), [r["label"] for r in body["predictions"]]
+
+
+def test_server_env_carries_capture_settings(tmp_path):
+    settings = make_registry_settings(tmp_path, serving__capture_share=0.5, serving__capture_texts=False)
+    env = server_env(settings, "3", base={})
+    assert env["MLOPS_SERVED_MODEL_VERSION"] == "3" and env["MLOPS_SERVING__CAPTURE_SHARE"] == "0.5"
+    assert env["MLOPS_SERVING__CAPTURE_TEXTS"] == "false"
+    assert env["MLOPS_SERVING__CAPTURE_URI"] == str((tmp_path / "var" / "captures").resolve())
+    off = server_env(make_registry_settings(tmp_path, serving__capture_share=0.0), "3", base={})
+    assert "MLOPS_SERVING__CAPTURE_URI" not in off
+
+
+@pytest.mark.slow  # two real scoring servers start (10-40 s on two shared cores)
+def test_serve_follows_the_alias_without_dropping_requests(tmp_path):
+    from pipelines.tracking import configure
+
+    backend = _free_port()
+    while _free_port() == backend + 1:
+        pass
+    settings = make_registry_settings(
+        tmp_path,
+        registry__model_name="serve-test",
+        serving__port=_free_port(),
+        serving__backend_port=backend,
+        serving__capture_flush_seconds=0.5,
+        serving__drain_seconds=10,
+    )
+    v1 = add_version(settings, _served(tmp_path / "v1", [-1.0, 0.0, 1.0]), alias="champion")
+    v2 = add_version(settings, _served(tmp_path / "v2", [1.0, 0.0, -1.0]))
+    sup = Supervisor(settings)
+    url = sup.start_front()
+    try:
+        assert sup.sync() == v1
+        assert _invoke(url, ["good one"]) == (200, v1, ["positive"])
+
+        results: list[tuple[int, str | None, list[str]]] = []
+        errors: list[Exception] = []
+        stop = threading.Event()
+
+        def traffic() -> None:
+            while not stop.is_set():
+                try:
+                    results.append(_invoke(url, ["a b c", "d"]))
+                except Exception as exc:  # noqa: BLE001 - any failure is what the test looks for
+                    errors.append(exc)
+
+        threads = [threading.Thread(target=traffic) for _ in range(3)]
+        for t in threads:
+            t.start()
+        configure(settings).set_registered_model_alias("serve-test", "champion", v2)
+        assert sup.sync() == v2
+        time.sleep(1.0)
+        stop.set()
+        for t in threads:
+            t.join()
+        assert errors == [], errors[:3]
+        versions = [v for _, v, _ in results]
+        assert {v1, v2} <= set(versions), "traffic ran before and after the switch"
+        assert all(s == 200 for s, _, _ in results)
+        assert versions[-1] == v2 and results[-1][2] == ["negative", "negative"]
+        assert sup.switches[-1]["from"] == v1 and sup.switches[-1]["to"] == v2
+        status = json.loads(urllib.request.urlopen(url + "/mlops/status", timeout=5).read())
+        assert status["version"] == v2
+    finally:
+        sup.shutdown()
+    rows = [
+        json.loads(line)
+        for f in (tmp_path / "var" / "captures").rglob("*.jsonl")
+        for line in f.read_text().splitlines()
+    ]
+    assert {r["model_version"] for r in rows} == {v1, v2}
+    assert {r["label"] for r in rows if r["model_version"] == v2} == {"negative"}
