@@ -292,13 +292,18 @@ class Loop:
             return ""
 
     def predict(self, version: str, texts: list[str]) -> Any:
+        """Labels of the served model of ``version``, scored from its bundle as the pipeline does (no pickle)."""
         import mlflow
 
+        from pipelines.champion import load_predictor
         from pipelines.evaluate import predict
 
         mlflow.set_tracking_uri(self.settings.mlflow.tracking_uri)
-        model = mlflow.pyfunc.load_model(f"models:/{self.settings.registry.model_name}/{version}")
-        return predict(model, texts, list(self.settings.data.labels))[0]
+        uri = f"models:/{self.settings.registry.model_name}/{version}"
+        with tempfile.TemporaryDirectory(prefix="stream-model-") as tmp:
+            mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
+            model = load_predictor(tmp, uri)
+            return predict(model, texts, list(self.settings.data.labels))[0]
 
     def learn(self, t: int, name: str, batch: Any) -> Step:
         from scripts.dag_runner import run_dag

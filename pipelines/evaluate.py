@@ -1,9 +1,11 @@
 """Evaluate the served artifact against the majority class, a TF-IDF baseline, the champion, slices and budgets.
 
-The candidate is the compressed pyfunc model that would be served (``served_uri``), not the fp32 weights. The
-champion's served model predicts the same evaluation set, so the comparison is paired. A TF-IDF + class-balanced
-logistic regression trained on the accepted data (hold-out rows excluded) and the majority class are scored beside
-them, so a transformer that loses to a linear baseline is visible at a glance.
+The candidate is the compressed model that would be served (``served_uri``), not the fp32 weights. The
+champion's served model predicts the same evaluation set, so the comparison is paired. Both are scored from their
+``bundle/`` (ONNX graph, tokenizer, labels: :func:`pipelines.champion.load_predictor`), the inference the served
+pyfunc runs; the step never unpickles a model (``python_model.pkl`` is only for ``mlflow models serve``). A TF-IDF
++ class-balanced logistic regression trained on the accepted data (hold-out rows excluded) and the majority class
+are scored beside them, so a transformer that loses to a linear baseline is visible at a glance.
 
 Every gate is a :class:`Gate` built by one function (thresholds from ``settings.gates``) and has one of three
 outcomes: ``pass``, ``fail`` (the run fails, nothing is registered) or ``review`` (registered and staged as the
@@ -18,7 +20,7 @@ challenger, but a human decides, even under the ``auto`` promotion policy):
 - ``slices`` (:func:`gate_slices`): no slice of ``data.slice_column`` with at least ``min_slice_size`` rows loses
   more than ``slice_tolerance`` macro-F1 against the champion; skipped with no champion;
 - ``macro_f1_floor`` and ``class_recall_floor``: absolute floors, off (skipped) at their default 0;
-- ``latency_p95_ms`` (:func:`gate_latency`): p95 of batch-1 calls of the candidate pyfunc;
+- ``latency_p95_ms`` (:func:`gate_latency`): p95 of batch-1 calls of the candidate's bundle predictor;
 - ``size_mb`` (:func:`gate_size`): size of ``bundle/model.onnx`` in MiB.
 
 The summary's ``passed`` is true when no gate failed; ``needs_review`` and ``review_reasons`` list the gates whose
@@ -125,7 +127,10 @@ def _local_dir(ctx: StepContext, uri: str, dst: Path) -> Path:
 
 
 def predict(model: Any, texts: list[str], labels: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
-    """Labels and class probabilities (columns in ``labels`` order, or None) of a served pyfunc model.
+    """Labels and class probabilities (columns in ``labels`` order, or None) of a served model.
+
+    ``model``: anything whose ``predict`` takes a DataFrame with a ``text`` column and returns the served pyfunc's
+    columns (``label``, ``prob_<label>``), e.g. an :class:`~pipelines.serving.OnnxPredictor`.
 
     Raises:
         ValueError: the output lacks a ``label`` column, has the wrong length, or holds unknown labels.
@@ -438,7 +443,7 @@ def gate_slices(eval_df: pd.DataFrame, p: Predictions, settings: Settings) -> Ga
 
 
 def gate_latency(latency: dict[str, Any], g: GateSettings) -> Gate:
-    """p95 of batch-1 calls of the candidate pyfunc within ``gates.max_latency_p95_ms``."""
+    """p95 of batch-1 calls of the candidate's bundle predictor within ``gates.max_latency_p95_ms``."""
     p95 = latency["p95_ms"]
     ok = p95 <= g.max_latency_p95_ms
     reason = f"latency p95 {p95:.1f} ms > gates.max_latency_p95_ms={g.max_latency_p95_ms}"
@@ -495,8 +500,8 @@ def check_gates(
 def run(ctx: StepContext) -> dict[str, Any]:
     """Evaluate the served candidate on the evaluation set and check every gate.
 
-    Inputs: ``served_uri`` (the served pyfunc model folder), ``eval_uri`` (evaluation Parquet/CSV with text,
-    label and optionally the slice column).
+    Inputs: ``served_uri`` (the served model folder, with its ``bundle/``), ``eval_uri`` (evaluation Parquet/CSV
+    with text, label and optionally the slice column).
 
     Returns:
         ``passed`` (no gate failed), ``needs_review`` and ``review_reasons`` (gates whose outcome is review),
@@ -506,6 +511,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
     Raises:
         ValueError: an input is missing, the evaluation set lacks a column or holds unknown labels.
         FileNotFoundError: the served folder or its bundle is missing.
+        CorruptArtifact: the candidate's or the champion's bundle does not load.
     """
     from pipelines.datasets import read_table
 
@@ -561,17 +567,22 @@ def _evaluate(ctx: StepContext, eval_df: pd.DataFrame, work: Path) -> dict[str, 
 
 # --- predict: candidate, champion, baselines -----------------------------------------------------------------
 def _predict_all(ctx: StepContext, served_dir: Path, eval_df: pd.DataFrame, work: Path) -> tuple[Any, Predictions]:
-    """The candidate pyfunc (kept for the latency gate) and every model's predictions on the evaluation set."""
-    import mlflow
+    """The candidate's predictor (kept for the latency gate) and every model's predictions on the evaluation set.
 
-    from pipelines.champion import get_champion
+    Both served models are loaded from their bundle (no pickle); one that does not load is a
+    :class:`~pipelines.errors.CorruptArtifact`.
+    """
+    from pipelines.champion import get_champion, load_predictor
 
     s = ctx.settings
     labels = list(s.data.labels)
     texts = eval_df[s.data.text_column].astype(str).tolist()
     y = eval_df[s.data.label_column].astype(str).to_numpy()
-    log.info("evaluate: %d rows from %s; candidate %s", len(y), ctx.require("eval_uri"), ctx.require("served_uri"))
-    candidate_model = mlflow.pyfunc.load_model(str(served_dir))
+    served_uri = ctx.require("served_uri")
+    log.info("evaluate: %d rows from %s; candidate %s", len(y), ctx.require("eval_uri"), served_uri)
+    candidate_model = load_predictor(
+        served_dir, "the candidate" if str(served_dir) == served_uri else f"the candidate from {served_uri!r}"
+    )
     cand, cand_probs = predict(candidate_model, texts, labels)
 
     # A fresh folder per evaluation: the champion's version number alone does not identify it across stores.
@@ -579,7 +590,7 @@ def _predict_all(ctx: StepContext, served_dir: Path, eval_df: pd.DataFrame, work
     champ = None
     if champion is not None:
         log.info("evaluate: champion is version %s", champion.version)
-        champ, _ = predict(mlflow.pyfunc.load_model(str(champion.model_dir)), texts, labels)
+        champ, _ = predict(champion.predictor(), texts, labels)
 
     base = _baselines(s, eval_df)
     return candidate_model, Predictions(

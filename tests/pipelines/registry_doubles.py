@@ -1,38 +1,53 @@
-"""Test doubles of the served artifact: real MLflow pyfunc models with a ``bundle/`` whose answers are known.
+"""Test doubles of the served artifact: MLflow pyfunc models with a ``bundle/`` whose answers are known.
 
 ``save_served`` writes a pyfunc model folder (``mlflow.pyfunc.save_model``) that predicts from a text -> label
 table, falling back to a TF-IDF + logistic regression pipeline (when given) or a default label, and returns
 ``label`` plus ``prob_<label>`` columns as the compress step's model does. Its bundle holds a ``model.onnx`` of a
-chosen size (any bytes: only its size is gated), ``fp32/`` and ``reference/``.
+chosen size (any bytes: only its size is gated), ``fp32/``, ``reference/`` and the table (``table.json``).
+
+The pipeline scores a served model from its bundle's ONNX graph (:func:`pipelines.champion.load_predictor`), never
+through the pickled pyfunc, and a double's ``model.onnx`` is no graph. Tests that run evaluate on doubles therefore
+enter :func:`table_doubles`: while it is active, ``load_predictor`` answers a bundle that holds ``table.json`` with
+:class:`TablePredictor` (the same table, read as JSON, no pickle but the test's own optional fallback) and hands
+every other bundle to the real loader. ``save_onnx_served`` writes a served folder with a real, tiny ONNX bundle
+for the tests that prove the real path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import pickle
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
+import pytest
 
 LABELS = ["negative", "neutral", "positive"]
 
 
-class TableModel(mlflow.pyfunc.PythonModel):
-    """Predicts ``table[text]``, else the sklearn fallback, else ``default``."""
+class TablePredictor:
+    """A double's bundle as a predictor: ``table[text]``, else the sklearn fallback, else ``default``.
 
-    def load_context(self, context):
-        bundle = Path(context.artifacts["bundle"])
+    Its ``predict`` takes what :class:`pipelines.serving.OnnxPredictor`'s does (a DataFrame with ``text``, a list)
+    and returns the same columns.
+    """
+
+    def __init__(self, bundle: str | Path) -> None:
+        bundle = Path(bundle)
         spec = json.loads((bundle / "table.json").read_text())
         self.labels = spec["labels"]
         self.table = spec["table"]
         self.default = spec["default"]
-        fallback = bundle / "fallback.pkl"
+        fallback = bundle / "fallback.pkl"  # the test's own sklearn pipeline, written by save_served
         self.fallback = pickle.loads(fallback.read_bytes()) if fallback.is_file() else None
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, model_input: Any) -> pd.DataFrame:
         texts = model_input["text"].astype(str).tolist() if isinstance(model_input, pd.DataFrame) else list(model_input)
         missing = [t for t in texts if t not in self.table]
         guessed = {}
@@ -43,6 +58,39 @@ class TableModel(mlflow.pyfunc.PythonModel):
         for lab in self.labels:
             out[f"prob_{lab}"] = np.where(out["label"] == lab, 0.8, 0.2 / (len(self.labels) - 1))
         return out
+
+
+class TableModel(mlflow.pyfunc.PythonModel):
+    """The served pyfunc of a double (for tests that load it as ``mlflow models serve`` would): a TablePredictor."""
+
+    def load_context(self, context):
+        self.predictor = TablePredictor(context.artifacts["bundle"])
+
+    def predict(self, context, model_input, params=None):
+        return self.predictor.predict(model_input)
+
+
+@contextlib.contextmanager
+def table_doubles() -> Iterator[None]:
+    """While active, ``pipelines.champion.load_predictor`` loads a double's bundle (one with ``table.json``) as a
+    :class:`TablePredictor`; any other bundle goes to the real loader, so a real ONNX bundle is still scored as in
+    production (and a corrupt one still fails)."""
+    import pipelines.champion as champion_mod
+
+    real = champion_mod.load_predictor
+
+    def load(model_dir: str | Path, what: str = "the served model") -> Any:
+        try:
+            bundle = champion_mod.find_bundle(model_dir)
+        except FileNotFoundError:
+            bundle = None
+        if bundle is not None and (bundle / "table.json").is_file():
+            return TablePredictor(bundle)
+        return real(model_dir, what)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(champion_mod, "load_predictor", load)
+        yield
 
 
 def save_served(
@@ -67,6 +115,77 @@ def save_served(
     mlflow.pyfunc.save_model(
         str(path), python_model=TableModel(), artifacts={"bundle": str(bundle)}, pip_requirements=["mlflow"]
     )
+    return path
+
+
+def onnx_bundle(bundle: Path, weights: Sequence[float], labels: list[str] = LABELS) -> Path:
+    """A real, loadable bundle at ``bundle``: logits = (number of tokens) x ``weights``, so every text gets the label
+    of the largest weight. A word-level tokenizer (every word is [UNK]), a three-node ONNX graph, labels, serving
+    config, ``fp32/`` and ``reference/``; built in milliseconds."""
+    import onnx
+    from onnx import TensorProto, helper
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+
+    (bundle / "tokenizer").mkdir(parents=True)
+    (bundle / "fp32").mkdir()
+    (bundle / "reference").mkdir()
+    (bundle / "fp32" / "config.json").write_text("{}")
+    (bundle / "reference" / "reference.json").write_text("{}")
+    tok = Tokenizer(WordLevel({"[PAD]": 0, "[UNK]": 1}, unk_token="[UNK]"))
+    tok.pre_tokenizer = Whitespace()
+    tok.save(str(bundle / "tokenizer" / "tokenizer.json"))
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["attention_mask"], ["mask_f"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceSum", ["mask_f", "axes"], ["count"], keepdims=1),
+            helper.make_node("MatMul", ["count", "w"], ["logits"]),
+        ],
+        "token_count",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["n", "l"]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["n", "l"]),
+        ],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", len(labels)])],
+        initializer=[
+            helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
+            helper.make_tensor("w", TensorProto.FLOAT, [1, len(labels)], [float(w) for w in weights]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(bundle / "model.onnx"))
+    (bundle / "labels.json").write_text(json.dumps(labels))
+    (bundle / "serving.json").write_text(json.dumps({"max_length": 32, "batch_size": 16, "pad_id": 0}))
+    return bundle
+
+
+def marker_pickle(marker: Path) -> bytes:
+    """A pickle whose loading creates ``marker``: what a planted ``python_model.pkl`` could run."""
+
+    class Plant:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    return pickle.dumps(Plant())
+
+
+class _NeverLoaded(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        raise AssertionError("the pickled pyfunc was loaded instead of the bundle")
+
+
+def save_onnx_served(path: Path, weights: Sequence[float], marker: Path) -> Path:
+    """A served pyfunc folder at ``path`` whose bundle is a real :func:`onnx_bundle` and whose ``python_model.pkl``
+    is :func:`marker_pickle` (``marker`` appears if anything unpickles it); returns ``path``."""
+    bundle = onnx_bundle(path.parent / f"{path.name}-src" / "bundle", weights)
+    mlflow.pyfunc.save_model(
+        str(path), python_model=_NeverLoaded(), artifacts={"bundle": str(bundle)}, pip_requirements=["mlflow"]
+    )
+    pkl = path / "python_model.pkl"
+    assert pkl.is_file(), f"no python_model.pkl in {path}: has MLflow's pyfunc layout changed?"
+    pkl.write_bytes(marker_pickle(marker))
     return path
 
 

@@ -1,15 +1,31 @@
-"""The evaluate step on served pyfunc test doubles whose predictions are constructed, so every gate's answer is known."""
+"""The evaluate step on served test doubles whose predictions are constructed, so every gate's answer is known, and
+on real ONNX bundles whose planted pickles it must never load.
+
+The doubles' bundles hold a lookup table, not an ONNX graph: the tests on them score them through
+:func:`registry_doubles.table_doubles` (the ``env`` fixture). The ``real_env`` tests go through the product's own
+loader, :func:`pipelines.champion.load_predictor`, untouched.
+"""
 
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import pytest
-from registry_doubles import corrupt, make_registry_settings, register_champion, save_served
+from registry_doubles import (
+    LABELS,
+    corrupt,
+    make_registry_settings,
+    register_champion,
+    save_onnx_served,
+    save_served,
+    table_doubles,
+)
 
 from pipelines.context import StepContext
 from pipelines.datasets import write_parquet
+from pipelines.errors import EXIT_PERMANENT, CorruptArtifact, exit_code
 from pipelines.evaluate import run
 from pipelines.steps import run_step
 
@@ -20,14 +36,26 @@ def eval_set(demo_frames):
     return demo_frames["batch_002_moderate"].reset_index(drop=True)
 
 
-@pytest.fixture
-def env(demo_frames, eval_set, tmp_path):
-    """Settings with two accepted batches (for the TF-IDF baseline) and the eval set written as Parquet."""
+def _write_env(demo_frames, eval_set, tmp_path):
     settings = make_registry_settings(tmp_path, gates__bootstrap_samples=300, gates__latency_sample_rows=10)
     for name in ("batch_000_reference", "batch_001_in_domain"):
         write_parquet(demo_frames[name], settings.uri("accepted", f"{name}.parquet"), settings)
     eval_uri = write_parquet(eval_set, str(tmp_path / "eval.parquet"), settings)
     return settings, eval_uri
+
+
+@pytest.fixture
+def env(demo_frames, eval_set, tmp_path):
+    """Settings with two accepted batches (for the TF-IDF baseline) and the eval set written as Parquet; served
+    doubles are scored from their table (:func:`registry_doubles.table_doubles`)."""
+    with table_doubles():
+        yield _write_env(demo_frames, eval_set, tmp_path)
+
+
+@pytest.fixture
+def real_env(demo_frames, eval_set, tmp_path):
+    """As ``env``, with the product's loader untouched: every served model is loaded from its ONNX bundle."""
+    return _write_env(demo_frames, eval_set, tmp_path)
 
 
 def _served(tmp_path: Path, name: str, eval_set, predicted, **kwargs) -> Path:
@@ -222,6 +250,54 @@ def test_evaluate_eval_set_without_label_names_column(env, eval_set, tmp_path):
     served = save_served(tmp_path / "any")
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['label'\]"):
         run(_ctx(settings, served, uri))
+
+
+def test_evaluate_scores_both_real_bundles_and_never_unpickles_them(real_env, eval_set, tmp_path):
+    settings, eval_uri = real_env
+    champion_marker, candidate_marker = tmp_path / "champion-unpickled", tmp_path / "candidate-unpickled"
+    # Each served folder's python_model.pkl runs code when unpickled; its bundle is a real ONNX graph.
+    version = register_champion(settings, save_onnx_served(tmp_path / "champ", [1.0, 0.0, -1.0], champion_marker))
+    served = save_onnx_served(tmp_path / "cand", [-1.0, 0.0, 1.0], candidate_marker)
+
+    result = run(_ctx(settings, served, eval_uri))
+
+    # Each model's own graph scored every row: the candidate's says positive, the champion's negative.
+    counts = [int((eval_set["label"] == lab).sum()) for lab in LABELS]
+    assert result["confusion"]["candidate"] == [[0, 0, n] for n in counts]
+    assert result["confusion"]["champion"] == [[n, 0, 0] for n in counts]
+    assert result["champion_version"] == version
+    assert result["metrics"]["accuracy"] == pytest.approx(counts[2] / 400)
+    assert result["metrics"]["champion_accuracy"] == pytest.approx(counts[0] / 400)
+    assert result["metrics"]["ece"] is not None  # the graph's probabilities came through
+    onnx_mb = (served / "artifacts" / "bundle" / "model.onnx").stat().st_size / 1024 / 1024
+    assert result["gates"]["size_mb"]["value"] == pytest.approx(onnx_mb, abs=1e-5)
+    latency = result["gates"]["latency_p95_ms"]
+    assert latency["samples"] == 10 and latency["p95_ms"] > 0
+    assert not candidate_marker.exists() and not champion_marker.exists()
+    # The planted pickle is live: unpickling it (as loading the pyfunc would) runs `touch <marker>`.
+    assert pickle.loads((served / "python_model.pkl").read_bytes()) == 0
+    assert candidate_marker.exists()
+
+
+def test_evaluate_candidate_whose_bundle_does_not_load_is_a_corrupt_artifact(real_env, tmp_path):
+    settings, eval_uri = real_env
+    # A double: its pyfunc unpickles and predicts fine, but its model.onnx is 1024 zero bytes, not a graph.
+    served = save_served(tmp_path / "double")
+
+    with pytest.raises(CorruptArtifact, match=r"^the candidate at '.*double' does not load: ") as err:
+        run(_ctx(settings, served, eval_uri))
+    assert exit_code(err.value) == EXIT_PERMANENT  # not retried: a rerun loads the same bytes
+
+
+def test_evaluate_champion_whose_bundle_does_not_load_is_a_corrupt_artifact(real_env, tmp_path):
+    settings, eval_uri = real_env
+    version = register_champion(settings, save_served(tmp_path / "double"))
+    served = save_onnx_served(tmp_path / "cand", [-1.0, 0.0, 1.0], tmp_path / "unpickled")
+
+    name = settings.registry.model_name
+    with pytest.raises(CorruptArtifact, match=rf"^{name} version {version} at '.*' does not load: "):
+        run(_ctx(settings, served, eval_uri))
+    assert not (tmp_path / "unpickled").exists()
 
 
 def test_evaluate_missing_served_folder_says_run_compress(env, tmp_path):

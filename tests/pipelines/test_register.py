@@ -8,7 +8,7 @@ import json
 import mlflow
 import pandas as pd
 import pytest
-from registry_doubles import corrupt, make_registry_settings, registry_state, save_served
+from registry_doubles import corrupt, make_registry_settings, registry_state, save_served, table_doubles
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
@@ -76,6 +76,7 @@ def _upstream(settings, run_id: str) -> None:
 
 
 def _evaluated(settings, eval_uri, served, run_id: str) -> dict:
+    """The real evaluate step on a served double (scored from its table: see registry_doubles.table_doubles)."""
     _upstream(settings, run_id)
     ctx = StepContext(
         step="evaluate",
@@ -84,7 +85,8 @@ def _evaluated(settings, eval_uri, served, run_id: str) -> dict:
         dag_id="continuous_training",
         inputs={"served_uri": str(served), "eval_uri": eval_uri},
     )
-    return run_step(ctx)
+    with table_doubles():
+        return run_step(ctx)
 
 
 def _register(settings, served, run_id: str, **params) -> dict:
