@@ -120,24 +120,10 @@ def _post(url: str, text: str) -> float:
 def _serve(model_uri: str, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     env = {**os.environ, **env, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    from pipelines.serve import serve_command
+
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "models",
-            "serve",
-            "-m",
-            model_uri,
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "--workers",
-            "1",
-        ],
+        serve_command(model_uri, port),
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

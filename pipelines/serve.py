@@ -49,6 +49,27 @@ _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer"
 
 
 @dataclass
+def serve_command(model_uri: str, port: int, workers: int = 1) -> list[str]:
+    """The ``mlflow models serve`` command line for ``model_uri`` on loopback ``port`` (this environment)."""
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        model_uri,
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
+
+
 class Backend:
     version: str
     port: int
@@ -153,23 +174,7 @@ class Supervisor:
             RuntimeError: it exited or did not answer within ``serving.start_timeout_seconds``.
         """
         port = self._port()
-        cmd = [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "models",
-            "serve",
-            "-m",
-            self._model_uri_for(version),
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "--workers",
-            str(self.settings.serving.workers),
-        ]
+        cmd = serve_command(self._model_uri_for(version), port, self.settings.serving.workers)
         log.info("serve: starting version %s on port %d", version, port)
         proc = subprocess.Popen(cmd, env=server_env(self.settings, version), start_new_session=True)
         backend = Backend(version=version, port=port, proc=proc)

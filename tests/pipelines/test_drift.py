@@ -112,48 +112,11 @@ def test_drift_embeddings_stay_within_caps(make_settings, demo_frames, demo_refe
 
 
 # --- champion quality ----------------------------------------------------------------------------------
-def _always_positive_bundle(bundle: Path) -> Path:
-    """A served bundle that drift scores (ONNX graph, tokenizer, labels): logits = tokens x [-1, 0, 1]."""
-    import onnx
-    from onnx import TensorProto, helper
-    from tokenizers import Tokenizer
-    from tokenizers.models import WordLevel
-    from tokenizers.pre_tokenizers import Whitespace
-
-    (bundle / "tokenizer").mkdir(parents=True)
-    tok = Tokenizer(WordLevel({"[PAD]": 0, "[UNK]": 1}, unk_token="[UNK]"))
-    tok.pre_tokenizer = Whitespace()
-    tok.save(str(bundle / "tokenizer" / "tokenizer.json"))
-    graph = helper.make_graph(
-        [
-            helper.make_node("Cast", ["attention_mask"], ["mask_f"], to=TensorProto.FLOAT),
-            helper.make_node("ReduceSum", ["mask_f", "axes"], ["count"], keepdims=1),
-            helper.make_node("MatMul", ["count", "w"], ["logits"]),
-        ],
-        "always_positive",
-        [
-            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["n", "l"]),
-            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["n", "l"]),
-        ],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 3])],
-        initializer=[
-            helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
-            helper.make_tensor("w", TensorProto.FLOAT, [1, 3], [-1.0, 0.0, 1.0]),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(bundle / "model.onnx"))
-    (bundle / "labels.json").write_text(json.dumps(["negative", "neutral", "positive"]))
-    (bundle / "serving.json").write_text(json.dumps({"max_length": 32, "batch_size": 16, "pad_id": 0}))
-    return bundle
-
-
 def _register_champion(settings, demo_frames, tmp_path, macro_f1):
     import mlflow
     import mlflow.pyfunc
 
-    from pipelines.tracking import configure
+    from pipelines.tracking import configure, experiment_id
 
     class AlwaysPositive(mlflow.pyfunc.PythonModel):
         """The served pyfunc's stand-in; drift must score the bundle, never unpickle this."""
@@ -161,10 +124,13 @@ def _register_champion(settings, demo_frames, tmp_path, macro_f1):
         def predict(self, context, model_input, params=None):
             raise AssertionError("drift scored the pickled pyfunc instead of the bundle")
 
-    bundle = _always_positive_bundle(tmp_path / "bundle")
+    from registry_doubles import onnx_bundle
+
+    bundle = onnx_bundle(tmp_path / "bundle", [-1.0, 0.0, 1.0])  # every text is 'positive'
     save_reference(settings, demo_frames["batch_000_reference"], bundle / "reference")
     client = configure(settings)
-    with mlflow.start_run():
+    # an explicit experiment: the fluent API may still hold an active experiment of an earlier test's store
+    with mlflow.start_run(experiment_id=experiment_id(settings)):
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=AlwaysPositive(),

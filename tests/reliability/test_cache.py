@@ -10,56 +10,19 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import sys
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipelines"))  # registry_doubles
+from registry_doubles import onnx_bundle  # noqa: E402
 
 from pipelines.champion import MANIFEST, TAG_BUNDLE_DIGEST, get_champion, tree_digest, verify_entry
 from pipelines.config import get_settings
 from pipelines.errors import EXIT_PERMANENT, CorruptArtifact, exit_code
 
 LABELS = ["negative", "neutral", "positive"]
-
-
-def _bundle(folder: Path) -> Path:
-    """A loadable bundle: logits = (number of tokens) x [-1, 0, 1], so every text is 'positive'."""
-    import onnx
-    from onnx import TensorProto, helper
-    from tokenizers import Tokenizer
-    from tokenizers.models import WordLevel
-    from tokenizers.pre_tokenizers import Whitespace
-
-    bundle = folder / "bundle"
-    (bundle / "tokenizer").mkdir(parents=True)
-    (bundle / "fp32").mkdir()
-    (bundle / "fp32" / "config.json").write_text("{}")
-    vocab = {"[PAD]": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate("good bad fine ok".split())}}
-    tok = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = Whitespace()
-    tok.save(str(bundle / "tokenizer" / "tokenizer.json"))
-    graph = helper.make_graph(
-        [
-            helper.make_node("Cast", ["attention_mask"], ["mask_f"], to=TensorProto.FLOAT),
-            helper.make_node("ReduceSum", ["mask_f", "axes"], ["count"], keepdims=1),
-            helper.make_node("MatMul", ["count", "w"], ["logits"]),
-        ],
-        "tiny",
-        [
-            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["n", "l"]),
-            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["n", "l"]),
-        ],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 3])],
-        initializer=[
-            helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
-            helper.make_tensor("w", TensorProto.FLOAT, [1, 3], [-1.0, 0.0, 1.0]),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(bundle / "model.onnx"))
-    (bundle / "labels.json").write_text(json.dumps(LABELS))
-    (bundle / "serving.json").write_text(json.dumps({"max_length": 16, "batch_size": 8, "pad_id": 0}))
-    return bundle
 
 
 class _Served:  # the served pyfunc's class is irrelevant here: the pipeline must never load it
@@ -78,7 +41,7 @@ def _register(settings, tmp: Path, tag_digest: bool = False) -> str:
             return model_input
 
     client = configure(settings)
-    bundle = _bundle(tmp / "src")
+    bundle = onnx_bundle(tmp / "src" / "bundle", [-1.0, 0.0, 1.0])  # every text is 'positive'
     mlflow.set_experiment("cache-test")
     with mlflow.start_run():
         info = mlflow.pyfunc.log_model(
