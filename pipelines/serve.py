@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
 
 
-@dataclass
 def serve_command(model_uri: str, port: int, workers: int = 1) -> list[str]:
     """The ``mlflow models serve`` command line for ``model_uri`` on loopback ``port`` (this environment)."""
     return [
@@ -70,6 +69,7 @@ def serve_command(model_uri: str, port: int, workers: int = 1) -> list[str]:
     ]
 
 
+@dataclass
 class Backend:
     version: str
     port: int

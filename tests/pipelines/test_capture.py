@@ -9,7 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from test_drift import _always_positive_bundle
+from registry_doubles import onnx_bundle
 
 from pipelines.serving import CaptureConfig, CaptureWriter, OnnxTextClassifier
 
@@ -18,7 +18,7 @@ TEXTS = ["good stuff", "bad bad stuff here", "meh"]
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
-    return _always_positive_bundle(tmp_path_factory.mktemp("capture") / "bundle")
+    return onnx_bundle(tmp_path_factory.mktemp("capture") / "bundle", [-1.0, 0.0, 1.0])
 
 
 def _model(bundle: Path, monkeypatch, capture_uri: str | None, **env: str) -> OnnxTextClassifier:

@@ -10,8 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from registry_doubles import add_version, make_registry_settings
-from test_drift import _always_positive_bundle
+from registry_doubles import add_version, make_registry_settings, onnx_bundle
 
 from pipelines.serve import Supervisor, server_env
 
@@ -29,7 +28,7 @@ def _served(tmp: Path, weights: list[float]) -> Path:
 
     from pipelines.compress import save_served_model
 
-    bundle = _always_positive_bundle(tmp / "bundle")
+    bundle = onnx_bundle(tmp / "bundle", [-1.0, 0.0, 1.0])
     model = onnx.load(str(bundle / "model.onnx"))
     for i, init in enumerate(model.graph.initializer):
         if init.name == "w":
