@@ -150,7 +150,6 @@ class Supervisor:
         self._switch_lock = threading.Lock()
         self._stop = threading.Event()
         self._front: ThreadingHTTPServer | None = None
-        self._next_port = settings.serving.backend_port
         self.switches: list[dict[str, Any]] = []
 
     # --- the alias -----------------------------------------------------------------------------------
@@ -162,10 +161,10 @@ class Supervisor:
 
     # --- backends ------------------------------------------------------------------------------------
     def _port(self) -> int:
+        """The backend port the active server does not hold (after a failed start too)."""
         base = self.settings.serving.backend_port
-        port = self._next_port
-        self._next_port = base + 1 if port == base else base
-        return port
+        active = self.active
+        return base + 1 if active is not None and active.port == base else base
 
     def start_backend(self, version: str) -> Backend:
         """Start a scoring server for ``version`` and wait until it answers a prediction.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import socket
 import threading
 import time
@@ -19,6 +20,19 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _free_pair() -> int:
+    """Two free consecutive ports below the ephemeral range (client sockets of the test traffic cannot take them)."""
+    for base in range(random.randrange(20000, 30000, 2), 32000, 2):
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", base))
+                b.bind(("127.0.0.1", base + 1))
+                return base
+        except OSError:
+            continue
+    raise RuntimeError("no two free consecutive ports below 32000")
 
 
 def _served(tmp: Path, weights: list[float]) -> Path:
@@ -65,9 +79,7 @@ def test_server_env_carries_capture_settings(tmp_path):
 def test_serve_follows_the_alias_without_dropping_requests(tmp_path):
     from pipelines.tracking import configure
 
-    backend = _free_port()
-    while _free_port() == backend + 1:
-        pass
+    backend = _free_pair()
     settings = make_registry_settings(
         tmp_path,
         registry__model_name="serve-test",
@@ -94,16 +106,19 @@ def test_serve_follows_the_alias_without_dropping_requests(tmp_path):
                     results.append(_invoke(url, ["a b c", "d"]))
                 except Exception as exc:  # noqa: BLE001 - any failure is what the test looks for
                     errors.append(exc)
+                stop.wait(0.02)  # steady traffic that leaves the new server CPU to start on two cores
 
-        threads = [threading.Thread(target=traffic) for _ in range(3)]
+        threads = [threading.Thread(target=traffic, daemon=True) for _ in range(3)]
         for t in threads:
             t.start()
-        configure(settings).set_registered_model_alias("serve-test", "champion", v2)
-        assert sup.sync() == v2
-        time.sleep(1.0)
-        stop.set()
-        for t in threads:
-            t.join()
+        try:
+            configure(settings).set_registered_model_alias("serve-test", "champion", v2)
+            assert sup.sync() == v2
+            time.sleep(1.0)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=90)
         assert errors == [], errors[:3]
         versions = [v for _, v, _ in results]
         assert {v1, v2} <= set(versions), "traffic ran before and after the switch"
