@@ -243,3 +243,12 @@ def mlflow_server(tmp_path_factory):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Name any thread a test left running that would keep the interpreter from exiting (CI once hung on one)."""
+    import threading
+
+    left = [t.name for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+    if left:
+        print(f"\nthreads still running after the tests (the process waits for them at exit): {left}", flush=True)
