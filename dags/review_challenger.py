@@ -30,10 +30,10 @@ with DAG(
     catchup=False,
     params={
         "version": Param(
-            "",
-            type="string",
-            pattern=r"^[0-9]*$",
-            title="Model version",
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            title="Model version (optional)",
             description="The version to review. Empty: the version named by the asset event, else the current "
             "challenger.",
         )
