@@ -367,6 +367,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
             train=results["train"],
             run_url=run_url(s, parent),
             compress=results["compress"],
+            figures_run_id=evaluate.get("mlflow_run_id"),
         )
         when = _utc(mv.creation_timestamp)
         status = report.status_line(

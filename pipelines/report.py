@@ -415,6 +415,19 @@ def compose_version_description(
     return (top + body)[:max_chars]
 
 
+def figure_section(figures: dict[str, str] | None, run_id: str | None) -> list[str]:
+    """The evaluation figures as images served by the MLflow server from the evaluate run (or nothing)."""
+    if not figures or not run_id:
+        return []
+    from urllib.parse import quote
+
+    images = [
+        f"![{name.replace('_', ' ')}](get-artifact?path={quote('evaluation/' + Path(uri).name)}&run_uuid={run_id})"
+        for name, uri in figures.items()
+    ]
+    return ["## Figures", "", " ".join(images)]
+
+
 def render_report_body(
     *,
     model_name: str,
@@ -427,9 +440,13 @@ def render_report_body(
     run_url: str | None = None,
     compress: dict[str, Any] | None = None,
     max_chars: int = MAX_DESCRIPTION_CHARS - HEAD_BUDGET,
+    figures_run_id: str | None = None,
 ) -> str:
     """The evaluation report part of a version description (starts with :data:`REPORT_HEADING`), within
-    ``max_chars``: the least important sections are dropped first to fit."""
+    ``max_chars``: the least important sections are dropped first to fit.
+
+    With ``figures_run_id`` (the evaluate step's MLflow run), the evaluation figures are shown inline, served by
+    the MLflow server from that run's ``evaluation/`` artifacts (a link relative to the UI, so any host works)."""
     m = evaluate["metrics"]
     if not evaluate["passed"]:
         outcome = "gates FAILED"
@@ -499,10 +516,11 @@ def render_report_body(
     slices.append(slice_table(evaluate["gates"].get("slices", {})) or "No slice column in the evaluation set.")
     confusion = ["## Confusion matrix", "", confusion_tables(evaluate["confusion"])]
     footer = [f"Full report: `{evaluate.get('report_uri')}`"]
+    figures = figure_section(evaluate.get("figures"), figures_run_id)
 
     # Most important first; when over the limit, drop from the end of this list, keeping the footer.
     compression = compression_section(compress)
-    sections = [sec for sec in (head, gates, decision, budgets, compression, slices, data, confusion) if sec]
+    sections = [sec for sec in (head, gates, figures, decision, budgets, compression, slices, data, confusion) if sec]
     while sections:
         text = "\n\n".join("\n".join(sec) for sec in [*sections, footer]) + "\n"
         if len(text) <= max_chars:

@@ -138,6 +138,7 @@ def main() -> int:
         stop_now["flag"] = True
 
     signal.signal(signal.SIGTERM, _on_term)
+    signal.signal(signal.SIGINT, _on_term)  # Ctrl-C, also where SIGINT was ignored (started in the background)
     login = None
     try:
         deadline = time.monotonic() + 120
@@ -156,8 +157,6 @@ def main() -> int:
             time.sleep(1)
         if not stack.alive():
             print("a server exited; stopping the others", flush=True)
-    except KeyboardInterrupt:
-        pass
     finally:
         print("stopping MLflow and Airflow ...", flush=True)
         stack.stop()
