@@ -31,8 +31,9 @@ with DAG(
     params={
         "version": Param(
             None,
-            type=["null", "integer"],
-            minimum=1,
+            type=["null", "string"],
+            pattern=r"^[0-9]*$",
+            maxLength=12,
             title="Model version (optional)",
             description="The version to review. Empty: the version named by the asset event, else the current "
             "challenger.",
