@@ -15,6 +15,8 @@ loopback ports, over a temporary store, with the tiny BERT and small training. I
    model's page names the champion and the reviewer in the audit trail.
 
 Screenshots go to the test's temporary folder. Skips without Playwright or without a Chromium on PATH.
+Measured: 6 min 43 s for the four tests on 2 cores shared with other work (load ~9); the triggered run itself is
+about 3.5 min of it (train 1 min 45 s), the stack's start about 1 min.
 """
 
 from __future__ import annotations
@@ -198,10 +200,9 @@ def test_trigger_form_fields_defaults_and_bounds(page, stack):
     assert "Batch URI (optional)" in text and "Empty: the oldest batch waiting in landing" in text
     assert f"configured {settings.drift.p_threshold:g}" in text and "configured manual" in text
     # Optional fields carry no required mark; the two choices with defaults do.
-    batch_row = dialog.locator("[data-part=root]", has=page.locator("input[name=element_batch_uri]")).first
-    assert batch_row.locator("[data-part=required-indicator]").count() == 0
-    action_row = dialog.locator("[data-part=root]", has=page.locator("input[name=element_force_action]")).first
-    assert action_row.locator("[data-part=required-indicator]").count() == 1
+    labels = {t.split("\n")[0].strip(): t for t in dialog.locator("label").all_inner_texts()}
+    assert "*" not in labels["Batch URI (optional)"] and "*" not in labels["Macro-F1 floor (optional)"]
+    assert "*" in labels["Action"] and "*" in labels["Promotion"]
 
     # An out-of-range number: the form's own input refuses it (clamped to the schema's maximum on leaving it).
     floor = dialog.locator("input[name=element_min_macro_f1]")
