@@ -30,10 +30,11 @@ with DAG(
     catchup=False,
     params={
         "version": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             pattern=r"^[0-9]*$",
-            title="Model version",
+            maxLength=12,
+            title="Model version (optional)",
             description="The version to review. Empty: the version named by the asset event, else the current "
             "challenger.",
         )

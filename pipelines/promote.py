@@ -138,32 +138,47 @@ def _write_audit(client: Any, settings: Settings, entries: list[dict[str, Any]])
     client.update_registered_model(name, description=_audit_markdown(settings, client, entries))
 
 
+def version_url(settings: Settings, version: Any) -> str:
+    """The model version's page in the MLflow UI (its description holds the gate table: the evidence)."""
+    return f"{settings.mlflow.ui_url.rstrip('/')}/#/models/{settings.registry.model_name}/versions/{version}"
+
+
+def _cell(value: Any, limit: int = 160) -> str:
+    return str(value or "").replace("|", "/").replace("\n", " ").strip()[:limit]
+
+
 def _audit_markdown(settings: Settings, client: Any, entries: list[dict[str, Any]]) -> str:
     name, reg = settings.registry.model_name, settings.registry
     champion = alias_version(client, name, CHAMPION)
     challenger = alias_version(client, name, CHALLENGER)
+    champ = f"[version {champion}]({version_url(settings, champion)})" if champion else "none yet"
+    chall = f"[version {challenger}]({version_url(settings, challenger)})" if challenger else "none"
     head = [
         f"# {name}",
         "",
-        f"Champion (alias `{CHAMPION}`, stage Production): **{'v' + champion if champion else 'none'}**. "
-        f"Challenger (alias `{CHALLENGER}`, stage Staging): {'v' + challenger if challenger else 'none'}.",
+        f"**Champion** (alias `{CHAMPION}`, stage Production, served): {champ}. "
+        f"**Challenger** (alias `{CHALLENGER}`, stage Staging, awaiting review): {chall}.",
         "",
-        f"To review a challenger, set the tags `{reg.review_tag}` = `approved` or `rejected` and "
-        f"`{reg.review_by_tag}` = your name on its version. The machine-readable trail is the JSON tag "
-        "`mlops.audit` on this registered model.",
+        f"A reviewer decides on the challenger's version page (tags `{reg.review_tag}` = `approved` or `rejected` "
+        f"and `{reg.review_by_tag}` = your name) or in Airflow's Required Actions. The machine-readable trail is the "
+        f"JSON tag `{AUDIT_TAG}` on this registered model.",
         "",
         "## Champion history (newest first)",
         "",
-        "| when (UTC) | action | version | from | to | by | why |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| when (UTC) | action | version | from | to | by | why | request | evidence |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     rows = []
     for e in reversed(entries):
-        why = str(e.get("why", "")).replace("|", "/").replace("\n", " ")[:200]
         action = e["action"] if _state(e) == "done" else f"{e['action']} ({_state(e)})"
+        why = _cell(e.get("why"))
+        if e.get("comment") and e.get("comment") != e.get("why"):
+            why = f"{why} (comment: {_cell(e['comment'], 120)})" if why else _cell(e["comment"])
+        evidence = f"[gates]({e['evidence']})" if e.get("evidence") else "–"
         rows.append(
             f"| {e['when']} | {action} | v{e['version']} | {('v' + e['from']) if e.get('from') else '–'} "
-            f"| {('v' + e['to']) if e.get('to') else '–'} | {e.get('by', '')} | {why} |"
+            f"| {('v' + e['to']) if e.get('to') else '–'} | {_cell(e.get('by'), 80)} | {why} "
+            f"| `{_cell(e.get('request'), 80)}` | {evidence} |"
         )
     text = "\n".join(head)
     for row in rows:
@@ -171,6 +186,30 @@ def _audit_markdown(settings: Settings, client: Any, entries: list[dict[str, Any
             break
         text += "\n" + row
     return text + "\n"
+
+
+def refresh_model_description(settings: Settings, client: Any = None) -> None:
+    """Rewrite the registered model's description (champion, challenger, the trail) after an alias moved."""
+    from mlflow.exceptions import MlflowException
+
+    client = client or _client(settings)
+    name = settings.registry.model_name
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        return
+    raw = (model.tags or {}).get(AUDIT_TAG)
+    text = _audit_markdown(settings, client, json.loads(raw) if raw else [])
+    if text != (model.description or ""):
+        client.update_registered_model(name, description=text)
+
+
+def _set_status(client: Any, settings: Settings, version: str | None, state: str, detail: str) -> None:
+    from pipelines.report import status_line
+    from pipelines.review import set_version_status
+
+    if version:
+        set_version_status(settings, version, status_line(state, detail), client=client)
 
 
 def _state(entry: dict[str, Any]) -> str:
@@ -336,7 +375,9 @@ def _make_champion(
                 "when": _now(when),
                 "by": by,
                 "why": reason,
+                "comment": (mv.tags or {}).get(reg.review_comment_tag) or None,
                 "request": request,
+                "evidence": version_url(settings, version),
                 "state": "requested",
             }
             _append(client, settings, entries, entry)  # recorded before the alias moves
@@ -364,6 +405,37 @@ def _make_champion(
         client.set_model_version_tag(name, version, REVIEW_AT_TAG, entry["when"])  # when the approval took effect
     client.set_model_version_tag(name, version, "mlops.champion_since", entry["when"])
     _mark(client, settings, entries, entry, "done")
+    at = f"on {entry['when']} (UTC)"
+    if action == "rollback":
+        _set_status(
+            client,
+            settings,
+            version,
+            "champion (restored)",
+            f"rolled back to this version by {by} {at}: {reason}. Request `{request}`.",
+        )
+    elif review == AUTO:
+        _set_status(
+            client,
+            settings,
+            version,
+            "champion",
+            f"promoted by the `auto` policy {at}: every gate passed. Request `{request}`.",
+        )
+    else:
+        _set_status(
+            client, settings, version, "champion", f"approved by {by} and promoted {at}: {reason}. Request `{request}`."
+        )
+    before = entry.get("from")
+    if before and before != version:
+        verb = "rolled back" if action == "rollback" else "replaced"
+        _set_status(
+            client,
+            settings,
+            before,
+            "archived",
+            f"champion until {entry['when']} (UTC); {verb} by version {version} ({action} by {by}).",
+        )
     log.info("%s: %s v%s -> v%s by %s: %s", action, name, entry["from"], version, by, reason)
     return {"champion_before": entry["from"], "champion_after": version, "changed": changed}
 
@@ -471,7 +543,9 @@ def reject(
             "when": _now(when),
             "by": by,
             "why": reason,
+            "comment": (mv.tags or {}).get(reg.review_comment_tag) or None,
             "request": request,
+            "evidence": version_url(settings, v),
             "state": "requested",
         }
         _append(client, settings, entries, entry)  # recorded before the version is archived
@@ -489,6 +563,14 @@ def reject(
         client.set_model_version_tag(name, v, "mlops.rejected_at", entry["when"])
         client.set_model_version_tag(name, v, REVIEW_AT_TAG, entry["when"])
         _mark(client, settings, entries, entry, "done")
+        keep = f"the champion stays version {champion}" if champion else "there is no champion yet"
+        _set_status(
+            client,
+            settings,
+            v,
+            "rejected",
+            f"by {entry['by']} on {entry['when']} (UTC): {reason}. Archived; {keep}. Request `{request}`.",
+        )
         log.info("reject: %s v%s by %s: %s (champion stays v%s)", name, v, by, reason, champion)
     return {"champion_before": champion, "champion_after": champion, "changed": False}
 
@@ -568,6 +650,31 @@ def _refuse(ctx: StepContext, version: str, champion: str | None, request: str, 
 
 # --- the step ------------------------------------------------------------------------------------------------
 def run(ctx: StepContext) -> dict[str, Any]:
+    """Apply a decision on a model version (see :func:`apply_decision`), and name the version's model and its
+    MLflow run in the summary, so the Airflow task links to both like the training tasks do."""
+    out = apply_decision(ctx)
+    return {**out, **_links(ctx.settings, out.get("version") or out.get("champion_after"))}
+
+
+def _links(settings: Settings, version: Any) -> dict[str, Any]:
+    from mlflow.exceptions import MlflowException
+
+    name = settings.registry.model_name
+    v = _version(version) if version is not None else None
+    if v is None:
+        return {"model_name": name}
+    client = _client(settings)
+    try:
+        mv = client.get_model_version(name, v)
+        if not mv.run_id:
+            return {"model_name": name}
+        exp = client.get_run(mv.run_id).info.experiment_id
+    except MlflowException:
+        return {"model_name": name}
+    return {"model_name": name, "mlflow_run_id": mv.run_id, "mlflow_experiment_id": exp}
+
+
+def apply_decision(ctx: StepContext) -> dict[str, Any]:
     """Apply a decision on a model version.
 
     Params:

@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.champion import CHALLENGER, CHAMPION
 from pipelines.errors import ModelRejected
-from pipelines.review import SUPERSEDED
 from pipelines.tracking import TAG_PIPELINE_RUN
 
 if TYPE_CHECKING:
@@ -157,6 +156,15 @@ def _stage_challenger(client: Any, settings: Settings, version: str) -> list[str
             break
         client.set_registered_model_alias(name, CHALLENGER, target)
     return supersede_older(settings, target, client)
+
+
+def _utc(millis: Any) -> str:
+    """A registry timestamp (ms since the epoch) as ``YYYY-MM-DD HH:MM UTC``."""
+    from datetime import UTC, datetime
+
+    if not millis:
+        return "(time unknown)"
+    return "on " + datetime.fromtimestamp(int(millis) / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _tag(value: Any) -> str:
@@ -282,7 +290,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
     """
     from pipelines import report
     from pipelines.champion import TAG_BUNDLE_DIGEST, find_bundle, tree_digest
-    from pipelines.promote import AUTO, alias_version, promote, resolve_policy
+    from pipelines.promote import AUTO, alias_version, promote, refresh_model_description, resolve_policy
     from pipelines.storage import is_s3
     from pipelines.tracking import configure, parent_run_id, run_url
 
@@ -348,24 +356,32 @@ def run(ctx: StepContext) -> dict[str, Any]:
     for key, value in tags.items():
         if mv.tags.get(key) != value:
             _set_version_tag(client, name, version, key, value)
-    description = report.render_review_description(
-        model_name=name,
-        version=version,
-        run_id=ctx.run_id,
-        evaluate=evaluate,
-        validate=results["validate"],
-        drift=results["drift"],
-        decide=results["decide"],
-        train=results["train"],
-        review_tag=reg.review_tag,
-        review_comment_tag=reg.review_comment_tag,
-        review_by_tag=reg.review_by_tag,
-        policy=policy,
-        run_url=run_url(s, parent),
-        compress=results["compress"],
-    )
-    superseded_here = str(mv.tags.get(reg.review_tag, "")).strip().lower() == SUPERSEDED
-    if mv.description != description and not superseded_here:  # a superseded version keeps its status line
+    if report.REPORT_HEADING not in (mv.description or ""):  # described once; every move then rewrites its top
+        body = report.render_report_body(
+            model_name=name,
+            run_id=ctx.run_id,
+            evaluate=evaluate,
+            validate=results["validate"],
+            drift=results["drift"],
+            decide=results["decide"],
+            train=results["train"],
+            run_url=run_url(s, parent),
+            compress=results["compress"],
+            figures_run_id=evaluate.get("mlflow_run_id"),
+        )
+        when = _utc(mv.creation_timestamp)
+        status = report.status_line(
+            "awaiting review",
+            f"registered {when} by pipeline run `{ctx.run_id}` and staged as the challenger (policy `{policy}`).",
+        )
+        how = report.how_to_decide(
+            policy=policy,
+            needs_review=bool(evaluate.get("needs_review")),
+            review_tag=reg.review_tag,
+            review_by_tag=reg.review_by_tag,
+            review_comment_tag=reg.review_comment_tag,
+        )
+        description = report.compose_version_description(name, version, status, body, how=how)
         client.update_model_version(name, version, description=description)
 
     champion_before = alias_version(client, name, CHAMPION)
@@ -392,6 +408,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
             review=AUTO,
         )
         promoted = True
+    refresh_model_description(s, client)  # it names the champion and the challenger
     alias = (
         CHAMPION
         if alias_version(client, name, CHAMPION) == version

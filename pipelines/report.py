@@ -56,7 +56,7 @@ def _gate_mark(gate: dict[str, Any]) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -326,6 +326,127 @@ def render_review_description(
     Returns:
         Markdown text of at most ``max_chars`` characters.
     """
+    report = render_report_body(
+        model_name=model_name,
+        run_id=run_id,
+        evaluate=evaluate,
+        validate=validate,
+        drift=drift,
+        decide=decide,
+        train=train,
+        run_url=run_url,
+        compress=compress,
+        max_chars=max_chars - HEAD_BUDGET,
+    )
+    how = how_to_decide(
+        policy=policy,
+        needs_review=bool(evaluate.get("needs_review")),
+        review_tag=review_tag,
+        review_by_tag=review_by_tag,
+        review_comment_tag=review_comment_tag,
+    )
+    status = status_line("awaiting review", f"staged as the challenger by pipeline run `{run_id}`.")
+    return compose_version_description(model_name, version, status, report, how=how, max_chars=max_chars)
+
+
+#: The heading the evaluation report of a version description starts with; what is above it (title, status line,
+#: how to decide) is rewritten on every move, what is below it is kept.
+REPORT_HEADING = "## Evaluation report"
+#: Room kept above the report for the title, the status line and the "how to decide" block.
+HEAD_BUDGET = 1600
+
+
+def status_line(state: str, detail: str) -> str:
+    """The status line at the top of a version description: ``**Status: <state>**: <detail>``."""
+    return f"**Status: {state}**: {detail}".strip()
+
+
+def how_to_decide(
+    *, policy: str | None, needs_review: bool, review_tag: str, review_by_tag: str, review_comment_tag: str
+) -> list[str]:
+    """The block that tells a reviewer how to decide (shown only while a review is pending)."""
+    held = " This version needs a review, so it is not promoted automatically." if needs_review else ""
+    policy_text = f"Policy: `{policy}`.{held} " if policy else held.lstrip() + (" " if held else "")
+    return [
+        "## How to decide",
+        "",
+        f"{policy_text}In the MLflow UI, on this page, add the tag `{review_tag}` = `approved` or `rejected` and "
+        f"`{review_by_tag}` = your name (an approval without it does not count), optionally with "
+        f"`{review_comment_tag}` = your reason. Or in Airflow: Browse → Required Actions, the `review_challenger` "
+        "request for this version (your Airflow user is recorded). The first decision wins. Approval makes this "
+        "version the `champion` (stage Production) and archives the old one; rejection archives it and keeps the "
+        "champion. A newer challenger supersedes this one while it is pending.",
+    ]
+
+
+def report_part(description: str | None) -> str:
+    """The evaluation report of a version description (from :data:`REPORT_HEADING` on); a description written
+    another way is kept whole, without an earlier title and status line of ours."""
+    text = description or ""
+    at = text.find(REPORT_HEADING)
+    if at >= 0:
+        return text[at:]
+    lines = text.splitlines()
+    while lines and (lines[0].startswith(("**Status:", "> **")) or not lines[0].strip()):
+        lines.pop(0)
+    return "\n".join(lines)
+
+
+def compose_version_description(
+    model_name: str,
+    version: str | None,
+    status: str,
+    report: str,
+    *,
+    how: Sequence[str] | None = None,
+    max_chars: int = MAX_DESCRIPTION_CHARS,
+) -> str:
+    """A version description: a neutral title, the status line, the "how to decide" block (while pending), then
+    the report; the report is cut at a line to fit ``max_chars``."""
+    head = [f"# {model_name}" + (f" version {version}" if version else ""), "", status]
+    if how:
+        head += ["", *how]
+    top = "\n".join(head) + "\n\n"
+    body = report.strip() + "\n"
+    if len(top) + len(body) > max_chars:
+        note = "\n\n(report cut to fit MLflow's description size)\n"
+        room = max(max_chars - len(top) - len(note), 0)
+        body = body[:room].rsplit("\n", 1)[0] + note
+    return (top + body)[:max_chars]
+
+
+def figure_section(figures: dict[str, str] | None, run_id: str | None) -> list[str]:
+    """The evaluation figures as images served by the MLflow server from the evaluate run (or nothing)."""
+    if not figures or not run_id:
+        return []
+    from urllib.parse import quote
+
+    images = [
+        f"![{name.replace('_', ' ')}](get-artifact?path={quote('evaluation/' + Path(uri).name)}&run_uuid={run_id})"
+        for name, uri in figures.items()
+    ]
+    return ["## Figures", "", " ".join(images)]
+
+
+def render_report_body(
+    *,
+    model_name: str,
+    run_id: str,
+    evaluate: dict[str, Any],
+    validate: dict[str, Any] | None,
+    drift: dict[str, Any] | None,
+    decide: dict[str, Any] | None,
+    train: dict[str, Any] | None,
+    run_url: str | None = None,
+    compress: dict[str, Any] | None = None,
+    max_chars: int = MAX_DESCRIPTION_CHARS - HEAD_BUDGET,
+    figures_run_id: str | None = None,
+) -> str:
+    """The evaluation report part of a version description (starts with :data:`REPORT_HEADING`), within
+    ``max_chars``: the least important sections are dropped first to fit.
+
+    With ``figures_run_id`` (the evaluate step's MLflow run), the evaluation figures are shown inline, served by
+    the MLflow server from that run's ``evaluation/`` artifacts (a link relative to the UI, so any host works)."""
     m = evaluate["metrics"]
     if not evaluate["passed"]:
         outcome = "gates FAILED"
@@ -334,12 +455,12 @@ def render_review_description(
     else:
         outcome = "all gates passed"
     head = [
-        f"# Challenger for `{model_name}`" + (f" v{version}" if version else ""),
+        REPORT_HEADING,
         "",
         f"**{outcome}**; macro-F1 {_f(m.get('macro_f1'))} on {evaluate.get('eval_rows', '–')} evaluation rows "
         f"(champion {_f(m.get('champion_macro_f1'))}, TF-IDF baseline {_f(m.get('baseline_macro_f1'))}, "
         f"majority class {_f(m.get('majority_macro_f1'))}). Pipeline run `{run_id}`"
-        + (f" ([MLflow run]({run_url}))" if run_url else "")
+        + (f" ([MLflow run]({run_url}): training curve, drift plots, evaluation images)" if run_url else "")
         + ".",
     ]
     if warning := baseline_warning(evaluate):
@@ -347,21 +468,10 @@ def render_review_description(
     if review := review_section(evaluate):
         head += ["", *review]
 
-    held = " This version needs a review, so it is not promoted automatically." if evaluate.get("needs_review") else ""
-    how = [
-        "## How to decide",
-        "",
-        f"Policy: `{policy}`.{held} In the MLflow UI, on this version, add the tag `{review_tag}` = `approved` or "
-        f"`rejected` and `{review_by_tag}` = your name (an approval without it does not count), optionally with "
-        f"`{review_comment_tag}` = your reason. Or in Airflow: Browse → Required Actions, the `review_challenger` "
-        "request for this version (your Airflow user is recorded). The first decision wins. Approval makes this "
-        "version the `champion` (stage Production) and archives the old one; rejection archives it and keeps the "
-        "champion. A newer challenger supersedes this one while it is pending.",
-    ]
-
     decision = ["## Decision", ""]
     if decide:
         decision.append(f"Action **{decide.get('action')}** (drift severity {decide.get('severity')}).")
+        decision.append("")
         decision += [f"- {r}" for r in decide.get("reasons", [])]
     else:
         decision.append("No decide result for this run.")
@@ -394,7 +504,7 @@ def render_review_description(
 
     gates = ["## Gates", "", _table(GATE_HEADER, gate_rows(evaluate["gates"]))]
     if evaluate.get("failures"):
-        gates += ["", "Failures:"] + [f"- {f}" for f in evaluate["failures"]]
+        gates += ["", "Failures:", ""] + [f"- {f}" for f in evaluate["failures"]]
     lat, size = evaluate["gates"].get("latency_p95_ms", {}), evaluate["gates"].get("size_mb", {})
     budgets = [
         "## Size and latency",
@@ -406,12 +516,13 @@ def render_review_description(
     slices.append(slice_table(evaluate["gates"].get("slices", {})) or "No slice column in the evaluation set.")
     confusion = ["## Confusion matrix", "", confusion_tables(evaluate["confusion"])]
     footer = [f"Full report: `{evaluate.get('report_uri')}`"]
+    figures = figure_section(evaluate.get("figures"), figures_run_id)
 
     # Most important first; when over the limit, drop from the end of this list, keeping the footer.
     compression = compression_section(compress)
-    sections = [sec for sec in (head, how, gates, decision, budgets, compression, slices, data, confusion) if sec]
+    sections = [sec for sec in (head, gates, figures, decision, budgets, compression, slices, data, confusion) if sec]
     while sections:
-        text = "\n\n".join("\n".join(s) for s in [*sections, footer]) + "\n"
+        text = "\n\n".join("\n".join(sec) for sec in [*sections, footer]) + "\n"
         if len(text) <= max_chars:
             return text
         sections.pop()

@@ -14,7 +14,7 @@ from the tags when the decision came from MLflow).
 
 A newer challenger supersedes every older pending one (:func:`supersede_older`, called by the register step): the
 older version gets ``review`` = ``superseded``, ``review_by`` = ``pipeline``, ``superseded_by`` = the newer version,
-a status line at the top of its description, and the stage Archived; its review wait ends. So there are never two
+the status line "superseded" at the top of its description, and the stage Archived; its review wait ends. So there are never two
 pending challengers. Superseding is not a champion move and writes no audit-trail entry (the trail keeps only the
 last ``registry.audit_max_entries`` entries, and rollback reads its champion moves from it).
 
@@ -46,7 +46,6 @@ PENDING, APPROVED, REJECTED, SUPERSEDED, CHAMPION_STATE, CLOSED = (
 #: Version tags written here (beside ``registry.review_tag`` / ``review_by_tag`` / ``review_comment_tag``).
 SUPERSEDED_BY_TAG = "superseded_by"
 REVIEW_SOURCE_TAG = "review_source"
-SUPERSEDED_MARK = "**Superseded**"
 _MAX_TEXT = 5000  # MLflow's SQL columns for tag values and descriptions
 
 
@@ -190,6 +189,38 @@ def record_response(
     return settled
 
 
+def set_version_status(
+    settings: Settings,
+    version: Any,
+    status: str,
+    *,
+    pending: bool = False,
+    client: Any = None,
+    policy: str | None = None,
+) -> str:
+    """Rewrite the top of a version's description: a neutral title, ``status`` (a :func:`status_line`), and the
+    "how to decide" block only while the review is ``pending``; the evaluation report below is kept. Returns the
+    description written (nothing is written when it is unchanged)."""
+    from pipelines.report import compose_version_description, how_to_decide, report_part
+
+    client = _client(settings, client)
+    name, reg = settings.registry.model_name, settings.registry
+    mv = client.get_model_version(name, str(version))
+    how = None
+    if pending:
+        how = how_to_decide(
+            policy=policy,
+            needs_review=(mv.tags or {}).get("eval.needs_review") == "true",
+            review_tag=reg.review_tag,
+            review_by_tag=reg.review_by_tag,
+            review_comment_tag=reg.review_comment_tag,
+        )
+    text = compose_version_description(name, str(mv.version), status, report_part(mv.description), how=how)
+    if text != (mv.description or ""):
+        client.update_model_version(name, str(mv.version), description=text)
+    return text
+
+
 def supersede(settings: Settings, version: Any, newer: Any, client: Any = None, when: str | None = None) -> bool:
     """Mark the pending ``version`` superseded by ``newer``: tags, a status line on its description, stage
     Archived, and no ``challenger`` alias. Idempotent; a version with a decision or the champion is left alone.
@@ -198,6 +229,7 @@ def supersede(settings: Settings, version: Any, newer: Any, client: Any = None, 
         True when this call marked it (False: already superseded, decided, or the champion).
     """
     from pipelines.promote import PIPELINE_REVIEWER, REVIEW_AT_TAG, alias_version, mirror_stage
+    from pipelines.report import status_line
 
     client = _client(settings, client)
     name, reg = settings.registry.model_name, settings.registry
@@ -216,13 +248,16 @@ def supersede(settings: Settings, version: Any, newer: Any, client: Any = None, 
         client.set_model_version_tag(name, v, reg.review_by_tag, PIPELINE_REVIEWER)
         client.set_model_version_tag(name, v, REVIEW_AT_TAG, at)
         client.set_model_version_tag(name, v, reg.review_tag, SUPERSEDED)
-        if SUPERSEDED_MARK not in (mv.description or ""):
-            line = (
-                f"> {SUPERSEDED_MARK} by version {newer} on {at} (UTC): a newer challenger was staged before anyone "
-                "reviewed this one. Its review is closed and it is archived; the report below is kept for the "
-                "record.\n\n"
-            )
-            client.update_model_version(name, v, description=(line + (mv.description or ""))[:_MAX_TEXT])
+        set_version_status(
+            settings,
+            v,
+            status_line(
+                "superseded",
+                f"by version {newer} on {at} (UTC): a newer challenger was staged before anyone reviewed this one. "
+                "Its review is closed and it is archived; the report below is kept for the record.",
+            ),
+            client=client,
+        )
         log.info("review: %s version %s superseded by version %s", name, v, newer)
     if alias_version(client, name, CHALLENGER) == v:
         client.delete_registered_model_alias(name, CHALLENGER)

@@ -17,14 +17,50 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 
 
+def write_airflow_cfg(home: Path) -> Path:
+    """Write ``airflow.cfg`` before Airflow writes its own, which expands every path to an absolute one (the DAGs
+    folder, the SQLite file, the logs): this one holds only the generated secrets, and the paths are set from
+    ``AIRFLOW_HOME`` by environment variables at every start (:func:`prepare_airflow`), so ``var/`` may be moved
+    or copied. An existing file is left alone (the environment overrides its paths)."""
+    import base64
+    import secrets
+
+    cfg = home / "airflow.cfg"
+    if cfg.exists():
+        return cfg
+    fernet = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+    text = (
+        "# Written by scripts/dag_runner.py: no absolute path here, so this folder can be moved or copied.\n"
+        "# The DAGs and plugins folders, the metadata DB and the logs are set from AIRFLOW_HOME by environment\n"
+        "# variables at every start (make run, make ui, the tests); anything else is Airflow's default.\n"
+        "[core]\n"
+        f"fernet_key = {fernet}\n"
+        "load_examples = False\n"
+        "\n[api]\n"
+        f"secret_key = {secrets.token_urlsafe(16)}\n"
+        "\n[api_auth]\n"
+        f"jwt_secret = {secrets.token_urlsafe(16)}\n"
+    )
+    cfg.write_text(text)
+    cfg.chmod(0o600)
+    return cfg
+
+
 def prepare_airflow(airflow_home: str | Path) -> Path:
-    """Point Airflow at ``airflow_home`` with this repo's DAGs and plugins, and migrate its SQLite DB once."""
+    """Point Airflow at ``airflow_home`` with this repo's DAGs and plugins, and migrate its SQLite DB once.
+
+    Every path Airflow needs is derived here from ``airflow_home`` and this checkout and passed in the
+    environment; ``airflow.cfg`` holds none (:func:`write_airflow_cfg`)."""
     home = Path(airflow_home).resolve()
     home.mkdir(parents=True, exist_ok=True)
+    write_airflow_cfg(home)
     os.environ["AIRFLOW_HOME"] = str(home)
     os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
     os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO / "plugins")
     os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+    os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{home / 'airflow.db'}"
+    os.environ["AIRFLOW__LOGGING__BASE_LOG_FOLDER"] = str(home / "logs")
+    os.environ["AIRFLOW__LOGGING__DAG_PROCESSOR_CHILD_PROCESS_LOG_DIRECTORY"] = str(home / "logs" / "dag_processor")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -23,9 +23,36 @@ RUNS = [
 ]
 
 
+def _tee_output(path: Path) -> None:
+    """Copy everything this process prints (the task logs of ``dag.test`` included) into ``path`` as well."""
+    import subprocess
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    import atexit
+
+    saved = os.dup(sys.stdout.fileno()), os.dup(sys.stderr.fileno())
+    tee = subprocess.Popen(["tee", str(path)], stdin=subprocess.PIPE)
+    os.dup2(tee.stdin.fileno(), sys.stdout.fileno())
+    os.dup2(tee.stdin.fileno(), sys.stderr.fileno())
+
+    def _restore() -> None:  # let tee write the last lines before the shell prompt comes back
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], sys.stdout.fileno())
+        os.dup2(saved[1], sys.stderr.fileno())
+        tee.stdin.close()
+        tee.wait(timeout=10)
+
+    atexit.register(_restore)
+
+
 def main() -> int:
     # Unattended demo: the policy is auto for this process (a run's promotion=auto cannot lift a manual config).
     os.environ.setdefault("MLOPS_REGISTRY__PROMOTION", "auto")
+    log_file = REPO / "var" / "airflow" / "logs" / "make_run" / time.strftime("%Y%m%dT%H%M%SZ.log", time.gmtime())
+    _tee_output(log_file)
     prepare_airflow(REPO / "var" / "airflow")
     from pipelines.config import get_settings
     from pipelines.demo import write_demo_batches
@@ -48,11 +75,11 @@ def main() -> int:
         outcome = run_dag("continuous_training", {"batch_uri": uri, "promotion": "auto"})
         outcomes.append((title, outcome))
         print(f"--- run {outcome.run_id}: {outcome.state} in {outcome.wall_s:.0f}s", flush=True)
-    print(_summary(settings, outcomes, time.perf_counter() - started))
+    print(_summary(settings, outcomes, time.perf_counter() - started, log_file))
     return 0 if all(o.state == "success" for _, o in outcomes) else 1
 
 
-def _summary(settings, outcomes, total_s: float) -> str:
+def _summary(settings, outcomes, total_s: float, log_file: Path | None = None) -> str:
     from pipelines.champion import champion_version
 
     lines = ["", "=" * 78, f"continuous_training finished {len(outcomes)} run(s) in {total_s:.0f}s", ""]
@@ -85,8 +112,20 @@ def _summary(settings, outcomes, total_s: float) -> str:
         f"artifacts and step outputs: {settings.uri(settings.paths.runs)}/<run_id>/<step>/",
         f"MLflow store: {settings.mlflow.tracking_uri}   Airflow metadata: var/airflow/airflow.db",
         "look at them: `make ui`, then MLflow at http://127.0.0.1:5000 and Airflow at http://127.0.0.1:8080",
+        "task logs: `make run` runs each task in this process (dag.test), so its task logs are the lines above "
+        "(each step logs what it decided and why: lines starting 'decide:', 'evaluate:', 'register:')"
+        + (f", also saved in {_rel(log_file)}" if log_file else "")
+        + "; the Airflow UI's Logs tab has none for these runs. Runs triggered in the Airflow UI (`make ui`) "
+        "keep theirs under var/airflow/logs/ and show them in the task's Logs tab.",
     ]
     return "\n".join(lines)
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.relative_to(REPO))
+    except ValueError:
+        return str(path)
 
 
 if __name__ == "__main__":

@@ -25,56 +25,76 @@ def promotion_modes(settings: Any = None) -> list[str]:
     return PROMOTION_MODES if reg.promotion == "auto" or reg.allow_form_auto else ["config", "manual"]
 
 
-def continuous_training_params() -> dict[str, Param]:
-    """The trigger form: simple typed values only (object-typed params have trigger-form bugs in Airflow 3)."""
+def _configured(value: Any) -> str:
+    return "off" if value in (0, 0.0) else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def continuous_training_params(settings: Any = None) -> dict[str, Param]:
+    """The trigger form: simple typed values only (object-typed params have trigger-form bugs in Airflow 3).
+
+    Airflow 3's form marks a field required unless its type includes ``"null"``, and sends ``null`` for a cleared
+    field: every field a user may leave empty is therefore nullable (``None`` / empty means "use the default").
+    Bounds are in each schema (``minimum``, ``maximum``, ``enum``, ``maxLength``): the number inputs are bounded by
+    them, and the API refuses an out-of-range value before a run is created. Each description names the value
+    configured in ``pipelines.config`` (the one configuration source) that an empty field leaves in force.
+    """
+    from pipelines.config import get_settings
+
+    s = settings or get_settings()
     return {
         "batch_uri": Param(
-            "",
-            type="string",
-            title="Batch URI",
-            description="A CSV or Parquet batch inside the landing folder: its name there (batch_007.csv), a path "
-            "or an s3:// URI under the landing prefix; anything outside landing is refused. "
-            "Empty: the oldest waiting batch.",
+            None,
+            type=["null", "string"],
+            maxLength=1000,
+            title="Batch URI (optional)",
+            description="Empty: the oldest batch waiting in landing "
+            f"({s.uri(s.paths.landing)}). Otherwise a CSV or Parquet batch inside it: its name there "
+            "(batch_007.csv), a path or an s3:// URI under the landing prefix; anything outside landing is refused.",
         ),
         "force_action": Param(
             "auto",
             type="string",
             enum=ACTIONS,
             title="Action",
-            description="auto: decided from drift. skip / fine_tune / retrain force that action.",
+            description="auto (default): decided from drift by the thresholds in the decision and drift settings. "
+            "skip / fine_tune / retrain force that action.",
         ),
         "promotion": Param(
             "config",
             type="string",
-            enum=promotion_modes(),
+            enum=promotion_modes(s),
             title="Promotion",
-            description="config: registry.promotion from the configuration. manual: wait for a reviewer. "
-            "auto: promote when every gate passes; offered only when registry.promotion is auto or "
-            "registry.allow_form_auto is true (the form may lower the configured policy, never lift it).",
+            description=f"config (default): registry.promotion, configured {s.registry.promotion}. manual: a "
+            "reviewer decides (the review_challenger DAG). auto: promote when every gate passes; offered only when "
+            "registry.promotion is auto or registry.allow_form_auto is true (the form may lower the configured "
+            "policy, never lift it).",
         ),
         "drift_p_threshold": Param(
             None,
             type=["null", "number"],
-            exclusiveMinimum=0,
-            exclusiveMaximum=1,
-            title="Drift p-value threshold",
-            description="Override drift.p_threshold for this run.",
+            minimum=0.000001,
+            maximum=0.5,
+            title="Drift p-value threshold (optional)",
+            description=f"Empty: drift.p_threshold, configured {_configured(s.drift.p_threshold)}. A test whose "
+            "p-value is below it counts as drift. From 0.000001 to 0.5.",
         ),
         "min_macro_f1": Param(
             None,
             type=["null", "number"],
             minimum=0,
             maximum=1,
-            title="Macro-F1 floor",
-            description="Override gates.min_macro_f1 for this run.",
+            title="Macro-F1 floor (optional)",
+            description=f"Empty: gates.min_macro_f1, configured {_configured(s.gates.min_macro_f1)}. The "
+            "candidate's macro-F1 must reach it. From 0 (off) to 1.",
         ),
         "noninferiority_margin": Param(
             None,
             type=["null", "number"],
             minimum=0,
-            maximum=1,
-            title="Non-inferiority margin",
-            description="Override gates.noninferiority_margin (macro-F1 points as a fraction) for this run.",
+            maximum=0.5,
+            title="Non-inferiority margin (optional)",
+            description=f"Empty: gates.noninferiority_margin, configured {_configured(s.gates.noninferiority_margin)}"
+            ". How far (macro-F1 as a fraction) the candidate may fall below the champion. From 0 to 0.5.",
         ),
     }
 
@@ -93,16 +113,22 @@ def promote_or_rollback_params() -> dict[str, Param]:
             None,
             type=["null", "integer"],
             minimum=1,
-            title="Model version",
+            title="Model version (optional)",
             description="The version to act on. Empty: the challenger (promote/reject) or the "
             "previous champion from the audit trail (rollback).",
         ),
-        "reason": Param("", type="string", title="Reason", description="Recorded in the audit trail."),
+        "reason": Param(
+            None,
+            type=["null", "string"],
+            maxLength=1000,
+            title="Reason (optional)",
+            description="Recorded in the audit trail.",
+        ),
         "request_id": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             maxLength=200,
-            title="Request id",
+            title="Request id (optional)",
             description="Empty: this run's id. To finish a request whose run failed part-way, give that run's id: "
             "the audit trail finds it and nothing is moved twice.",
         ),

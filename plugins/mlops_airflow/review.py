@@ -224,10 +224,11 @@ class ChallengerReviewOperator(HITLOperator):
         params.setdefault(
             "comment",
             Param(
-                "",
-                type="string",
-                title="Comment",
-                description="Why you approve or reject (kept in the MLflow tag review_comment and the audit).",
+                None,
+                type=["null", "string"],
+                maxLength=2000,
+                title="Comment (optional)",
+                description="Why you approve or reject (kept in the MLflow tag review_comment and the audit trail).",
                 source="task",
             ),
         )

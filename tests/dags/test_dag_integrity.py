@@ -152,6 +152,42 @@ def test_continuous_training_params_validate(dagbag):
         bad.validate()
 
 
+def test_trigger_forms_leave_optional_fields_unrequired_and_bound_numbers(dagbag):
+    """Airflow 3's form marks a field required unless its type includes null, and sends null for a cleared field."""
+    from airflow.sdk.definitions.param import ParamsDict
+
+    from pipelines.config import get_settings
+
+    s = get_settings()
+    form = dagbag.dags["continuous_training"].params
+    schema = {k: form.get_param(k).schema for k in form}
+    described = {k: form.get_param(k).description or "" for k in form}
+    optional = {k for k, sch in schema.items() if isinstance(sch.get("type"), list) and "null" in sch["type"]}
+    assert optional == {"batch_uri", "drift_p_threshold", "min_macro_f1", "noninferiority_margin"}
+    assert "Empty: the oldest batch waiting in landing" in described["batch_uri"]
+    for name in ("drift_p_threshold", "min_macro_f1", "noninferiority_margin"):
+        assert "minimum" in schema[name] and "maximum" in schema[name], name
+    assert f"configured {s.drift.p_threshold:g}" in described["drift_p_threshold"]
+    assert f"configured {s.registry.promotion}" in described["promotion"]
+    cleared = ParamsDict(form)
+    for name in optional:
+        cleared[name] = None  # what the form sends for an emptied field
+    cleared.validate()
+    with pytest.raises(Exception, match="min_macro_f1|maximum"):
+        too_high = ParamsDict(form)
+        too_high["min_macro_f1"] = 5
+        too_high.validate()
+    for dag_id in ("promote_or_rollback", "review_challenger"):
+        params = dagbag.dags[dag_id].params
+        left = ParamsDict(params)
+        for name in params:
+            sch = params.get_param(name).schema
+            if name != "action":
+                assert "null" in sch["type"], f"{dag_id}.{name} would be marked required"
+                left[name] = None
+        left.validate()
+
+
 def test_split_params_names_the_bad_param():
     from mlops_airflow.params import split_params
 

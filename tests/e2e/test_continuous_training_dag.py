@@ -157,7 +157,7 @@ def test_loop_end_to_end(loop_env):
     client = configure(settings)
     old = client.get_model_version(settings.registry.model_name, str(first))
     assert old.tags["review"] == "superseded" and old.tags["superseded_by"] == str(version)
-    assert old.current_stage == "Archived" and old.description.startswith("> **Superseded** by version")
+    assert old.current_stage == "Archived" and "**Status: superseded**: by version" in old.description.split("\n")[2]
     assert str(champion_version(settings, "challenger").version) == str(version)
     assert str(_champion(settings)) == str(champion_v1)
 

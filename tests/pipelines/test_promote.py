@@ -46,6 +46,16 @@ def test_promote_moves_champion_archives_previous_and_records_audit(settings, se
     tags = configure(settings).get_model_version("sentiment", v2).tags
     assert (tags["review"], tags["review_by"], tags["review_at"]) == ("approved", "bob", "2026-01-02T00:00:00+00:00")
     assert all(e["state"] == "done" for e in trail)
+    # The audit entry links to the evidence; the registered model names champion and challenger.
+    assert trail[-1]["evidence"] == f"http://127.0.0.1:5000/#/models/sentiment/versions/{v2}"
+    assert f"**Champion** (alias `champion`, stage Production, served): [version {v2}](" in model.description
+    assert "**Challenger** (alias `challenger`, stage Staging, awaiting review): none." in model.description
+    # Each version's description says where it stands now.
+    client = configure(settings)
+    text = client.get_model_version("sentiment", v2).description
+    assert text.startswith(f"# sentiment version {v2}\n\n**Status: champion**: approved by bob and promoted on ")
+    old = client.get_model_version("sentiment", v1).description
+    assert "**Status: archived**: champion until 2026-01-02T00:00:00+00:00 (UTC); replaced by version 2" in old
 
 
 def test_promote_repeated_changes_nothing(settings, served):
@@ -79,6 +89,8 @@ def test_reject_archives_challenger_and_keeps_champion(settings, served):
     tags = configure(settings).get_model_version("sentiment", v2).tags
     assert tags["review_comment"] == "worse on neutral"
     assert [e["action"] for e in read_audit(settings)] == ["promote", "reject"]
+    text = configure(settings).get_model_version("sentiment", v2).description
+    assert "**Status: rejected**: by carol on " in text and "the champion stays version 1" in text
     with pytest.raises(ValueError, match="version 2 was rejected"):
         promote(settings, v2, by="dave", reason="oops")
 
@@ -106,6 +118,9 @@ def test_rollback_without_version_restores_previous_champion(settings, served):
     last = read_audit(settings)[-1]
     assert (last["action"], last["from"], last["to"], last["request"]) == ("rollback", "2", "1", "run-7")
     assert len(read_audit(settings)) == 3
+    text = configure(settings).get_model_version("sentiment", v1).description
+    assert "**Status: champion (restored)**: rolled back to this version by ops on " in text
+    assert "**Status: archived**:" in configure(settings).get_model_version("sentiment", v2).description
 
 
 def test_rollback_explicit_version_and_refusals(settings, served):
@@ -149,14 +164,17 @@ def test_promote_step_auto_waits_then_follows_the_reviewer(settings, served):
     client.set_model_version_tag("sentiment", v2, "review_comment", "looks good on the slices")
     done = run(_ctx(settings, action="auto", version=v2))
 
-    assert done == {
+    assert {k: done[k] for k in ("action", "version", "status", "champion_before", "champion_after")} == {
         "action": "approve",
         "version": v2,
         "status": "promoted",
         "champion_before": v1,
         "champion_after": v2,
-        "request_id": "p1",
     }
+    # The task's extra links: the version's model and its MLflow run.
+    mv = configure(settings).get_model_version("sentiment", v2)
+    assert (done["request_id"], done["model_name"], done["mlflow_run_id"]) == ("p1", "sentiment", mv.run_id)
+    assert done["mlflow_experiment_id"] == configure(settings).get_run(mv.run_id).info.experiment_id
     assert read_audit(settings)[-1]["why"] == "looks good on the slices"
     assert read_audit(settings)[-1]["by"] == "dana"
     assert registry_state(settings)["champion"] == v2
@@ -173,7 +191,7 @@ def test_promote_step_reject_and_rollback_actions(settings, served):
     v3 = add_version(settings, served, alias="challenger")
     run(_ctx(settings, run_id="p2", action="approve", by="carol"))
     rolled = run(_ctx(settings, run_id="p3", action="rollback", version=""))
-    assert rolled == {
+    assert {k: v for k, v in rolled.items() if not k.startswith(("mlflow_", "model_name"))} == {
         "action": "rollback",
         "version": v1,
         "status": "rolled_back",

@@ -150,8 +150,11 @@ def test_register_manual_stages_challenger_with_report_and_lineage(tmp_path, dem
     # The description is the reviewer's report.
     text = mv.description
     assert len(text) <= 5000
+    # A neutral title, the status line at the top, how to decide (pending) above the long report.
+    assert text.startswith("# sentiment version 1\n\n**Status: awaiting review**: registered on ")
+    assert text.index("## How to decide") < text.index("## Evaluation report") < text.index("## Gates")
+    assert "staged as the challenger (policy `manual`)" in text.split("## How to decide")[0]
     for needle in (
-        "# Challenger for `sentiment` v1",
         "## How to decide",
         "`review` = `approved` or `rejected` and `review_by` = your name (an approval without it does not count)",
         "| `non_inferiority` | ⏭ skipped",

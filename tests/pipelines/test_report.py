@@ -72,8 +72,42 @@ def test_review_description_flags_the_baseline_and_the_review_at_the_top():
         review_comment_tag="review_comment",
         policy="auto",
     )
-    head = text.split("## How to decide")[0]
+    assert text.startswith("# m version 3\n\n**Status: awaiting review**")
+    assert text.index("## How to decide") < text.index("## Evaluation report")
+    head = text.split("## Evaluation report")[1].split("## Gates")[0]
     assert "**no gate failed, NEEDS REVIEW**; macro-F1 0.410 on 104 evaluation rows" in head
     assert "⚠️ **Below the TF-IDF baseline**" in head and "95% CI [-0.090, +0.010] on 104 rows" in head
     assert "## Needs a human review" in head
     assert "## Compression" not in text
+
+
+def test_a_move_rewrites_the_top_and_keeps_the_report():
+    from pipelines.report import compose_version_description, report_part, status_line
+
+    pending = render_review_description(
+        model_name="m",
+        version="3",
+        run_id="r",
+        evaluate=_summary(),
+        validate=None,
+        drift=None,
+        decide=None,
+        train=None,
+        review_tag="review",
+        review_comment_tag="review_comment",
+        policy="manual",
+    )
+    done = compose_version_description("m", "3", status_line("rejected", "by erin"), report_part(pending))
+    assert done.startswith("# m version 3\n\n**Status: rejected**: by erin\n\n## Evaluation report")
+    assert "## How to decide" not in done and report_part(done) == report_part(pending)
+    # A description written another way is kept whole below the new top.
+    assert report_part("# Challenger\n\nthe report") == "# Challenger\n\nthe report"
+    cut = compose_version_description("m", "3", "**Status: x**: y", "## Evaluation report\n" + "row\n" * 3000)
+    assert len(cut) <= 5000 and cut.endswith("(report cut to fit MLflow's description size)\n")
+
+
+def test_tables_have_a_header_separator_row_github_renders():
+    from pipelines.report import _table
+
+    lines = _table(["a", "b"], [[1, 2]]).splitlines()
+    assert lines == ["| a | b |", "| --- | --- |", "| 1 | 2 |"]

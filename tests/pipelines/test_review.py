@@ -139,7 +139,8 @@ def test_a_newer_challenger_supersedes_the_pending_one(settings, served):
     assert (tags["review"], tags["review_by"], tags["superseded_by"]) == (SUPERSEDED, "pipeline", v2)
     assert tags["review_at"]
     description = configure(settings).get_model_version("sentiment", v1).description
-    assert description.startswith(f"> **Superseded** by version {v2} on ")
+    assert description.startswith(f"# sentiment version {v1}\n\n**Status: superseded**: by version {v2} on ")
+    assert "## How to decide" not in description
     assert "the report" in description  # the evaluation report is kept below the status line
     status = review_status(settings, v1)
     assert status["state"] == SUPERSEDED and status["why"] == f"superseded by version {v2}; nothing to review"
