@@ -5,6 +5,7 @@ Runs are found by tags before they are created, so a retried step reuses its run
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pipelines.config import Settings
     from pipelines.context import StepContext
+
+log = logging.getLogger(__name__)
 
 TAG_PIPELINE_RUN = "mlops.pipeline_run_id"
 TAG_STEP = "mlops.step"
@@ -31,7 +34,82 @@ def configure(settings: Settings) -> Any:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(settings.mlflow.registry_uri or uri)
+    if uri.startswith("sqlite:///"):
+        rebase_moved_store(settings, Path(uri[len("sqlite:///") :]))
     return MlflowClient(tracking_uri=uri, registry_uri=settings.mlflow.registry_uri or uri)
+
+
+# Columns of MLflow's SQL store that hold artifact locations (MLflow 3 schema).
+_LOCATION_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+    ("model_versions", "source"),
+    ("model_versions", "storage_location"),
+)
+_rebased: set[tuple[str, str]] = set()
+
+
+def _copied(con: Any, old: Path, new: Path) -> bool:
+    """Whether ``new`` holds a copy of the runs under ``old`` (the first run's artifact folder is in both)."""
+    row = con.execute(
+        "SELECT artifact_uri FROM runs WHERE artifact_uri LIKE ? LIMIT 1", (old.as_uri() + "/%",)
+    ).fetchone()
+    return row is not None and (new / Path(row[0].removeprefix("file://")).relative_to(old)).exists()
+
+
+def rebase_moved_store(settings: Settings, db: Path) -> int:
+    """Make a SQLite store whose checkout moved point at its artifacts' new place; returns the rows changed.
+
+    MLflow writes local artifact locations as absolute paths (``mlflow.utils.uri.resolve_uri_if_local``), so a
+    copied or moved ``var/`` would still point at the old folder. The experiment's recorded location is compared
+    with where the settings put it now; when they differ, the new folder exists and the old one is gone (a move) or
+    holds the same runs as the new one (a copy), every location under the old folder is rewritten to the new one
+    (``file://`` and bare forms), once per process. A store on S3 or behind a server, and a setting that points at
+    an unrelated folder, are left alone.
+    """
+    import sqlite3
+
+    location = settings.mlflow.artifact_location or settings.uri("mlruns")
+    if location.startswith(("s3://", "mlflow-artifacts:")) or not db.is_file():
+        return 0
+    new = Path(location.removeprefix("file://")).resolve()
+    key = (str(db.resolve()), str(new))
+    if key in _rebased:
+        return 0
+    _rebased.add(key)
+    with sqlite3.connect(db, timeout=30) as con:
+        try:
+            row = con.execute(
+                "SELECT artifact_location FROM experiments WHERE name = ?", (settings.mlflow.experiment_name,)
+            ).fetchone()
+        except sqlite3.OperationalError:  # a store MLflow has not created its tables in yet
+            return 0
+        if row is None or not row[0]:
+            return 0
+        old = Path(row[0].removeprefix("file://"))
+        if old == new or not new.exists() or (old.exists() and not _copied(con, old, new)):
+            return 0
+        changed = 0
+        for old_prefix, new_prefix in ((old.as_uri(), new.as_uri()), (str(old), str(new))):
+            for table, column in _LOCATION_COLUMNS:
+                try:
+                    changed += con.execute(
+                        f"UPDATE {table} SET {column} = ? || substr({column}, ?) "  # noqa: S608 - fixed names
+                        f"WHERE substr({column}, 1, ?) = ? AND (length({column}) = ? OR substr({column}, ?, 1) = '/')",
+                        (
+                            new_prefix,
+                            len(old_prefix) + 1,
+                            len(old_prefix),
+                            old_prefix,
+                            len(old_prefix),
+                            len(old_prefix) + 1,
+                        ),
+                    ).rowcount
+                except sqlite3.OperationalError:  # a column or table this MLflow version does not have
+                    continue
+    log.info("MLflow store %s moved: %d artifact locations rebased from %s to %s", db, changed, old, new)
+    return changed
 
 
 def experiment_id(settings: Settings) -> str:
