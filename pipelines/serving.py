@@ -32,10 +32,12 @@ import json
 import logging
 import os
 import random
+import signal
 import socket
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -317,9 +319,16 @@ class CaptureWriter:
         self._seq = 0
         self._random = random.Random()
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._final = False  # after SIGTERM: write at once, each request waits (bounded) for its rows
+        self._written = threading.Condition(self._lock)
+        self._submitted = 0  # requests queued so far
+        self._taken = 0  # requests the writer has taken
+        self._done = 0  # requests whose rows are written (or dropped by a failed write)
         self._thread = threading.Thread(target=self._loop, name="prediction-capture", daemon=True)
         self._thread.start()
-        atexit.register(self.close, 2.0)  # a server stopping cleanly writes what is queued (bounded wait)
+        atexit.register(self.close, 2.0)  # a process exiting normally writes what is queued (bounded wait)
+        _LIVE_WRITERS.add(self)
 
     def _count(self, key: str, n: int = 1) -> None:
         with self._lock:
@@ -338,17 +347,35 @@ class CaptureWriter:
                 self._counts["requests_sampled"] += 1
         return take
 
-    def submit(self, item: tuple, rows: int) -> bool:
-        """Queue one request's capture without waiting; False (rows counted as dropped) when the queue is full.
+    def submit(self, item: tuple, rows: int) -> int:
+        """Queue one request's capture without waiting: its number, or 0 (rows counted as dropped) when the queue is
+        full or the writer is closed."""
+        with self._lock:
+            if len(self._queue) >= self.config.queue_size or self._stop.is_set():
+                self._counts["rows_dropped"] += rows
+                return 0
+            self._queue.append(item)
+            self._counts["rows_captured"] += rows
+            self._submitted += 1
+            return self._submitted
 
-        The bound is checked without a lock: concurrent requests may overshoot it by their number, no more.
-        """
-        if len(self._queue) >= self.config.queue_size or self._stop.is_set():
-            self._count("rows_dropped", rows)
+    def wait_written(self, number: int, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until the rows of request ``number`` and those before it are written."""
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        # A timed acquire: a signal handler may run while its own thread holds the lock.
+        if not self._lock.acquire(timeout=timeout):
             return False
-        self._queue.append(item)
-        self._count("rows_captured", rows)
-        return True
+        try:
+            return self._written.wait_for(lambda: self._done >= number, max(deadline - time.monotonic(), 0.0))
+        finally:
+            self._lock.release()
+
+    def begin_shutdown(self, timeout: float = 2.0) -> bool:
+        """The process is stopping (SIGTERM): write what is queued now, and from here on each captured request
+        waits for its own rows (at most 1 s), so that nothing is left in memory when the process ends."""
+        self._final = True
+        return self.wait_written(self._submitted, timeout)
 
     def capture(
         self,
@@ -364,7 +391,9 @@ class CaptureWriter:
         Only references are queued; labels, hashes, ids and JSON are made on the writer thread.
         """
         try:
-            self.submit((time.time(), latency_ms, texts, ids, probs, class_names, error), len(texts) or 1)
+            number = self.submit((time.time(), latency_ms, texts, ids, probs, class_names, error), len(texts) or 1)
+            if self._final and number:
+                self.wait_written(number, _FINAL_WAIT_SECONDS)
         except Exception:  # capture must never fail a prediction
             self._count("capture_errors")
 
@@ -428,9 +457,14 @@ class CaptureWriter:
         rows: list[dict[str, Any]] = []
         first = 0.0
         while True:
-            stopping = self._stop.wait(min(self.config.flush_seconds, _DRAIN_SECONDS))
+            self._wake.wait(min(self.config.flush_seconds, _DRAIN_SECONDS))
+            self._wake.clear()
+            stopping = self._stop.is_set()
+            final = stopping or self._final
+            taken = 0
             while self._queue:
                 item = self._queue.popleft()
+                taken += 1
                 try:
                     if not rows:
                         first = time.monotonic()
@@ -441,21 +475,61 @@ class CaptureWriter:
                 self._write(rows[: self.config.flush_rows])
                 rows = rows[self.config.flush_rows :]
                 first = time.monotonic()
-            if rows and (stopping or time.monotonic() - first >= self.config.flush_seconds):
+            if rows and (final or time.monotonic() - first >= self.config.flush_seconds):
                 self._write(rows)
                 rows = []
+            with self._written:
+                self._taken += taken
+                if not rows:
+                    self._done = self._taken
+                    self._written.notify_all()
             if stopping and not self._queue:
                 return
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued and stop the thread (waits at most ``timeout`` seconds); later captures drop."""
         self._stop.set()
+        self._wake.set()
+        _LIVE_WRITERS.discard(self)
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
 
 #: How often the writer thread takes what the request threads queued.
 _DRAIN_SECONDS = 0.25
+#: After SIGTERM, the longest a captured request waits for its rows to be written.
+_FINAL_WAIT_SECONDS = 1.0
+_LIVE_WRITERS: weakref.WeakSet = weakref.WeakSet()
+_previous_sigterm: Any = None
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """Write every live writer's queue, then hand the signal on (uvicorn's graceful shutdown, or the default)."""
+    for writer in list(_LIVE_WRITERS):
+        writer.begin_shutdown()
+    previous = _previous_sigterm
+    if callable(previous):
+        previous(signum, frame)
+    elif previous != signal.SIG_IGN:
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)
+
+
+def flush_on_sigterm() -> bool:
+    """Install :func:`_on_sigterm` before the current SIGTERM handler (main thread only; once per handler).
+
+    Uvicorn (under ``mlflow models serve``) stops on SIGTERM by re-raising it with the default action once its
+    graceful shutdown is done, so neither atexit nor a daemon thread would get to write the last captures.
+    """
+    global _previous_sigterm
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    current = signal.getsignal(signal.SIGTERM)
+    if current is _on_sigterm:
+        return True
+    _previous_sigterm = current
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    return True
 
 
 class OnnxTextClassifier(PythonModel):
@@ -471,6 +545,7 @@ class OnnxTextClassifier(PythonModel):
             config = CaptureConfig.from_env()
             if config is not None:
                 self._capture = CaptureWriter(config)
+                flush_on_sigterm()
                 log.info("prediction capture on: %.0f%% of requests to %s", 100 * config.share, config.uri)
         except Exception as exc:  # a bad capture setting must not keep the model from serving
             log.error("prediction capture off: %s: %s", type(exc).__name__, exc)

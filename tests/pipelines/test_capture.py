@@ -230,3 +230,28 @@ def test_capture_to_s3(bundle, monkeypatch, s3_endpoint, aws_env):
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="test-bucket", Prefix="cap-test/captures/")["Contents"]]
     assert len(keys) == 1 and keys[0].endswith(".jsonl") and "/date=" in keys[0]
+
+
+def test_sigterm_writes_the_queued_rows_before_the_process_ends(bundle, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    code = (
+        "import os, signal, sys\n"
+        "from types import SimpleNamespace\n"
+        "from pipelines.serving import OnnxTextClassifier\n"
+        "m = OnnxTextClassifier(); m.load_context(SimpleNamespace(artifacts={'bundle': sys.argv[1]}))\n"
+        "m.predict(None, ['a b', 'c'])\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "print('not reached')\n"
+    )
+    env = {
+        **os.environ,
+        "MLOPS_SERVING__CAPTURE_URI": str(tmp_path / "c"),
+        "MLOPS_SERVING__CAPTURE_FLUSH_SECONDS": "3600",  # only the SIGTERM handler writes
+    }
+    out = subprocess.run([sys.executable, "-c", code, str(bundle)], env=env, capture_output=True, text=True)
+    assert out.returncode == -signal.SIGTERM and "not reached" not in out.stdout, out.stderr[-2000:]
+    assert [r["text"] for r in _read(tmp_path / "c")] == ["a b", "c"]
