@@ -329,7 +329,7 @@ class Supervisor:
                         backend.in_flight -= 1
                 self.send_response(resp.status)
                 for key, value in resp.getheaders():
-                    if key.lower() not in _HOP_HEADERS | {"content-length"}:
+                    if key.lower() not in _HOP_HEADERS | {"content-length", "date", "server"}:  # sent by the front
                         self.send_header(key, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.send_header("X-Model-Version", backend.version)
