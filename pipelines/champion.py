@@ -170,7 +170,7 @@ def _bundle_digest(files: dict[str, dict[str, Any]], bundle_rel: str) -> str:
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
-def write_manifest(entry: Path, source: str, expected_bundle: str | None) -> dict[str, Any]:
+def write_manifest(entry: Path, source: str, expected_bundle: str | None, run_id: str | None = None) -> dict[str, Any]:
     """Hash a fresh download and write its manifest.
 
     Raises:
@@ -187,13 +187,14 @@ def write_manifest(entry: Path, source: str, expected_bundle: str | None) -> dic
             f"{source}: the downloaded bundle's SHA-256 {bundle[:16]}... does not match the version's tag "
             f"{TAG_BUNDLE_DIGEST}={expected_bundle[:16]}...; the registered artifact is corrupt"
         )
-    manifest = {"source": source, "bundle": bundle_rel, "bundle_sha256": bundle, "files": files}
+    manifest = {"source": source, "run_id": run_id, "bundle": bundle_rel, "bundle_sha256": bundle, "files": files}
     (entry / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return manifest
 
 
-def verify_entry(entry: Path, expected_bundle: str | None = None) -> str | None:
-    """Why the cache entry ``entry`` may not be used, or None when every file matches its manifest."""
+def verify_entry(entry: Path, expected_bundle: str | None = None, run_id: str | None = None) -> str | None:
+    """Why the cache entry ``entry`` may not be used, or None when every file matches its manifest (and, given
+    ``run_id``, it was downloaded from that run: a store made anew at the same URI numbers its versions again)."""
     try:
         manifest = json.loads((entry / MANIFEST).read_text())
         files = file_manifest(entry)
@@ -208,6 +209,8 @@ def verify_entry(entry: Path, expected_bundle: str | None = None) -> str | None:
         return f"content changed: {changed[:3]}"
     if expected_bundle and manifest.get("bundle_sha256") != expected_bundle:
         return f"bundle does not match the version's tag {TAG_BUNDLE_DIGEST}"
+    if run_id and manifest.get("run_id") != run_id:
+        return f"downloaded from run {manifest.get('run_id')}, not {run_id} (the store was made anew)"
     return None
 
 
@@ -233,7 +236,7 @@ def get_champion(settings: Settings, alias: str = CHAMPION, dst: str | Path | No
     # The cache is keyed by the store too: two stores can both hold "version 3" of a model of the same name.
     store = hashlib.sha1((settings.mlflow.registry_uri or settings.mlflow.tracking_uri).encode()).hexdigest()[:12]
     target = Path(dst) if dst else _cache_root() / store / name / str(mv.version)
-    problem = verify_entry(target, expected) if target.exists() else "not downloaded"
+    problem = verify_entry(target, expected, mv.run_id) if target.exists() else "not downloaded"
     if problem is not None:
         if target.exists():
             log.warning("champion cache: %s at %s is unusable (%s); downloading it again", source, target, problem)
@@ -242,7 +245,7 @@ def get_champion(settings: Settings, alias: str = CHAMPION, dst: str | Path | No
         partial = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
             mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(partial))
-            write_manifest(partial, source, expected)
+            write_manifest(partial, source, expected, mv.run_id)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise

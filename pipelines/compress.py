@@ -416,17 +416,19 @@ def save_served_model(path: Path, bundle: Path, example_texts: list[str], scratc
     import mlflow
     import pandas as pd
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
+    from mlflow.types import ParamSchema, ParamSpec
     from mlflow.types.utils import _infer_schema
 
     from pipelines.serving import OnnxPredictor, OnnxTextClassifier
 
     example = pd.DataFrame({"text": example_texts[:3]})
-    # One unnamed string column: a DataFrame with a ``text`` column and a plain list of str both pass MLflow's
-    # schema enforcement (a named column would turn a list into a frame with column 0 and reject it).
+    # No input schema: MLflow would keep only the first column of an unnamed schema (an ``id`` column for the label
+    # join would never arrive), and a named one rejects a plain ``{"inputs": [...]}`` list. The model parses its
+    # input itself (serving.texts_from_input). The param ``capture`` (default true) leaves a request out of capture.
     signature = ModelSignature(
-        inputs=Schema([ColSpec("string")]),
+        inputs=None,
         outputs=_infer_schema(OnnxPredictor(bundle).predict(example["text"].tolist())),
+        params=ParamSchema([ParamSpec("capture", "boolean", True)]),
     )
     if path.exists():
         shutil.rmtree(path)

@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Longest wait for a stopped scoring server's processes to exit (uvicorn's graceful shutdown, the capture flush).
+STOP_TIMEOUT_SECONDS = 20
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
 
 
@@ -111,6 +113,30 @@ def server_env(settings: Settings, version: str, base: dict[str, str] | None = N
     if cfg.capture_share <= 0:
         env.pop("MLOPS_SERVING__CAPTURE_URI")
     return env
+
+
+#: The warm-up prediction before a switch; ``capture: false`` keeps it out of the captures (a model saved before
+#: that param existed ignores it, with a warning in its log).
+WARM_UP = {"inputs": ["warm-up"], "params": {"capture": False}}
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` is still running (zombies, which nobody may reap here, do not count)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            return True
+    return False
 
 
 def _get(url: str, timeout: float = 2.0) -> int:
@@ -183,7 +209,7 @@ class Supervisor:
                 raise RuntimeError(f"the scoring server for version {version} exited with code {proc.returncode}")
             try:
                 if _get(backend.url + "/ping") == 200:
-                    status, body = _post_json(backend.url + "/invocations", {"inputs": ["warm-up"]})
+                    status, body = _post_json(backend.url + "/invocations", WARM_UP)
                     if status == 200:
                         return backend
                     raise RuntimeError(f"version {version} answered the warm-up with HTTP {status}: {body[:200]!r}")
@@ -197,7 +223,11 @@ class Supervisor:
         )
 
     def stop_backend(self, backend: Backend, drain: float | None = None) -> None:
-        """Wait for ``backend``'s in-flight requests (at most ``drain`` s), then stop it (SIGTERM, then SIGKILL)."""
+        """Wait for ``backend``'s in-flight requests (at most ``drain`` s), then stop it (SIGTERM, then SIGKILL).
+
+        Returns once every process of its group has exited (the uvicorn worker writes its last captures at exit),
+        at most ``STOP_TIMEOUT_SECONDS`` after the SIGTERM.
+        """
         drain = self.settings.serving.drain_seconds if drain is None else drain
         deadline = time.monotonic() + drain
         while backend.in_flight > 0 and time.monotonic() < deadline:
@@ -206,16 +236,21 @@ class Supervisor:
             log.warning(
                 "serve: version %s still has %d request(s) after %.0fs", backend.version, backend.in_flight, drain
             )
-        if backend.proc.poll() is None:
+        pgid = backend.proc.pid  # start_new_session: the group of the mlflow CLI, uvicorn and its workers
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+        while (backend.proc.poll() is None or group_alive(pgid)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if backend.proc.poll() is None or group_alive(pgid):
+            log.warning("serve: version %s did not stop within %ds; killing it", backend.version, STOP_TIMEOUT_SECONDS)
             try:
-                os.killpg(backend.proc.pid, signal.SIGTERM)
-                backend.proc.wait(timeout=20)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(backend.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                backend.proc.wait(timeout=10)
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            backend.proc.wait(timeout=10)
         log.info("serve: stopped version %s on port %d", backend.version, backend.port)
 
     def sync(self) -> str | None:
@@ -294,7 +329,7 @@ class Supervisor:
                         backend.in_flight -= 1
                 self.send_response(resp.status)
                 for key, value in resp.getheaders():
-                    if key.lower() not in _HOP_HEADERS | {"content-length"}:
+                    if key.lower() not in _HOP_HEADERS | {"content-length", "date", "server"}:  # sent by the front
                         self.send_header(key, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.send_header("X-Model-Version", backend.version)

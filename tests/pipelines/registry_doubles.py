@@ -161,6 +161,87 @@ def onnx_bundle(bundle: Path, weights: Sequence[float], labels: list[str] = LABE
     return bundle
 
 
+def bow_bundle(
+    bundle: Path,
+    texts: Sequence[str],
+    labels: Sequence[str],
+    vocab_size: int = 3000,
+    max_length: int = 256,
+    C: float = 20.0,  # noqa: N803 - sklearn's name
+) -> Path:
+    """A real bag-of-words classifier as a served bundle at ``bundle``, fitted on ``texts`` / ``labels`` in a second.
+
+    A lower-cased word-level tokenizer over the ``vocab_size`` most frequent words of ``texts`` (others are [UNK]),
+    and an ONNX graph of a logistic regression (sklearn, fitted here) on the mean one-hot vector of the tokens:
+    logits = mean of the rows of W picked by the tokens + b. Text from another domain is mostly [UNK], so the model's
+    predictions there lean on the [UNK] weights, and its macro-F1 falls, as a real model's does. Classes are weighted
+    (``class_weight="balanced"``), so that all three are predicted. Labels must be :data:`LABELS`."""
+    from collections import Counter
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from sklearn.linear_model import LogisticRegression
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.normalizers import Lowercase
+    from tokenizers.pre_tokenizers import Whitespace
+
+    pre = Whitespace()
+    counts = Counter(w for t in texts for w, _ in pre.pre_tokenize_str(str(t).lower()))
+    vocab = {"[PAD]": 0, "[UNK]": 1}
+    for word, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:vocab_size]:
+        vocab[word] = len(vocab)
+    tok = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    tok.normalizer = Lowercase()
+    tok.pre_tokenizer = Whitespace()
+    tok.enable_truncation(max_length=max_length)
+    features = np.zeros((len(texts), len(vocab)), dtype=np.float32)
+    for i, enc in enumerate(tok.encode_batch([str(t) for t in texts])):
+        for j in enc.ids:
+            features[i, j] += 1.0 / max(len(enc.ids), 1)
+    clf = LogisticRegression(max_iter=3000, C=C, class_weight="balanced").fit(features, list(labels))
+    assert list(clf.classes_) == LABELS, clf.classes_
+    tok.no_truncation()
+    (bundle / "tokenizer").mkdir(parents=True)
+    (bundle / "fp32").mkdir()
+    (bundle / "fp32" / "config.json").write_text("{}")
+    tok.save(str(bundle / "tokenizer" / "tokenizer.json"))
+    f = TensorProto.FLOAT
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["w", "input_ids"], ["rows"]),  # (n, l, classes)
+            helper.make_node("Cast", ["attention_mask"], ["mask"], to=f),
+            helper.make_node("Unsqueeze", ["mask", "axis2"], ["mask3"]),
+            helper.make_node("Mul", ["rows", "mask3"], ["kept"]),
+            helper.make_node("ReduceSum", ["kept", "axis1"], ["total"], keepdims=0),
+            helper.make_node("ReduceSum", ["mask", "axis1"], ["count"], keepdims=1),
+            helper.make_node("Max", ["count", "one"], ["count1"]),
+            helper.make_node("Div", ["total", "count1"], ["mean"]),
+            helper.make_node("Add", ["mean", "b"], ["logits"]),
+        ],
+        "bag_of_words",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["n", "l"]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["n", "l"]),
+        ],
+        [helper.make_tensor_value_info("logits", f, ["n", len(LABELS)])],
+        initializer=[
+            numpy_helper.from_array(clf.coef_.T.astype(np.float32), "w"),
+            numpy_helper.from_array(clf.intercept_.astype(np.float32), "b"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+            numpy_helper.from_array(np.array([2], dtype=np.int64), "axis2"),
+            numpy_helper.from_array(np.array([1.0], dtype=np.float32), "one"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(bundle / "model.onnx"))
+    (bundle / "labels.json").write_text(json.dumps(LABELS))
+    (bundle / "serving.json").write_text(json.dumps({"max_length": max_length, "batch_size": 32, "pad_id": 0}))
+    return bundle
+
+
 def marker_pickle(marker: Path) -> bytes:
     """A pickle whose loading creates ``marker``: what a planted ``python_model.pkl`` could run."""
 

@@ -101,6 +101,42 @@ def test_capture_ids_from_the_request_are_kept(bundle, monkeypatch, tmp_path):
     assert [r["id"] for r in _read(tmp_path / "c")] == ["a1", "a2", "a3"]
 
 
+def test_missing_ids_fall_back_to_the_text_hash(bundle, monkeypatch, tmp_path):
+    import pandas as pd
+
+    model = _model(bundle, monkeypatch, str(tmp_path / "c"))
+    model.predict(None, pd.DataFrame({"text": TEXTS, "id": ["a1", None, float("nan")]}))
+    model._capture.close()
+    rows = _read(tmp_path / "c")
+    assert rows[0]["id"] == "a1" and [r["id"] for r in rows[1:]] == [r["text_sha256"] for r in rows[1:]]
+
+
+def test_params_capture_false_leaves_a_request_out(bundle, monkeypatch, tmp_path):
+    model = _model(bundle, monkeypatch, str(tmp_path / "c"))
+    assert model.predict(None, ["warm-up"], params={"capture": False})["label"].tolist() == ["positive"]
+    model.predict(None, TEXTS, params={"capture": True})
+    model._capture.close()
+    assert [r["text"] for r in _read(tmp_path / "c")] == TEXTS
+    assert model._capture.stats()["requests_seen"] == 1
+
+
+def test_inputs_the_scoring_server_hands_over():
+    import numpy as np
+    import pandas as pd
+
+    from pipelines.serving import ids_from_input, texts_from_input
+
+    assert texts_from_input(np.array(["a", "b"])) == ["a", "b"]
+    assert texts_from_input(np.array([["a"], ["b"]])) == ["a", "b"]
+    assert texts_from_input({"text": np.array(["a"]), "id": np.array(["1"])}) == ["a"]
+    assert texts_from_input(pd.DataFrame({"id": [1], "text": ["a"]})) == ["a"]
+    assert ids_from_input(pd.DataFrame({"id": [1], "text": ["a"]})) == ["1"]
+    with pytest.raises(ValueError, match="expected a column 'text'"):
+        texts_from_input({"x": ["a"], "y": ["b"]})
+    with pytest.raises(ValueError, match="one text per row"):
+        texts_from_input(np.array([["a", "b"]]))
+
+
 def test_slow_sink_never_blocks_a_prediction_and_counts_drops(bundle, monkeypatch, tmp_path):
     model = _model(bundle, monkeypatch, str(tmp_path / "unused"), capture_queue_size="4", capture_flush_rows="1")
     model._capture.close()
@@ -164,7 +200,7 @@ def test_a_failed_prediction_is_captured_as_an_error_and_still_raises(bundle, mo
     def boom(texts):
         raise RuntimeError("graph failed")
 
-    model._predictor.predict = boom
+    model._predictor.predict_proba = boom
     with pytest.raises(RuntimeError, match="graph failed"):
         model.predict(None, TEXTS)
     model._capture.close()
@@ -194,3 +230,28 @@ def test_capture_to_s3(bundle, monkeypatch, s3_endpoint, aws_env):
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="test-bucket", Prefix="cap-test/captures/")["Contents"]]
     assert len(keys) == 1 and keys[0].endswith(".jsonl") and "/date=" in keys[0]
+
+
+def test_sigterm_writes_the_queued_rows_before_the_process_ends(bundle, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    code = (
+        "import os, signal, sys\n"
+        "from types import SimpleNamespace\n"
+        "from pipelines.serving import OnnxTextClassifier\n"
+        "m = OnnxTextClassifier(); m.load_context(SimpleNamespace(artifacts={'bundle': sys.argv[1]}))\n"
+        "m.predict(None, ['a b', 'c'])\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "print('not reached')\n"
+    )
+    env = {
+        **os.environ,
+        "MLOPS_SERVING__CAPTURE_URI": str(tmp_path / "c"),
+        "MLOPS_SERVING__CAPTURE_FLUSH_SECONDS": "3600",  # only the SIGTERM handler writes
+    }
+    out = subprocess.run([sys.executable, "-c", code, str(bundle)], env=env, capture_output=True, text=True)
+    assert out.returncode == -signal.SIGTERM and "not reached" not in out.stdout, out.stderr[-2000:]
+    assert [r["text"] for r in _read(tmp_path / "c")] == ["a b", "c"]

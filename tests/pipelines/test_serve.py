@@ -136,3 +136,40 @@ def test_serve_follows_the_alias_without_dropping_requests(tmp_path):
     ]
     assert {r["model_version"] for r in rows} == {v1, v2}
     assert {r["label"] for r in rows if r["model_version"] == v2} == {"negative"}
+
+
+def _post(url: str, payload: dict) -> dict:
+    req = urllib.request.Request(
+        url + "/invocations", data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.mark.slow  # one real scoring server starts (10-25 s on two shared cores)
+def test_served_ids_pass_the_warm_up_is_left_out_and_a_stop_flushes(tmp_path):
+    settings = make_registry_settings(
+        tmp_path,
+        registry__model_name="serve-capture-test",
+        serving__port=_free_port(),
+        serving__backend_port=_free_pair(),
+        serving__capture_flush_seconds=3600,  # nothing is written before the stop
+        serving__capture_flush_rows=10_000,
+    )
+    version = add_version(settings, _served(tmp_path / "v1", [-1.0, 0.0, 1.0]), alias="champion")
+    sup = Supervisor(settings)
+    url = sup.start_front()
+    try:
+        assert sup.sync() == version  # after /ping and the warm-up prediction
+        with_ids = {"dataframe_split": {"columns": ["id", "text"], "data": [["r-1", "a b"], [2, "c"]]}}
+        assert [p["label"] for p in _post(url, with_ids)["predictions"]] == ["positive", "positive"]
+        assert len(_post(url, {"inputs": ["d e f"]})["predictions"]) == 1
+        assert len(_post(url, {"inputs": ["not captured"], "params": {"capture": False}})["predictions"]) == 1
+        captures = tmp_path / "var" / "captures"
+        assert not list(captures.rglob("*.jsonl")), "written before the stop"
+    finally:
+        sup.shutdown()  # SIGTERM; returns once the scoring server's processes have exited
+    rows = [json.loads(line) for f in sorted(captures.rglob("*.jsonl")) for line in f.read_text().splitlines()]
+    assert [(r["id"], r["text"]) for r in rows[:2]] == [("r-1", "a b"), ("2", "c")]
+    assert [r["text"] for r in rows] == ["a b", "c", "d e f"]  # no warm-up, no capture=false request
+    assert rows[2]["id"] == rows[2]["text_sha256"] and {r["model_version"] for r in rows} == {version}

@@ -223,3 +223,18 @@ def test_champion_bundle_that_does_not_load_is_a_permanent_error_and_dropped(cac
         champion.predictor()
     assert exit_code(exc.value) == EXIT_PERMANENT
     assert not champion.model_dir.exists(), "the corrupt entry stays and would be used again"
+
+
+def test_an_entry_from_another_run_is_fetched_again(cache_env):
+    """A store made anew at the same URI (rm -rf var/) numbers its versions from 1 again: the cached "version 1"
+    of the old store, whole and valid, must not be served for the new one."""
+    from pipelines.champion import write_manifest
+
+    settings, tmp = cache_env
+    _register(settings, tmp)
+    first = get_champion(settings)
+    write_manifest(first.model_dir, "models:/old/1", None, run_id="0" * 32)  # as the old store's download left it
+    assert "the store was made anew" in verify_entry(first.model_dir, run_id=first.run_id)
+    champion = get_champion(settings)  # fetched again
+    assert json.loads((champion.model_dir / MANIFEST).read_text())["run_id"] == champion.run_id == first.run_id
+    assert verify_entry(champion.model_dir, run_id=champion.run_id) is None
