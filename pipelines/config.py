@@ -317,6 +317,41 @@ class CompressSettings(_Section):
     )
     max_length: int = Field(default=256, gt=0)
     infer_batch_size: int = Field(default=32, gt=0)
+    # Distillation (pipelines/distill.py): a student made of a subset of the trained model's encoder layers learns
+    # the teacher's temperature-scaled soft targets plus the hard labels, then goes through the levels above with its
+    # agreement measured against the teacher; when no student level agrees on distill_min_agreement, the teacher's
+    # own levels are tried as without distillation. DISTILL_MEASURED holds what bench/compress.py measured; off by
+    # default until the stream benchmark (bench/stream.py) shows that it pays.
+    distill: bool = Field(default=False, description="Serve a distilled student (fewer encoder layers) when it agrees.")
+    distill_layers: list[int] = Field(
+        default_factory=list,
+        description="Teacher encoder layers the student keeps (0 = the lowest); [] = every other layer, ending with "
+        "the top one (6 layers -> 1, 3, 5).",
+    )
+    distill_temperature: float = Field(default=2.0, gt=0, description="Softmax temperature of the soft targets.")
+    distill_alpha: float = Field(
+        default=0.7, ge=0, le=1, description="Weight of the T^2-scaled KL term; 1 - alpha weighs the hard-label CE."
+    )
+    distill_learning_rate: float = Field(default=1e-4, gt=0)
+    distill_sample_passes: int = Field(default=3000, gt=0, description="Rows x epochs the student training aims at.")
+    distill_epochs: float = Field(default=8, gt=0, description="Most epochs of the student training.")
+    distill_patience: int = Field(default=2, ge=1, description="Epochs without a better validation score: stop.")
+    distill_min_agreement: Probability = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description="Agreement with the teacher a student level needs to be served (the gates judge its quality).",
+    )
+    distill_capture_rows: int = Field(
+        default=2000, ge=0, description="Captured request texts (unlabelled, soft targets only) added at most."
+    )
+
+    @field_validator("distill_layers")
+    @classmethod
+    def _layer_indices(cls, value: list[int]) -> list[int]:
+        if any(i < 0 for i in value) or value != sorted(set(value)):
+            raise ValueError("distill_layers lists encoder layer indices (0 = the lowest), ascending, each once")
+        return value
 
     @field_validator("levels")
     @classmethod
