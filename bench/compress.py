@@ -16,9 +16,13 @@ tokens, it measures throughput, size and macro-F1 of:
 6. + length-sorted batching at inference;
 7. asides, not served by default: full dynamic int8 with sorted batches (what weight-only costs in speed and
    buys in agreement); + onnxruntime transformer graph fusions before quantizing;
-8. the served configuration, built by the same functions the compress step uses: the compress settings,
-   graph fusions only if ``compress.optimize_graph``, length-sorted batches, and attention-head pruning
-   (``compress.prune_heads_share``, with the compress step's back-off).
+8. the served configuration ("served int8 teacher"), built by the same functions the compress step uses: the
+   compress settings, graph fusions only if ``compress.optimize_graph``, length-sorted batches, and attention-head
+   pruning (``compress.prune_heads_share``, with the compress step's back-off);
+9. the served distilled student ("served int8 student", ``compress.distill``): a student keeping every other
+   encoder layer of the teacher (``--student-layers`` to choose), trained by :func:`pipelines.distill.distill` on the
+   teacher's soft targets and the labels of the same training rows (its validation split is the teacher's), then
+   the same pruning back-off (against its own fp32 labels), export and int8.
 
 Besides macro-F1, each row shows its prediction agreement with fp32 PyTorch on the test split and on
 ``--wide-rows`` tweets from ``tweets_sentiment.csv`` (a seeded sample). On 379 reviews two flipped predictions
@@ -32,9 +36,11 @@ Each throughput is the median of ``--repeats`` passes over the test split after 
 timed in turn within each repeat. The machine is shared, so absolute numbers move; the ratios, measured side
 by side in one process, are what to read.
 
-Usage: ``python bench/compress.py [--epochs 10] [--lr X] [--max-length 256] [--save-trained DIR | --trained DIR]``
-(training is seeded, so a saved model is the one a rerun would train). Skips cleanly (exit 0) without the data.
-Last line, one JSON object: ``{"speedup", "size_ratio", "f1_fp32", "f1_served", "f1_drop_points"}``.
+Usage: ``python bench/compress.py [--epochs 10] [--lr X] [--max-length 256] [--save-trained DIR | --trained DIR]
+[--student-layers 1,3,5]`` (training is seeded, so a saved model is the one a rerun would train). Skips cleanly
+(exit 0) without the data. Last line, one JSON object: ``{"speedup", "size_ratio", "f1_fp32", "f1_served",
+"f1_drop_points", "student_speedup", "student_size_ratio", "f1_student", "student_f1_drop_points", ...}``: the
+served teacher's and the served student's figures, each against the fp32 PyTorch teacher at batch 32.
 """
 
 from __future__ import annotations
@@ -67,6 +73,7 @@ def _settings(root: Path, args: argparse.Namespace):
         compress__max_length=args.max_length,
         compress__infer_batch_size=32,
         compress__parity_sample_rows=379,
+        compress__distill_layers=args.student_layers,
     )
 
 
@@ -80,6 +87,12 @@ def main() -> int:
     parser.add_argument("--wide-rows", type=int, default=2000, help="tweets for the wide agreement column")
     parser.add_argument("--save-trained", type=Path, help="also save the fine-tuned fp32 classifier here")
     parser.add_argument("--trained", type=Path, help="skip training: a classifier saved by --save-trained")
+    parser.add_argument(
+        "--student-layers",
+        type=lambda v: [int(i) for i in v.split(",") if i.strip()],
+        default=[],
+        help="teacher layers the student keeps, e.g. 1,3,5 (default: compress.distill_layers' default)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger().setLevel(logging.WARNING)  # onnxruntime's tools log through the root logger
@@ -93,7 +106,7 @@ def main() -> int:
     import torch
     from sklearn.metrics import f1_score
 
-    from pipelines import compress
+    from pipelines import compress, distill
     from pipelines.serving import OnnxPredictor
     from pipelines.train import fit, load_base, load_classifier, validation_split
 
@@ -172,8 +185,27 @@ def main() -> int:
             *wo,
         )
 
+        # The distilled student: the teacher's layers, its soft targets and the same training rows and validation
+        # split; then the served configuration's path (pruning back-off against its own fp32 labels, export, int8).
+        started = time.perf_counter()
+        student_run = distill.distill(settings, model, tokenizer, train_rows.reset_index(drop=True), [])
+        distill_s = time.perf_counter() - started
+        student = student_run.student
+        student_fp32_pred = compress.torch_logits(student, tokenizer, texts, L, B).argmax(1)
+        s_pruned, s_info = compress.prune(student, tokenizer, texts, student_fp32_pred, settings)
+        st_plain, st_opt, st_served = root / "st.onnx", root / "st_opt.onnx", root / "st_int8.onnx"
+        compress.export_onnx(s_pruned, tokenizer, texts, st_plain, cfg.opset, L)
+        if cfg.optimize_graph:
+            compress.optimize_graph(st_plain, st_opt, model.config.model_type)
+        compress.quantize(st_opt if cfg.optimize_graph else st_plain, st_served, *qargs, cfg.quantize_exclude, *wo)
+        student_name = (
+            f"served int8 student ({len(student_run.layers)} of {student_run.teacher_layers} layers, heads pruned: "
+            f"{s_info.get('heads_pruned', 0)})"
+        )
+        served_name = f"served int8 teacher (heads pruned: {info.get('heads_pruned', 0)})"
+
         pt_mb = sum(p.stat().st_size for p in fp32_dir.glob("*.safetensors")) / 1e6
-        variants = [("fp32 PyTorch", lambda t: compress.torch_logits(model, tokenizer, t, L, B), pt_mb, True)]
+        variants = [("fp32 PyTorch teacher", lambda t: compress.torch_logits(model, tokenizer, t, L, B), pt_mb, True)]
         graphs = [
             ("ONNX fp32", plain, False, True),
             ("+ int8 dynamic (MatMul, Gather)", plain_int8, False, True),
@@ -182,7 +214,8 @@ def main() -> int:
             ("+ length-sorted batches", kept_int8, True, True),
             ("  aside: all int8 dynamic, sorted", plain_int8, True, False),
             ("  aside: + graph fusions", opt_int8, True, False),
-            (f"served (heads pruned: {info.get('heads_pruned', 0)})", served, True, True),
+            (served_name, served, True, True),
+            (student_name, st_served, True, False),
         ]
         for name, graph, sort, chain in graphs:
             if name.startswith(("+ 0 nodes", "+ 0 MatMuls")):
@@ -195,9 +228,9 @@ def main() -> int:
         # Fidelity on a larger, unrelated sample: every variant's predictions against fp32 PyTorch's.
         wide = {name: fn(tweets).argmax(1) for name, fn, _, _ in variants}
         # Dynamic int8 scales activations per batch, so a row's label can depend on its batch-mates.
-        served_fn = variants[-1][1]
+        served_fn = next(fn for name, fn, _, _ in variants if name == served_name)
         alone = np.concatenate([served_fn([text]) for text in texts]).argmax(1)
-        batch_consistency = float(np.mean(alone == preds[variants[-1][0]].argmax(1)))
+        batch_consistency = float(np.mean(alone == preds[served_name].argmax(1)))
         times: dict[str, list[float]] = {name: [] for name, _, _, _ in variants}
         for _ in range(args.repeats):
             for name, fn, _, _ in variants:
@@ -214,7 +247,7 @@ def main() -> int:
                     "samples_per_s": len(texts) / seconds,
                     "macro_f1": f1(pred),
                     "agreement": float(np.mean(pred == fp32_pred)),
-                    "agreement_wide": float(np.mean(wide[name] == wide["fp32 PyTorch"])),
+                    "agreement_wide": float(np.mean(wide[name] == wide["fp32 PyTorch teacher"])),
                     "size_mb": size_mb,
                     "chain": chain,
                 }
@@ -222,20 +255,32 @@ def main() -> int:
 
     # Paired bootstrap of the served model's macro-F1 drop: how much of it 379 rows can resolve.
     rng = np.random.default_rng(0)
-    served_pred, gold_arr, drops = preds[variants[-1][0]].argmax(1), np.asarray(gold), []
+    served_pred, student_pred = preds[served_name].argmax(1), preds[student_name].argmax(1)
+    gold_arr, drops, student_drops = np.asarray(gold), [], []
     for _ in range(1000):
         i = rng.integers(0, len(gold_arr), len(gold_arr))
-        drops.append(f1_pair(gold_arr[i], fp32_pred[i]) - f1_pair(gold_arr[i], served_pred[i]))
+        teacher_f1 = f1_pair(gold_arr[i], fp32_pred[i])
+        drops.append(teacher_f1 - f1_pair(gold_arr[i], served_pred[i]))
+        student_drops.append(teacher_f1 - f1_pair(gold_arr[i], student_pred[i]))
     drop_interval = np.percentile(drops, [2.5, 97.5])
+    student_interval = np.percentile(student_drops, [2.5, 97.5])
     base = rows[0]
     print(f"\nMiniLM on drug reviews: {trained_note}, test {len(texts)} rows, batch {B}, max_length {L}")
     print(f"prune: {json.dumps(info)}")
+    m = student_run.metrics
+    print(
+        f"student: layers {student_run.layers} of {student_run.teacher_layers}, distilled in {distill_s:.0f}s "
+        f"({m['sample_passes']:.0f} sample passes, best epoch {m['best_epoch']:.0f} of {m['epochs_run']:.0f}, "
+        f"validation agreement with the teacher {m['val_agreement']:.3f}, macro-F1 {m['val_macro_f1']:.3f} vs the "
+        f"teacher's {m['teacher_val_macro_f1']:.3f}); T {cfg.distill_temperature}, alpha {cfg.distill_alpha}; "
+        f"prune: {json.dumps(s_info)}"
+    )
     print(
         f"int8: per_channel {cfg.quantize_per_channel}, reduce_range {cfg.quantize_reduce_range}, "
         f"weight-only {cfg.quantize_weight_only} (block {cfg.quantize_block_size}), kept fp32: {kept}"
     )
     print(
-        f"{'variant':<34}{'samples/s':>10}{'speedup':>9}{'size MB':>9}{'macro-F1':>10}{'agree':>7}"
+        f"{'variant':<58}{'samples/s':>10}{'speedup':>9}{'size MB':>9}{'macro-F1':>10}{'agree':>7}"
         f"{'agree ' + str(len(tweets)) + ' tweets':>19}"
     )
     prev = base["samples_per_s"]
@@ -244,11 +289,12 @@ def main() -> int:
         share = row["samples_per_s"] / prev
         prev = row["samples_per_s"] if row["chain"] else prev
         print(
-            f"{row['variant']:<34}{row['samples_per_s']:>10.1f}{row['samples_per_s'] / base['samples_per_s']:>8.2f}x"
+            f"{row['variant']:<58}{row['samples_per_s']:>10.1f}{row['samples_per_s'] / base['samples_per_s']:>8.2f}x"
             f"{row['size_mb']:>9.1f}{row['macro_f1']:>10.1f}{row['agreement']:>7.3f}{row['agreement_wide']:>19.3f}"
             f"   (step x{share:.2f})"
         )
-    final = rows[-1]
+    final = next(row for row in rows if row["variant"] == served_name)
+    pupil = next(row for row in rows if row["variant"] == student_name)
     print(
         f"served vs fp32 prediction agreement: {final['agreement']:.3f} on the test split, "
         f"{final['agreement_wide']:.3f} on {len(tweets)} tweets"
@@ -256,12 +302,25 @@ def main() -> int:
     print(f"served: the same label at batch 1 as at batch {B} for {batch_consistency:.3f} of the test split")
     low, high = drop_interval
     print(f"macro-F1 drop, paired bootstrap 95% interval over test rows: [{low:.2f}, {high:.2f}] points")
+    print(
+        f"student vs fp32 teacher prediction agreement: {pupil['agreement']:.3f} on the test split, "
+        f"{pupil['agreement_wide']:.3f} on {len(tweets)} tweets; macro-F1 drop 95% interval "
+        f"[{student_interval[0]:.2f}, {student_interval[1]:.2f}] points"
+    )
     summary = {
         "speedup": round(final["samples_per_s"] / base["samples_per_s"], 2),
         "size_ratio": round(base["size_mb"] / final["size_mb"], 2),
         "f1_fp32": round(base["macro_f1"], 2),
         "f1_served": round(final["macro_f1"], 2),
         "f1_drop_points": round(base["macro_f1"] - final["macro_f1"], 2),
+        "student_layers": len(student_run.layers),
+        "student_speedup": round(pupil["samples_per_s"] / base["samples_per_s"], 2),
+        "student_size_ratio": round(base["size_mb"] / pupil["size_mb"], 2),
+        "f1_student": round(pupil["macro_f1"], 2),
+        "student_f1_drop_points": round(base["macro_f1"] - pupil["macro_f1"], 2),
+        "student_agreement": round(pupil["agreement"], 3),
+        "student_agreement_wide": round(pupil["agreement_wide"], 3),
+        "distill_seconds": round(distill_s, 1),
     }
     print(json.dumps(summary))
     return 0

@@ -318,8 +318,9 @@ class Loop:
         evaluation = results.get("evaluate", {})
         step = Step(
             action=results.get("decide", {}).get("action", "?"),
-            passes=float(train.get("sample_passes", 0)),
-            train_s=float(train.get("train_seconds", 0)),
+            # compress.distill trains a student in the compress step: its passes and seconds count too.
+            passes=float(train.get("sample_passes", 0)) + float(results.get("compress", {}).get("sample_passes", 0)),
+            train_s=float(train.get("train_seconds", 0)) + float(results.get("compress", {}).get("train_seconds", 0)),
             wall_s=out.wall_s,
             promoted=after != before and after != "",
             state=out.state,

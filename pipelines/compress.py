@@ -575,6 +575,20 @@ class Job:
     pruned: Any = None
     graphs: dict[str, Graph] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    # The teacher's own levels: agreement with reference_pred on compress.min_agreement. A distilled student's:
+    # reference_logits / reference_pred are the student's (parity, pruning, layer sensitivity), target_pred the
+    # teacher's labels its served graph must agree with on compress.distill_min_agreement.
+    role: str = "teacher"
+    target_pred: Any = None
+    min_agreement: float | None = None
+
+    @property
+    def agreement_target(self) -> Any:
+        return self.reference_pred if self.target_pred is None else self.target_pred
+
+    @property
+    def agreement_floor(self) -> float:
+        return self.settings.compress.min_agreement if self.min_agreement is None else self.min_agreement
 
 
 def _slug(level: str) -> str:
@@ -789,7 +803,6 @@ def _run_candidate(level: str, probe: Path, graph: Path, texts: list[str]) -> tu
 
 def try_level(job: Job, level: str) -> Attempt | None:
     """Build ``level``'s graph and measure its agreement; None when the level does not apply."""
-    cfg = job.settings.compress
     try:
         candidate = _BUILDERS[level](job)
     except _Skip as skip:
@@ -801,12 +814,12 @@ def try_level(job: Job, level: str) -> Attempt | None:
         return Attempt(level, accepted=False, note=str(exc))
     labels, p50 = _run_candidate(level, job.probe, candidate.served, job.texts)
     n = len(job.texts)
-    agreed = int((labels == job.reference_pred).sum())
+    agreed = int((labels == job.agreement_target).sum())
     agreement = agreed / n if n else 1.0
     low, high = wilson_interval(agreed, n)
     attempt = Attempt(
         level,
-        accepted=agreement >= cfg.min_agreement,
+        accepted=agreement >= job.agreement_floor,
         agreement=agreement,
         agreement_ci=[round(low, 4), round(high, 4)],
         size_mb=_size_mb(candidate.served),
@@ -815,15 +828,17 @@ def try_level(job: Job, level: str) -> Attempt | None:
     )
     log.log(
         logging.INFO if attempt.accepted else logging.WARNING,
-        "compress: level %s agrees with the trained fp32 model on %.3f of %d texts (95 %% CI %.3f-%.3f), %s "
-        "compress.min_agreement=%s; %.2f MB, %.1f ms per batch of 32",
+        "compress: %s level %s agrees with the trained fp32 model on %.3f of %d texts (95 %% CI %.3f-%.3f), %s "
+        "compress.%s=%s; %.2f MB, %.1f ms per batch of 32",
+        job.role,
         level,
         agreement,
         n,
         low,
         high,
         "meets" if attempt.accepted else "below",
-        cfg.min_agreement,
+        "min_agreement" if job.min_agreement is None else "distill_min_agreement",
+        job.agreement_floor,
         attempt.size_mb,
         p50,
     )
@@ -841,9 +856,11 @@ def choose_level(job: Job) -> tuple[Attempt, list[Attempt]]:
         tried.append(attempt)
         if attempt.accepted:
             return attempt, tried
+    floor = "min_agreement" if job.min_agreement is None else "distill_min_agreement"
     raise ModelRejected(
-        f"no compression level of {job.model_uri!r} agrees with the trained fp32 model on at least "
-        f"compress.min_agreement={cfg.min_agreement} of {len(job.texts)} texts (compress.levels {list(cfg.levels)})",
+        f"no compression level of {job.model_uri!r}{' (distilled student)' if job.role == 'student' else ''} agrees "
+        f"with the trained fp32 model on at least compress.{floor}={job.agreement_floor} of {len(job.texts)} texts "
+        f"(compress.levels {list(cfg.levels)})",
         failures=[
             *(
                 f"{a.level}: agreement {a.agreement}, CI {a.agreement_ci}{'; ' + a.note if a.note else ''}"
@@ -853,6 +870,173 @@ def choose_level(job: Job) -> tuple[Attempt, list[Attempt]]:
             f"prune {job.prune_info}",
         ],
     )
+
+
+# --- distillation ----------------------------------------------------------------------------------
+def _eval_frame(ctx: StepContext) -> Any:
+    """The labelled evaluation set (the train step's ``eval.parquet``), or None when there is none."""
+    from pipelines.datasets import read_table
+
+    settings = ctx.settings
+    eval_uri = ctx.inputs.get("eval_uri") or (ctx.result_of("train") or {}).get("eval_uri")
+    if not eval_uri or not ctx.storage.exists(eval_uri):
+        return None
+    df = read_table(eval_uri, settings)
+    text, label = settings.data.text_column, settings.data.label_column
+    if text not in df.columns or label not in df.columns:
+        return None
+    df = df.dropna(subset=[text, label])
+    return df[df[label].astype(str).isin(settings.data.labels)].reset_index(drop=True)
+
+
+@dataclass
+class Distilled:
+    """What distillation produced for the step: the student's job (None when it was skipped) and its facts."""
+
+    job: Job | None
+    info: dict[str, Any]
+    eval_df: Any = None
+
+
+def prepare_student(ctx: StepContext, job: Job) -> Distilled:
+    """Distill a student from ``job.model`` (see :mod:`pipelines.distill`) and set up its levels' job: parity and
+    pruning against the student's own logits, agreement against the teacher on ``compress.distill_min_agreement``.
+
+    Skipped (the teacher is then served as without distillation) only when there are no labelled training rows.
+    """
+    import numpy as np
+
+    from pipelines import distill
+
+    settings, cfg = ctx.settings, ctx.settings.compress
+    text = settings.data.text_column
+    eval_df = _eval_frame(ctx)
+    # Never distill on what the student is scored on: the evaluation set and the agreement sample.
+    exclude = set(job.texts) | (set(eval_df[text].astype(str)) if eval_df is not None else set())
+    labelled, captured = distill.transfer_set(settings, exclude)
+    info: dict[str, Any] = {"enabled": True, "teacher_layers": len(distill.encoder_layers(job.model))}
+    if len(labelled) < 2:
+        reason = f"{len(labelled)} labelled training rows outside the evaluation set and the agreement sample"
+        log.warning("compress: distillation skipped (%s); the teacher's levels are tried", reason)
+        return Distilled(None, {**info, "skipped": reason}, eval_df)
+    result = distill.distill(settings, job.model, job.tokenizer, labelled, captured)
+    logits = torch_logits(result.student, job.tokenizer, job.texts, cfg.max_length, cfg.infer_batch_size)
+    pred = logits.argmax(1)
+    agreement_fp32 = float(np.mean(pred == job.reference_pred)) if len(pred) else 1.0
+    log.info(
+        "compress: the fp32 student (layers %s of %d) agrees with the teacher on %.3f of %d texts",
+        result.layers,
+        result.teacher_layers,
+        agreement_fp32,
+        len(job.texts),
+    )
+    scratch = job.scratch / "student"
+    scratch.mkdir(parents=True, exist_ok=True)
+    student_dir = scratch / "fp32"
+    result.student.save_pretrained(student_dir, safe_serialization=True)
+    student_job = Job(
+        settings=settings,
+        scratch=scratch,
+        model_uri=job.model_uri,
+        fp32_dir=job.fp32_dir,  # the bundle's fp32/ stays the teacher: the next fine-tune starts from it
+        reference_dir=job.reference_dir,
+        model=result.student,
+        tokenizer=job.tokenizer,
+        texts=job.texts,
+        sample_counts=job.sample_counts,
+        reference_logits=logits,
+        reference_pred=pred,
+        probe=job.probe,
+        prune_info={"method": cfg.prune, "applied_share": 0.0},
+        role="student",
+        target_pred=job.reference_pred,
+        min_agreement=cfg.distill_min_agreement,
+    )
+    info.update(
+        layers=result.layers,
+        student_layers=len(result.layers),
+        temperature=cfg.distill_temperature,
+        alpha=cfg.distill_alpha,
+        student_pytorch_fp32_mb=round(sum(p.stat().st_size for p in student_dir.glob("*.safetensors")) / _MB, 3),
+        fp32_agreement_with_teacher=round(agreement_fp32, 5),
+        metrics={k: round(v, 5) for k, v in result.metrics.items()},
+    )
+    return Distilled(student_job, info, eval_df)
+
+
+def choose_served(job: Job, distilled: Distilled | None) -> tuple[Job, Attempt, list[Attempt]]:
+    """The student's levels first (when distilled), then, if none agrees with the teacher, the teacher's own.
+
+    Returns:
+        The job of the model served (teacher or student), the level shipped and the levels tried for it.
+    """
+    if distilled is not None and distilled.job is not None:
+        try:
+            chosen, tried = choose_level(distilled.job)
+            return distilled.job, chosen, tried
+        except ModelRejected as exc:
+            log.warning("compress: no student level is served (%s); trying the teacher's levels", exc)
+            distilled.info["backed_off"] = str(exc)
+            distilled.info["student_failures"] = list(exc.failures)
+    chosen, tried = choose_level(job)
+    return job, chosen, tried
+
+
+def _teacher_ms_batch32(job: Job) -> float:
+    """Median ms of the fp32 PyTorch teacher on one batch of 32 sample texts (3 calls after a warm-up)."""
+    import numpy as np
+
+    cfg = job.settings.compress
+    batch = (job.texts * (1 + 32 // max(len(job.texts), 1)))[:32]
+    torch_logits(job.model, job.tokenizer, batch, cfg.max_length, 32)
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        torch_logits(job.model, job.tokenizer, batch, cfg.max_length, 32)
+        times.append(time.perf_counter() - started)
+    return round(float(np.median(times)) * 1000, 2)
+
+
+def distill_summary(
+    job: Job, served: Job, chosen: Attempt, distilled: Distilled, sizes: dict[str, float]
+) -> dict[str, Any]:
+    """What was served (teacher or student), its layers, size, speed and agreement with the teacher, and the
+    teacher's and the served model's macro-F1 on the labelled evaluation set."""
+    import numpy as np
+    from sklearn.metrics import f1_score
+
+    from pipelines.serving import OnnxPredictor
+
+    cfg = job.settings.compress
+    info = dict(distilled.info)
+    info["served"] = served.role
+    info["served_layers"] = len(served.model.base_model.encoder.layer)
+    info["served_mb"] = sizes["served_mb"]
+    info["served_p50_ms_batch32"] = chosen.p50_ms_batch32
+    info["teacher_fp32_p50_ms_batch32"] = _teacher_ms_batch32(job)
+    if chosen.p50_ms_batch32:
+        info["speedup_vs_teacher_fp32"] = round(info["teacher_fp32_p50_ms_batch32"] / chosen.p50_ms_batch32, 2)
+    info["size_ratio_vs_teacher_fp32"] = round(sizes["pytorch_fp32_mb"] / sizes["served_mb"], 2)
+    info["agreement_with_teacher"] = round(chosen.agreement or 0.0, 5)
+    eval_df = distilled.eval_df
+    if eval_df is not None and len(eval_df):
+        labels = list(job.settings.data.labels)
+        texts = eval_df[job.settings.data.text_column].astype(str).tolist()
+        gold = eval_df[job.settings.data.label_column].astype(str).tolist()
+        teacher = torch_logits(job.model, job.tokenizer, texts, cfg.max_length, cfg.infer_batch_size).argmax(1)
+        assert chosen.candidate is not None
+        predictor = OnnxPredictor(job.probe, model_file=str(chosen.candidate.served.resolve()))
+        served_pred = predictor.predict_proba(texts).argmax(1)
+
+        def f1(pred: Any) -> float:
+            names = [labels[i] for i in pred]
+            return round(float(f1_score(gold, names, labels=labels, average="macro", zero_division=0)), 5)
+
+        info["eval_rows"] = len(texts)
+        info["teacher_macro_f1"] = f1(teacher)
+        info["served_macro_f1"] = f1(served_pred)
+        info["eval_agreement_with_teacher"] = round(float(np.mean(served_pred == teacher)), 5)
+    return info
 
 
 # --- saving and logging ----------------------------------------------------------------------------
@@ -943,6 +1127,32 @@ def log_to_mlflow(job: Job, summary: dict[str, Any]) -> None:
         }
     )
     mlflow.set_tag("compress.level", summary["level"])
+    mlflow.set_tag("compress.served_model", summary.get("served_model", "teacher"))
+    distill = summary.get("distill") or {}
+    if distill.get("enabled"):
+        mlflow.log_params(
+            {
+                "distill_layers": ",".join(str(i) for i in distill.get("layers") or []) or "skipped",
+                "distill_temperature": cfg.distill_temperature,
+                "distill_alpha": cfg.distill_alpha,
+                "distill_learning_rate": cfg.distill_learning_rate,
+                "distill_min_agreement": cfg.distill_min_agreement,
+            }
+        )
+        for key in ("sample_passes", "train_seconds"):
+            mlflow.log_metric(f"distill_{key}", float(summary.get(key) or 0))
+        for key in (
+            "served_layers",
+            "teacher_layers",
+            "agreement_with_teacher",
+            "speedup_vs_teacher_fp32",
+            "size_ratio_vs_teacher_fp32",
+            "teacher_macro_f1",
+            "served_macro_f1",
+            "teacher_fp32_p50_ms_batch32",
+        ):
+            if isinstance(distill.get(key), int | float):
+                mlflow.log_metric(f"distill_{key}", float(distill[key]))
     low, high = summary["agreement_ci"]
     metrics = {
         "agreement": summary["agreement"],
@@ -971,6 +1181,8 @@ def log_to_mlflow(job: Job, summary: dict[str, Any]) -> None:
         "fused_ops",
         "sizes",
         "sensitive_layers",
+        "served_model",
+        "distill",
     )
     mlflow.log_dict(
         {
@@ -1000,15 +1212,24 @@ def run(ctx: StepContext) -> dict[str, Any]:
     from pipelines.tracking import step_run
 
     served_uri = ctx.output("served")
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mlops-compress-") as tmp, step_run(ctx):
         job = load(ctx, Path(tmp))
-        chosen, tried = choose_level(job)
-        timings, sizes = save(job, chosen, served_uri, ctx.storage)
-        summary = summarize(job, chosen, tried, timings, sizes)
-        log_to_mlflow(job, summary)
+        distilled = prepare_student(ctx, job) if ctx.settings.compress.distill else None
+        served, chosen, tried = choose_served(job, distilled)
+        timings, sizes = save(served, chosen, served_uri, ctx.storage)
+        summary = summarize(served, chosen, tried, timings, sizes)
+        metrics = (distilled.info.get("metrics") or {}) if distilled else {}
+        summary["served_model"] = served.role
+        summary["sample_passes"] = int(metrics.get("sample_passes", 0))
+        summary["train_seconds"] = round(float(metrics.get("train_seconds", 0.0)), 2)
+        summary["distill"] = distill_summary(job, served, chosen, distilled, sizes) if distilled else {"enabled": False}
+        summary["step_seconds"] = round(time.perf_counter() - started, 2)
+        log_to_mlflow(served, summary)
     log.info(
-        "served model at %s: level %s, %.1f MB, agreement %.3f on %d texts, %s",
+        "served model at %s: %s, level %s, %.1f MB, agreement %.3f on %d texts, %s",
         served_uri,
+        summary["served_model"],
         summary["level"],
         summary["size_mb"],
         summary["agreement"],

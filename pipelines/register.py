@@ -224,6 +224,23 @@ def _lineage_tags(ctx: StepContext, results: dict[str, dict[str, Any] | None]) -
         tags["compress.level"] = str(compress["level"])
         if compress.get("agreement") is not None:
             tags["compress.agreement"] = f"{float(compress['agreement']):.5f}"
+        if compress.get("served_model"):
+            tags["compress.served_model"] = str(compress["served_model"])
+        distill = compress.get("distill") or {}
+        if distill.get("enabled"):
+            # What was served (teacher or student) and what distillation cost, on the version itself.
+            tags["compress.layers"] = f"{distill.get('served_layers', '?')} of {distill.get('teacher_layers', '?')}"
+            for key in (
+                "served_mb",
+                "speedup_vs_teacher_fp32",
+                "agreement_with_teacher",
+                "teacher_macro_f1",
+                "served_macro_f1",
+                "skipped",
+            ):
+                if distill.get(key) is not None:
+                    tags[f"compress.{key}"] = str(distill[key])
+            tags["compress.distill_sample_passes"] = int(compress.get("sample_passes") or 0)
     # Read by drift/decide: after decision.max_fine_tunes_before_retrain fine-tunes in a row, retrain.
     action = tags["decision.action"]
     tags["fine_tunes_since_retrain"] = 0 if action == "retrain" else int(drift.get("fine_tunes_since_retrain") or 0) + 1

@@ -202,6 +202,59 @@ def compression_section(compress: dict[str, Any] | None) -> list[str]:
         rows = [[f"`{t.get('level')}`", _pct(t.get("agreement")), _f(t.get("size_mb"), 2)] for t in tried]
         lines += ["", "Levels tried (the most compressed one that agrees well enough is served):", ""]
         lines.append(_table(["level", "agreement", "size MB"], rows))
+    return lines + distillation_lines(compress)
+
+
+def distillation_lines(compress: dict[str, Any]) -> list[str]:
+    """What distillation served (teacher or student): layers, size, speed, agreement with the teacher, and the
+    teacher's macro-F1 beside the served model's; nothing when distillation was off."""
+    d = compress.get("distill")
+    if not isinstance(d, dict) or not d.get("enabled"):
+        return []
+    lines = ["", "### Distillation", ""]
+    served = d.get("served") or compress.get("served_model") or "teacher"
+    teacher_layers = d.get("teacher_layers", "–")
+    if d.get("skipped"):
+        lines.append(f"- skipped: {d['skipped']}; the **teacher** is served")
+        return lines
+    student = f"{d.get('student_layers', '–')} of the teacher's {teacher_layers} encoder layers ({d.get('layers')})"
+    if served == "student":
+        lines.append(f"- served: the **student**, {student}")
+    else:
+        lines.append(f"- served: the **teacher** ({teacher_layers} layers); the student ({student}) was not served")
+        if d.get("backed_off"):
+            lines.append(f"- why: {d['backed_off']}")
+    rows = [
+        ["agreement with the teacher (served graph, agreement sample)", _pct(d.get("agreement_with_teacher"))],
+        [
+            "size MB (served) / fp32 teacher",
+            f"{_f(d.get('served_mb'), 2)} ({_f(d.get('size_ratio_vs_teacher_fp32'), 2)}x smaller)",
+        ],
+        [
+            "ms per batch of 32 (served) / fp32 PyTorch teacher",
+            f"{_f(d.get('served_p50_ms_batch32'), 1)} / {_f(d.get('teacher_fp32_p50_ms_batch32'), 1)} "
+            f"({_f(d.get('speedup_vs_teacher_fp32'), 2)}x faster)",
+        ],
+    ]
+    if d.get("teacher_macro_f1") is not None:
+        rows.append(
+            [
+                f"macro-F1 on the {d.get('eval_rows', '–')} evaluation rows: teacher (fp32) / served {served}",
+                f"{_f(d.get('teacher_macro_f1'))} / {_f(d.get('served_macro_f1'))}",
+            ]
+        )
+    m = d.get("metrics") or {}
+    if m:
+        rows.append(
+            [
+                "distillation cost",
+                f"{_f(m.get('sample_passes'), 0)} sample passes, {_f(m.get('train_seconds'), 1)} s "
+                f"({_f(m.get('labelled_rows'), 0)} labelled + {_f(m.get('unlabelled_rows'), 0)} captured texts, "
+                f"best epoch {_f(m.get('best_epoch'), 0)} of {_f(m.get('epochs_run'), 0)})",
+            ]
+        )
+    lines.append("")
+    lines.append(_table(["", "value"], rows))
     return lines
 
 
