@@ -259,7 +259,9 @@ def _challenger(stack) -> str | None:
     from mlflow.exceptions import MlflowException
 
     settings = stack["settings"]
-    client = MlflowClient(tracking_uri=settings.mlflow.tracking_uri)
+    uri = settings.mlflow.tracking_uri
+    # The registry URI too: MlflowClient otherwise takes the process-wide one an earlier test may have set.
+    client = MlflowClient(tracking_uri=uri, registry_uri=settings.mlflow.registry_uri or uri)
     try:
         return str(client.get_model_version_by_alias(settings.registry.model_name, "challenger").version)
     except MlflowException:
