@@ -23,6 +23,8 @@ MODEL = "reviewed"
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
+    from conftest import dag_environment
+
     from pipelines.config import settings_env
 
     root = tmp_path_factory.mktemp("review-dag")
@@ -30,29 +32,20 @@ def env(tmp_path_factory):
         root, registry__model_name=MODEL, registry__review_poke_seconds=1, registry__promotion="manual"
     )
     values = {**settings_env(settings), "MLOPS_DAG__RETRIES": "0"}
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    from scripts.dag_runner import prepare_airflow
+    with dag_environment(values):
+        # Import and map everything here, in the main thread: the reviewer threads below query Airflow's tables while
+        # the DAG runs, and two threads importing Airflow's models at once deadlock on the import lock.
+        from airflow.models.hitl import HITLDetail  # noqa: F401
+        from airflow.models.taskinstance import TaskInstance  # noqa: F401
+        from sqlalchemy.orm import configure_mappers
 
-    prepare_airflow(os.environ["AIRFLOW_HOME"])
-    # Import and map everything here, in the main thread: the reviewer threads below query Airflow's tables while
-    # the DAG runs, and two threads importing Airflow's models at once deadlock on the import lock.
-    from airflow.models.hitl import HITLDetail  # noqa: F401
-    from airflow.models.taskinstance import TaskInstance  # noqa: F401
-    from sqlalchemy.orm import configure_mappers
+        from scripts.dag_runner import load_dag
 
-    from scripts.dag_runner import load_dag
-
-    load_dag("review_challenger")
-    configure_mappers()
-    served = save_served(root / "served", default="neutral")
-    champion = add_version(settings, served, alias="champion")
-    yield settings, served, champion
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+        load_dag("review_challenger")
+        configure_mappers()
+        served = save_served(root / "served", default="neutral")
+        champion = add_version(settings, served, alias="champion")
+        yield settings, served, champion
 
 
 def _stage(settings, served, run_id: str) -> str:

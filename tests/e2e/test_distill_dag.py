@@ -8,7 +8,6 @@ from the champion's fp32 weights, which are the teacher's, and distills again.
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
@@ -17,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def distill_env(tmp_path_factory, demo_frames, tiny_model_dir):
-    from conftest import build_tiny_bert, tiny_settings
+    from conftest import build_tiny_bert, dag_environment, tiny_settings
 
     from pipelines.config import settings_env
 
@@ -41,22 +40,13 @@ def distill_env(tmp_path_factory, demo_frames, tiny_model_dir):
             dag__retries=0,
         )
     )
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    from scripts.dag_runner import prepare_airflow
+    with dag_environment(env):
+        from pipelines.config import get_settings
+        from pipelines.demo import write_demo_batches
 
-    prepare_airflow(os.environ["AIRFLOW_HOME"])
-    from pipelines.config import get_settings
-    from pipelines.demo import write_demo_batches
-
-    settings = get_settings()
-    write_demo_batches(settings)
-    yield settings
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+        settings = get_settings()
+        write_demo_batches(settings)
+        yield settings
 
 
 def _landing(settings, name):

@@ -10,7 +10,6 @@ trigger of continuous_training in Airflow's metadata DB. Needs ../shared/data (s
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 import urllib.request
@@ -46,7 +45,7 @@ def _wait_for_rows(root: Path, n: int, timeout: float = 30.0) -> None:
 @pytest.fixture
 def served_env(tmp_path, tiny_model_dir, drug_reviews, tweets):
     """Settings exported to the environment (the DAG's operator reads them there), Airflow prepared."""
-    from conftest import tiny_settings
+    from conftest import dag_environment, tiny_settings
     from test_serve import _free_pair, _free_port
 
     from pipelines.config import settings_env
@@ -63,19 +62,10 @@ def served_env(tmp_path, tiny_model_dir, drug_reviews, tweets):
             dag__retries=0,
         )
     )
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    from scripts.dag_runner import prepare_airflow
+    with dag_environment(env):
+        from pipelines.config import get_settings
 
-    prepare_airflow(os.environ["AIRFLOW_HOME"])
-    from pipelines.config import get_settings
-
-    yield get_settings()
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+        yield get_settings()
 
 
 def _register_champion(settings, drug_reviews, tmp_path: Path) -> str:
