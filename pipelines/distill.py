@@ -174,6 +174,40 @@ def _macro_f1(labels: Any, pred: Any) -> float:
     return float(f1_score(labels, pred, average="macro", zero_division=0))
 
 
+@dataclass
+class _Transfer:
+    """The transfer set, tokenised, with the teacher's logits: what every epoch reads."""
+
+    texts: list[str]
+    labels: list[int]  # -100 for unlabelled texts (KL term only)
+    enc: Any
+    keys: list[str]
+    soft: Any  # teacher logits, one row per text
+    val_texts: list[str]
+    val_labels: Any
+    teacher_val: Any  # the teacher's validation predictions
+    train_rows: int
+    val_rows: int
+    unlabelled_rows: int
+    scoring_s: float
+
+
+@dataclass
+class _Progress:
+    """Counters and the best epoch so far (by validation agreement with the teacher, then macro-F1)."""
+
+    step: int = 0
+    passes: int = 0
+    train_s: float = 0.0
+    epochs_run: int = 0
+    best: tuple[float, float] | None = None
+    best_state: dict[str, Any] | None = None
+    best_epoch: int = 0
+    since_best: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    running: dict[str, float] = field(default_factory=lambda: {"loss": 0.0, "kl": 0.0, "ce": 0.0, "n": 0})
+
+
 def distill(
     settings: Settings,
     teacher: Any,
@@ -201,16 +235,9 @@ def distill(
     Raises:
         ValueError: too few labelled rows, a bad ``compress.distill_layers``, or not a BERT-like model.
     """
-    import numpy as np
     import torch
-    import torch.nn.functional as F
-    from transformers import get_linear_schedule_with_warmup
 
-    from pipelines.compress import torch_logits
-    from pipelines.train import class_weights, label_ids, validation_split
-
-    cfg, tcfg = settings.compress, settings.train
-    text = settings.data.text_column
+    cfg = settings.compress
     n_teacher = len(encoder_layers(teacher))
     layers = student_layers(settings, n_teacher)
     if len(labelled) < 2:
@@ -218,8 +245,70 @@ def distill(
             f"distillation needs labelled training rows: found {len(labelled)} outside the hold-out; accept a batch "
             "first or turn compress.distill off"
         )
+    torch.manual_seed(settings.train.seed)
+    data = _prepare(settings, teacher, tokenizer, labelled, unlabelled)
+    student = make_student(teacher, layers)
+    epochs = epochs_for(len(data.texts), settings)
+    steps_per_epoch = math.ceil(len(data.texts) / settings.train.batch_size)
+    optimizer, schedule = _optimizer(settings, student, steps_per_epoch * epochs)
+    weight = _loss_weights(settings, data)
+    log.info(
+        "distill: student keeps encoder layers %s of %d; %d labelled + %d unlabelled texts (%d validation rows), "
+        "%d epoch(s) of %d steps, T=%s, alpha=%s, lr %.1e; the teacher scored them in %.1fs",
+        layers,
+        n_teacher,
+        data.train_rows,
+        data.unlabelled_rows,
+        data.val_rows,
+        epochs,
+        steps_per_epoch,
+        cfg.distill_temperature,
+        cfg.distill_alpha,
+        cfg.distill_learning_rate,
+        data.scoring_s,
+    )
+    generator = torch.Generator().manual_seed(settings.train.seed)
+    progress = _Progress()
+    torch.set_grad_enabled(True)
+    for epoch in range(1, epochs + 1):
+        started = time.perf_counter()
+        _train_epoch(
+            settings, student, tokenizer, data, optimizer, schedule, weight, generator, progress, epoch, epochs
+        )
+        progress.train_s += time.perf_counter() - started
+        progress.epochs_run = epoch
+        if _end_of_epoch(settings, student, tokenizer, data, progress, epoch, epochs):
+            break
+    if progress.best_state is not None:
+        student.load_state_dict(progress.best_state)
+    student.eval()
+    metrics = _metrics(data, progress, epochs)
+    log.info(
+        "distill: done in %.1fs (%d sample passes); best epoch %d: validation agreement %.3f, macro-F1 %.3f "
+        "(teacher %.3f)",
+        metrics["train_seconds"],
+        progress.passes,
+        progress.best_epoch,
+        metrics["val_agreement"],
+        metrics["val_macro_f1"],
+        metrics["teacher_val_macro_f1"],
+    )
+    return DistillResult(student, layers, n_teacher, metrics, progress.history)
+
+
+def _prepare(
+    settings: Settings, teacher: Any, tokenizer: Any, labelled: pd.DataFrame, unlabelled: list[str]
+) -> _Transfer:
+    """Split off the validation rows, tokenise the transfer set and score it (and the validation rows) by the teacher."""
+    import numpy as np
+    import torch
+
+    from pipelines.compress import torch_logits  # compress imports this module: a top-level import would be circular
+    from pipelines.train import label_ids, validation_split  # train pulls in transformers' Trainer
+
+    cfg, tcfg = settings.compress, settings.train
+    text = settings.data.text_column
     started = time.perf_counter()
-    torch.manual_seed(tcfg.seed)
     train_df, val_df = validation_split(labelled, settings)
     texts = train_df[text].astype(str).tolist() + list(unlabelled)
     labels = label_ids(train_df, settings) + [-100] * len(unlabelled)
@@ -228,151 +317,183 @@ def distill(
     soft = torch.from_numpy(torch_logits(teacher, tokenizer, texts, tcfg.max_length, cfg.infer_batch_size))
     teacher_val = torch_logits(teacher, tokenizer, val_texts, tcfg.max_length, cfg.infer_batch_size).argmax(1)
     scoring_s = time.perf_counter() - started
-    student = make_student(teacher, layers)
     enc = tokenizer(texts, truncation=True, max_length=tcfg.max_length)
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
-    epochs = epochs_for(len(texts), settings)
-    batch = tcfg.batch_size
-    steps_per_epoch = math.ceil(len(texts) / batch)
-    total = steps_per_epoch * epochs
-    n_labels = len(settings.data.labels)
-    weight = (
-        torch.tensor(class_weights(label_ids(train_df, settings), n_labels), dtype=torch.float32)
-        if tcfg.class_weighted
-        else None
+    return _Transfer(
+        texts=texts,
+        labels=labels,
+        enc=enc,
+        keys=keys,
+        soft=soft,
+        val_texts=val_texts,
+        val_labels=val_labels,
+        teacher_val=teacher_val,
+        train_rows=len(train_df),
+        val_rows=len(val_df),
+        unlabelled_rows=len(unlabelled),
+        scoring_s=scoring_s,
     )
-    trainable = [p for p in student.parameters() if p.requires_grad]
+
+
+def _optimizer(settings: Settings, student: Any, total_steps: int) -> tuple[Any, Any]:
+    """AdamW (no decay on biases and norms) with a linear schedule and the train step's warm-up share."""
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    tcfg = settings.train
     decay = [p for n, p in student.named_parameters() if p.requires_grad and not _no_decay(n)]
     rest = [p for n, p in student.named_parameters() if p.requires_grad and _no_decay(n)]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
-        lr=cfg.distill_learning_rate,
+        lr=settings.compress.distill_learning_rate,
     )
-    schedule = get_linear_schedule_with_warmup(optimizer, int(tcfg.warmup_ratio * total), total)
+    return optimizer, get_linear_schedule_with_warmup(optimizer, int(tcfg.warmup_ratio * total_steps), total_steps)
+
+
+def _loss_weights(settings: Settings, data: _Transfer) -> Any:
+    """The train step's balanced class weights over the labelled training rows, or None when turned off."""
+    import torch
+
+    from pipelines.train import class_weights  # train pulls in transformers' Trainer
+
+    if not settings.train.class_weighted:
+        return None
+    ids = [y for y in data.labels if y >= 0]
+    return torch.tensor(class_weights(ids, len(settings.data.labels)), dtype=torch.float32)
+
+
+def _train_epoch(
+    settings: Settings,
+    student: Any,
+    tokenizer: Any,
+    data: _Transfer,
+    optimizer: Any,
+    schedule: Any,
+    weight: Any,
+    generator: Any,
+    progress: _Progress,
+    epoch: int,
+    epochs: int,
+) -> None:
+    """One pass over the transfer set in seeded random order: ``alpha * T^2 * KL + (1 - alpha) * CE`` per batch."""
+    import torch
+    import torch.nn.functional as F
+
+    cfg, tcfg = settings.compress, settings.train
     T, alpha = cfg.distill_temperature, cfg.distill_alpha
-    log.info(
-        "distill: student keeps encoder layers %s of %d; %d labelled + %d unlabelled texts (%d validation rows), "
-        "%d epoch(s) of %d steps, T=%s, alpha=%s, lr %.1e; the teacher scored them in %.1fs",
-        layers,
-        n_teacher,
-        len(train_df),
-        len(unlabelled),
-        len(val_df),
-        epochs,
-        steps_per_epoch,
-        T,
-        alpha,
-        cfg.distill_learning_rate,
-        scoring_s,
-    )
-    generator = torch.Generator().manual_seed(tcfg.seed)
-    history: list[dict[str, float]] = []
-    best: tuple[float, float] | None = None
-    best_state, best_epoch, since_best, step, passes, train_s = None, 0, 0, 0, 0, 0.0
-    running = {"loss": 0.0, "kl": 0.0, "ce": 0.0, "n": 0}
-    torch.set_grad_enabled(True)
-    for epoch in range(1, epochs + 1):
-        student.train()
-        epoch_started = time.perf_counter()
-        for idx in torch.randperm(len(texts), generator=generator).split(batch):
-            rows = idx.tolist()
-            inputs = tokenizer.pad({k: [enc[k][i] for i in rows] for k in keys}, return_tensors="pt")
-            logits = student(**inputs).logits.float()
-            target = soft[rows]
-            kl = F.kl_div(F.log_softmax(logits / T, -1), F.softmax(target / T, -1), reduction="batchmean") * T * T
-            y = torch.tensor([labels[i] for i in rows])
-            ce = F.cross_entropy(logits, y, weight=weight, ignore_index=-100) if bool((y >= 0).any()) else kl * 0
-            loss = alpha * kl + (1 - alpha) * ce
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            optimizer.step()
-            schedule.step()
-            step += 1
-            passes += len(rows)
-            for key, value in (("loss", loss), ("kl", kl), ("ce", ce)):
-                running[key] += float(value.detach())
-            running["n"] += 1
-            if step % tcfg.logging_steps == 0 or step == 1 or step == total:
-                elapsed = train_s + time.perf_counter() - epoch_started
-                n = running["n"]
-                row = {
-                    "step": step,
-                    "epoch": epoch - 1 + (step - (epoch - 1) * steps_per_epoch) / steps_per_epoch,
-                    "loss": running["loss"] / n,
-                    "kl": running["kl"] / n,
-                    "ce": running["ce"] / n,
-                    "samples_per_s": passes / elapsed if elapsed > 0 else 0.0,
-                }
-                log.info(
-                    "distill step %d/%d epoch %.2f loss %.4f (KL %.4f, CE %.4f) lr %.2e %.1f samples/s",
-                    step,
-                    total,
-                    row["epoch"],
-                    row["loss"],
-                    row["kl"],
-                    row["ce"],
-                    schedule.get_last_lr()[0],
-                    row["samples_per_s"],
-                )
-                history.append(row)
-                _log_metrics({f"distill_{k}": v for k, v in row.items() if k != "step"}, step)
-                running = {"loss": 0.0, "kl": 0.0, "ce": 0.0, "n": 0}
-        train_s += time.perf_counter() - epoch_started
-        val_pred = torch_logits(student, tokenizer, val_texts, tcfg.max_length, cfg.infer_batch_size).argmax(1)
-        agreement = float(np.mean(val_pred == teacher_val)) if len(val_texts) else 1.0
-        f1 = _macro_f1(val_labels, val_pred)
-        history.append({"step": step, "epoch": float(epoch), "val_agreement": agreement, "val_macro_f1": f1})
-        _log_metrics({"distill_val_agreement": agreement, "distill_val_macro_f1": f1}, step)
-        better = best is None or (agreement, f1) > best
-        log.info(
-            "distill epoch %d/%d: validation agreement with the teacher %.3f, macro-F1 %.3f%s",
-            epoch,
-            epochs,
-            agreement,
-            f1,
-            " (best so far)" if better else "",
-        )
-        if better:
-            best, best_epoch, since_best = (agreement, f1), epoch, 0
-            best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
-        else:
-            since_best += 1
-            if since_best >= cfg.distill_patience:
-                log.info("distill: no better epoch in %d, stopping after epoch %d", since_best, epoch)
-                break
-    if best_state is not None:
-        student.load_state_dict(best_state)
-    student.eval()
-    assert best is not None
-    metrics = {
-        "sample_passes": float(passes),
-        "teacher_passes": float(len(texts) + len(val_texts)),
-        "train_seconds": float(train_s + scoring_s),
-        "teacher_scoring_seconds": float(scoring_s),
-        "samples_per_s": float(passes / train_s) if train_s else 0.0,
-        "epochs_planned": float(epochs),
-        "epochs_run": float(epoch),
-        "best_epoch": float(best_epoch),
-        "steps": float(step),
-        "val_agreement": best[0],
-        "val_macro_f1": best[1],
-        "teacher_val_macro_f1": _macro_f1(val_labels, teacher_val),
-        "labelled_rows": float(len(train_df)),
-        "unlabelled_rows": float(len(unlabelled)),
-        "val_rows": float(len(val_df)),
+    trainable = [p for p in student.parameters() if p.requires_grad]
+    steps_per_epoch = math.ceil(len(data.texts) / tcfg.batch_size)
+    total = steps_per_epoch * epochs
+    started = time.perf_counter()
+    student.train()
+    for idx in torch.randperm(len(data.texts), generator=generator).split(tcfg.batch_size):
+        rows = idx.tolist()
+        inputs = tokenizer.pad({k: [data.enc[k][i] for i in rows] for k in data.keys}, return_tensors="pt")
+        logits = student(**inputs).logits.float()
+        target = data.soft[rows]
+        kl = F.kl_div(F.log_softmax(logits / T, -1), F.softmax(target / T, -1), reduction="batchmean") * T * T
+        y = torch.tensor([data.labels[i] for i in rows])
+        ce = F.cross_entropy(logits, y, weight=weight, ignore_index=-100) if bool((y >= 0).any()) else kl * 0
+        loss = alpha * kl + (1 - alpha) * ce
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        schedule.step()
+        progress.step += 1
+        progress.passes += len(rows)
+        for key, value in (("loss", loss), ("kl", kl), ("ce", ce)):
+            progress.running[key] += float(value.detach())
+        progress.running["n"] += 1
+        if progress.step % tcfg.logging_steps == 0 or progress.step == 1 or progress.step == total:
+            _log_progress(progress, schedule, epoch, steps_per_epoch, total, time.perf_counter() - started)
+
+
+def _log_progress(
+    progress: _Progress, schedule: Any, epoch: int, steps_per_epoch: int, total: int, epoch_s: float
+) -> None:
+    """A progress line (running means since the last one) to the log, the history and the MLflow run."""
+    elapsed = progress.train_s + epoch_s
+    n = progress.running["n"]
+    row = {
+        "step": progress.step,
+        "epoch": epoch - 1 + (progress.step - (epoch - 1) * steps_per_epoch) / steps_per_epoch,
+        "loss": progress.running["loss"] / n,
+        "kl": progress.running["kl"] / n,
+        "ce": progress.running["ce"] / n,
+        "samples_per_s": progress.passes / elapsed if elapsed > 0 else 0.0,
     }
     log.info(
-        "distill: done in %.1fs (%d sample passes); best epoch %d: validation agreement %.3f, macro-F1 %.3f "
-        "(teacher %.3f)",
-        metrics["train_seconds"],
-        passes,
-        best_epoch,
-        best[0],
-        best[1],
-        metrics["teacher_val_macro_f1"],
+        "distill step %d/%d epoch %.2f loss %.4f (KL %.4f, CE %.4f) lr %.2e %.1f samples/s",
+        progress.step,
+        total,
+        row["epoch"],
+        row["loss"],
+        row["kl"],
+        row["ce"],
+        schedule.get_last_lr()[0],
+        row["samples_per_s"],
     )
-    return DistillResult(student, layers, n_teacher, metrics, history)
+    progress.history.append(row)
+    _log_metrics({f"distill_{k}": v for k, v in row.items() if k != "step"}, progress.step)
+    progress.running = {"loss": 0.0, "kl": 0.0, "ce": 0.0, "n": 0}
+
+
+def _end_of_epoch(
+    settings: Settings, student: Any, tokenizer: Any, data: _Transfer, progress: _Progress, epoch: int, epochs: int
+) -> bool:
+    """Score the validation rows, keep the best epoch's weights; True when patience has run out."""
+    import numpy as np
+
+    from pipelines.compress import torch_logits  # compress imports this module: a top-level import would be circular
+
+    cfg, tcfg = settings.compress, settings.train
+    val_pred = torch_logits(student, tokenizer, data.val_texts, tcfg.max_length, cfg.infer_batch_size).argmax(1)
+    agreement = float(np.mean(val_pred == data.teacher_val)) if len(data.val_texts) else 1.0
+    f1 = _macro_f1(data.val_labels, val_pred)
+    progress.history.append(
+        {"step": progress.step, "epoch": float(epoch), "val_agreement": agreement, "val_macro_f1": f1}
+    )
+    _log_metrics({"distill_val_agreement": agreement, "distill_val_macro_f1": f1}, progress.step)
+    better = progress.best is None or (agreement, f1) > progress.best
+    log.info(
+        "distill epoch %d/%d: validation agreement with the teacher %.3f, macro-F1 %.3f%s",
+        epoch,
+        epochs,
+        agreement,
+        f1,
+        " (best so far)" if better else "",
+    )
+    if better:
+        progress.best, progress.best_epoch, progress.since_best = (agreement, f1), epoch, 0
+        progress.best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
+        return False
+    progress.since_best += 1
+    if progress.since_best >= cfg.distill_patience:
+        log.info("distill: no better epoch in %d, stopping after epoch %d", progress.since_best, epoch)
+        return True
+    return False
+
+
+def _metrics(data: _Transfer, progress: _Progress, epochs: int) -> dict[str, float]:
+    assert progress.best is not None
+    return {
+        "sample_passes": float(progress.passes),
+        "teacher_passes": float(len(data.texts) + len(data.val_texts)),
+        "train_seconds": float(progress.train_s + data.scoring_s),
+        "teacher_scoring_seconds": float(data.scoring_s),
+        "samples_per_s": float(progress.passes / progress.train_s) if progress.train_s else 0.0,
+        "epochs_planned": float(epochs),
+        "epochs_run": float(progress.epochs_run),
+        "best_epoch": float(progress.best_epoch),
+        "steps": float(progress.step),
+        "val_agreement": progress.best[0],
+        "val_macro_f1": progress.best[1],
+        "teacher_val_macro_f1": _macro_f1(data.val_labels, data.teacher_val),
+        "labelled_rows": float(data.train_rows),
+        "unlabelled_rows": float(data.unlabelled_rows),
+        "val_rows": float(data.val_rows),
+    }
 
 
 def _no_decay(name: str) -> bool:
