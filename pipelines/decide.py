@@ -38,7 +38,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pipelines.config import Settings
+    from pipelines.config import DecisionSettings, Settings
     from pipelines.context import StepContext
 
 ACTIONS = ("skip", "fine_tune", "retrain")
@@ -123,41 +123,66 @@ def decide(
     if severity not in ("none", "moderate", "severe"):
         raise ValueError(f"drift severity={severity!r} is not one of none, moderate, severe")
     new_rows = _new_rows(drift, validate)
+    action, reasons = _action_for_drift(drift, severity, new_rows, cfg)
+    action, reasons = _weigh_benefit(drift, action, reasons, new_rows, history_rows, cfg)
+    return {
+        "action": action,
+        "auto_action": action,
+        "reasons": reasons,
+        "severity": severity,
+        "has_reference": bool(drift.get("has_reference", True)),
+        "new_rows": new_rows,
+        "champion_version": drift.get("champion_version"),
+    }
+
+
+def _action_for_drift(
+    drift: dict[str, Any], severity: str, new_rows: int | None, cfg: DecisionSettings
+) -> tuple[str, list[str]]:
+    """The action the drift alone calls for (bootstrap, severity, batch size, fine-tunes in a row), with reasons."""
     reasons: list[str] = []
     if not drift.get("has_reference", True):
-        action = "retrain"
         reasons.append("no champion and no drift reference yet: retrain from the base model (bootstrap)")
-    elif severity == "severe" and cfg.severe_action == "retrain":
-        action = "retrain"
+        return "retrain", reasons
+    if severity == "severe" and cfg.severe_action == "retrain":
         reasons.append("severe drift: retrain from the base model on all accepted data (decision.severe_action)")
         reasons.extend(drift.get("reasons", []))
-    elif severity in ("moderate", "severe"):
-        reasons.extend(drift.get("reasons", []))
-        fine_tunes = drift.get("fine_tunes_since_retrain")
-        if new_rows is not None and new_rows < cfg.min_new_rows_fine_tune:
-            action = "skip"
-            reasons.insert(
-                0,
-                f"{severity} drift but only {new_rows} new rows < decision.min_new_rows_fine_tune="
-                f"{cfg.min_new_rows_fine_tune}: too little to fine-tune on",
-            )
-        elif fine_tunes is not None and fine_tunes >= cfg.max_fine_tunes_before_retrain:
-            action = "retrain"
-            reasons.insert(
-                0,
-                f"{severity} drift, but the champion already follows {fine_tunes} fine-tunes >= "
-                f"decision.max_fine_tunes_before_retrain={cfg.max_fine_tunes_before_retrain}: retrain",
-            )
-        else:
-            action = "fine_tune"
-            reasons.insert(
-                0,
-                f"{severity} drift on {new_rows if new_rows is not None else 'the'} new rows: fine-tune the champion"
-                + (" (decision.severe_action=fine_tune)" if severity == "severe" else ""),
-            )
-    else:
-        action = "skip"
+        return "retrain", reasons
+    if severity == "none":
         reasons.append("no drift: " + _quiet_tests(drift.get("tests", {})))
+        return "skip", reasons
+    reasons.extend(drift.get("reasons", []))
+    fine_tunes = drift.get("fine_tunes_since_retrain")
+    if new_rows is not None and new_rows < cfg.min_new_rows_fine_tune:
+        action = "skip"
+        first = (
+            f"{severity} drift but only {new_rows} new rows < decision.min_new_rows_fine_tune="
+            f"{cfg.min_new_rows_fine_tune}: too little to fine-tune on"
+        )
+    elif fine_tunes is not None and fine_tunes >= cfg.max_fine_tunes_before_retrain:
+        action = "retrain"
+        first = (
+            f"{severity} drift, but the champion already follows {fine_tunes} fine-tunes >= "
+            f"decision.max_fine_tunes_before_retrain={cfg.max_fine_tunes_before_retrain}: retrain"
+        )
+    else:
+        action = "fine_tune"
+        first = (
+            f"{severity} drift on {new_rows if new_rows is not None else 'the'} new rows: fine-tune the champion"
+            + (" (decision.severe_action=fine_tune)" if severity == "severe" else "")
+        )
+    return action, [first, *reasons]
+
+
+def _weigh_benefit(
+    drift: dict[str, Any],
+    action: str,
+    reasons: list[str],
+    new_rows: int | None,
+    history_rows: int | None,
+    cfg: DecisionSettings,
+) -> tuple[str, list[str]]:
+    """Skip training the champion's labelled quality says is not worth it; fine-tune a young history that grows."""
     has_reference = drift.get("has_reference", True)
     held = _quality_held(drift, cfg.min_quality_drop) if action != "skip" and has_reference else None
     proposed = action
@@ -179,15 +204,7 @@ def decide(
         action = "fine_tune"
     elif held:
         reasons[0] = f"{held}: skip ({proposed} not worth its compute)"
-    return {
-        "action": action,
-        "auto_action": action,
-        "reasons": reasons,
-        "severity": severity,
-        "has_reference": bool(drift.get("has_reference", True)),
-        "new_rows": new_rows,
-        "champion_version": drift.get("champion_version"),
-    }
+    return action, reasons
 
 
 def _quality_held(drift: dict[str, Any], min_drop: float) -> str | None:
