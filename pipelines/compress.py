@@ -47,7 +47,7 @@ from pipelines.errors import ModelRejected
 from pipelines.storage import is_s3
 
 if TYPE_CHECKING:
-    from pipelines.config import Settings
+    from pipelines.config import CompressSettings, Settings
     from pipelines.context import StepContext
 
 log = logging.getLogger(__name__)
@@ -1128,31 +1128,7 @@ def log_to_mlflow(job: Job, summary: dict[str, Any]) -> None:
     )
     mlflow.set_tag("compress.level", summary["level"])
     mlflow.set_tag("compress.served_model", summary.get("served_model", "teacher"))
-    distill = summary.get("distill") or {}
-    if distill.get("enabled"):
-        mlflow.log_params(
-            {
-                "distill_layers": ",".join(str(i) for i in distill.get("layers") or []) or "skipped",
-                "distill_temperature": cfg.distill_temperature,
-                "distill_alpha": cfg.distill_alpha,
-                "distill_learning_rate": cfg.distill_learning_rate,
-                "distill_min_agreement": cfg.distill_min_agreement,
-            }
-        )
-        for key in ("sample_passes", "train_seconds"):
-            mlflow.log_metric(f"distill_{key}", float(summary.get(key) or 0))
-        for key in (
-            "served_layers",
-            "teacher_layers",
-            "agreement_with_teacher",
-            "speedup_vs_teacher_fp32",
-            "size_ratio_vs_teacher_fp32",
-            "teacher_macro_f1",
-            "served_macro_f1",
-            "teacher_fp32_p50_ms_batch32",
-        ):
-            if isinstance(distill.get(key), int | float):
-                mlflow.log_metric(f"distill_{key}", float(distill[key]))
+    _log_distill(cfg, summary)
     low, high = summary["agreement_ci"]
     metrics = {
         "agreement": summary["agreement"],
@@ -1192,6 +1168,37 @@ def log_to_mlflow(job: Job, summary: dict[str, Any]) -> None:
         },
         "compress.json",
     )
+
+
+def _log_distill(cfg: CompressSettings, summary: dict[str, Any]) -> None:
+    """The distillation's parameters and figures, when ``compress.distill`` was on."""
+    import mlflow
+
+    distill = summary.get("distill") or {}
+    if distill.get("enabled"):
+        mlflow.log_params(
+            {
+                "distill_layers": ",".join(str(i) for i in distill.get("layers") or []) or "skipped",
+                "distill_temperature": cfg.distill_temperature,
+                "distill_alpha": cfg.distill_alpha,
+                "distill_learning_rate": cfg.distill_learning_rate,
+                "distill_min_agreement": cfg.distill_min_agreement,
+            }
+        )
+        for key in ("sample_passes", "train_seconds"):
+            mlflow.log_metric(f"distill_{key}", float(summary.get(key) or 0))
+        for key in (
+            "served_layers",
+            "teacher_layers",
+            "agreement_with_teacher",
+            "speedup_vs_teacher_fp32",
+            "size_ratio_vs_teacher_fp32",
+            "teacher_macro_f1",
+            "served_macro_f1",
+            "teacher_fp32_p50_ms_batch32",
+        ):
+            if isinstance(distill.get(key), int | float):
+                mlflow.log_metric(f"distill_{key}", float(distill[key]))
 
 
 def run(ctx: StepContext) -> dict[str, Any]:
