@@ -3,7 +3,10 @@
 ``retrain`` starts from ``train.base_model`` with a fresh classification head and learns from every accepted
 batch (hold-out rows excluded). ``fine_tune`` starts from the champion's fp32 weights and learns from the new
 batch plus a replayed sample of earlier accepted rows (``train.replay_ratio``), with a lower learning rate and
-the embeddings and the lower ``train.freeze_layers`` encoder layers frozen.
+the embeddings and the lower ``train.freeze_layers`` encoder layers frozen. A fine-tune's new rows are every batch
+the champion has not learned (:func:`unlearned_batches`): the batch of this run plus any accepted after the
+champion was registered, whose own run was skipped or whose challenger was never promoted (held for review,
+rejected, superseded), so a held challenger's batch is not lost to the loop.
 
 Both use the same Trainer setup: dynamic padding, length-grouped batches, a class-weighted loss, early stopping
 on a seeded, stratified validation split, and bf16 (or fp16) autocast on a GPU, fp32 on a CPU.
@@ -33,6 +36,9 @@ if TYPE_CHECKING:
     from pipelines.context import StepContext
 
 log = logging.getLogger(__name__)
+
+#: The model version tag (written by the register step) listing the accepted batches when it was registered.
+ACCEPTED_BATCHES_TAG = "data.accepted_batches"
 
 ACTIONS = ("retrain", "fine_tune")
 
@@ -602,14 +608,61 @@ def select_rows(settings: Settings, action: str, new: pd.DataFrame, earlier: pd.
     return {"rows": rows, "new_holdout": new_holdout, "holdout": holdout, "new_rows": len(new), "replay": replay}
 
 
+def unlearned_batches(settings: Settings, accepted_uri: str) -> list[str]:
+    """Accepted batches other than ``accepted_uri`` that the champion has not learned, in name order.
+
+    Those accepted after the champion was registered: its ``data.accepted_batches`` tag lists the batches accepted
+    when it was (its own included). [] without a champion, or when the tag is absent or unreadable (then only the
+    run's own batch is new, as before the tag existed).
+    """
+    from pipelines.champion import champion_version
+    from pipelines.datasets import accepted_uris
+    from pipelines.storage import basename
+
+    version = champion_version(settings)
+    raw = (getattr(version, "tags", None) or {}).get(ACCEPTED_BATCHES_TAG) if version is not None else None
+    try:
+        known = set(json.loads(raw)) if raw else None
+    except ValueError:
+        known = None
+    if not isinstance(known, set) or not known:
+        if version is not None:
+            log.warning(
+                "champion v%s has no readable %s tag: fine-tuning on the new batch only",
+                version.version,
+                ACCEPTED_BATCHES_TAG,
+            )
+        return []
+    return [u for u in accepted_uris(settings) if u != accepted_uri and basename(u) not in known]
+
+
 def _training_data(ctx: StepContext, action: str, accepted_uri: str) -> dict[str, Any]:
-    """Training rows and hold-out rows for ``action``."""
+    """Training rows and hold-out rows for ``action`` (a fine-tune's new rows include :func:`unlearned_batches`)."""
+    import pandas as pd
+
     from pipelines.datasets import load_accepted, read_table
+    from pipelines.storage import basename
 
     settings = ctx.settings
-    new = read_table(accepted_uri, settings)
-    new["batch_uri"] = accepted_uri
-    data = select_rows(settings, action, new, load_accepted(settings, exclude={accepted_uri}))
+    catch_up = (
+        unlearned_batches(settings, accepted_uri)
+        if action == "fine_tune" and not ctx.inputs.get("champion_model_uri")
+        else []
+    )
+    frames = []
+    for uri in [accepted_uri, *catch_up]:
+        frame = read_table(uri, settings)
+        frame["batch_uri"] = uri
+        frames.append(frame)
+    new = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    data = select_rows(settings, action, new, load_accepted(settings, exclude={accepted_uri, *catch_up}))
+    data["catch_up"] = [basename(u) for u in catch_up]
+    if catch_up:
+        log.info(
+            "fine-tune catches up on %d batch(es) the champion has not learned: %s",
+            len(catch_up),
+            ", ".join(data["catch_up"]),
+        )
     if data["rows"].empty:
         raise ValueError(
             f"no trainable rows for {action}: batch {accepted_uri!r} has {data['new_rows']} rows, all in the hold-out "
@@ -728,6 +781,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
                 "freeze_layers": cfg.freeze_layers if action == "fine_tune" else 0,
                 "replay_rows": data["replay"],
                 "rows": len(data["rows"]),
+                "catch_up_batches": ",".join(data["catch_up"]) or "none",
             }
         )
         result = train_model(settings, action, model, tokenizer, data["rows"], scratch / "checkpoints")
@@ -765,6 +819,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
         "accepted_uri": accepted_uri,
         "new_rows": data["new_rows"],
         "replay_rows": data["replay"],
+        "catch_up_batches": data["catch_up"],
         "metrics": metrics,
         "sample_passes": int(result.metrics["sample_passes"]),
         "train_seconds": round(result.metrics["train_seconds"], 2),

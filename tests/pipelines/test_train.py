@@ -213,3 +213,49 @@ def test_head_warm_up_trains_only_the_head_and_restores_trainable_flags(tmp_path
     flags = {n: p.requires_grad for n, p in result.model.named_parameters()}
     assert flags["bert.embeddings.word_embeddings.weight"] is False
     assert all(v for n, v in flags.items() if n != "bert.embeddings.word_embeddings.weight")
+
+
+def _register_champion(settings, accepted_batches):
+    """A registry with a champion whose data.accepted_batches tag lists ``accepted_batches`` (None: no tag)."""
+    from mlflow import MlflowClient
+
+    from pipelines.tracking import configure
+
+    configure(settings)
+    uri = settings.mlflow.tracking_uri
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    name = settings.registry.model_name
+    client.create_registered_model(name)
+    tags = {} if accepted_batches is None else {"data.accepted_batches": json.dumps(accepted_batches)}
+    version = client.create_model_version(name, source=str(settings.uri("models", "v1")), tags=tags)
+    client.set_registered_model_alias(name, "champion", version.version)
+
+
+def test_fine_tune_catches_up_on_batches_the_champion_has_not_learned(settings, demo_frames):
+    from pipelines.train import _training_data, unlearned_batches
+
+    frames = list(demo_frames.values())
+    first, held, current = (_accept(settings, frames[i], f"batch_00{i}") for i in range(3))
+    _register_champion(settings, ["batch_000.parquet"])
+    # batch_001 arrived after the champion (its challenger was held): the fine-tune on batch_002 learns it too.
+    assert unlearned_batches(settings, current) == [held]
+    data = _training_data(_ctx(settings, "run-3", current), "fine_tune", current)
+    assert data["catch_up"] == ["batch_001.parquet"]
+    assert data["new_rows"] == len(frames[1]) + len(frames[2])
+    held_texts = set(frames[1]["text"])
+    assert held_texts & set(data["rows"]["text"]), "the held batch's trainable rows are new rows"
+    assert held_texts & set(data["new_holdout"]["text"]), "its hold-out rows join the evaluation set"
+    # A retrain learns everything anyway; it reports no catch-up.
+    assert _training_data(_ctx(settings, "run-3", current), "retrain", current)["catch_up"] == []
+    assert first not in unlearned_batches(settings, current)
+
+
+def test_fine_tune_without_the_batches_tag_learns_the_new_batch_only(settings, demo_frames, caplog):
+    from pipelines.train import unlearned_batches
+
+    frames = list(demo_frames.values())
+    uris = [_accept(settings, frames[i], f"batch_00{i}") for i in range(3)]
+    _register_champion(settings, None)
+    with caplog.at_level("WARNING", logger="pipelines.train"):
+        assert unlearned_batches(settings, uris[2]) == []
+    assert "no readable data.accepted_batches tag" in caplog.text
