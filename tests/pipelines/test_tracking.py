@@ -82,3 +82,62 @@ def test_a_store_pointed_at_an_unrelated_folder_is_left_alone(tmp_path):
     from pathlib import Path
 
     assert tracking.rebase_moved_store(other, Path(other.mlflow.tracking_uri.removeprefix("sqlite:///"))) == 0
+
+
+def test_a_retried_step_reopens_its_run_and_another_pipeline_run_gets_its_own(tmp_path):
+    import mlflow
+
+    from pipelines.tracking import TAG_PIPELINE_RUN, TAG_STEP, experiment_id
+
+    settings = make_registry_settings(tmp_path)
+    ctx = StepContext(step="train", run_id="run-1", settings=settings, dag_id="continuous_training")
+    with step_run(ctx) as first:
+        mlflow.log_metric("attempt", 1)
+    with step_run(ctx) as retry:
+        mlflow.log_metric("attempt", 2)
+    with step_run(StepContext(step="train", run_id="run-2", settings=settings)) as other:
+        pass
+    assert retry.info.run_id == first.info.run_id != other.info.run_id
+    client = configure(settings)
+    runs = client.search_runs([experiment_id(settings)], f"tags.`{TAG_STEP}` = 'train'")
+    assert len(runs) == 2
+    run = client.get_run(first.info.run_id)
+    assert run.data.metrics["attempt"] == 2 and run.data.tags[TAG_PIPELINE_RUN] == "run-1"
+    parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+    assert parent.data.tags[TAG_STEP] == "pipeline" and parent.data.tags["mlops.dag_id"] == "continuous_training"
+    assert mlflow.active_run() is None
+
+
+def test_find_step_run_prefers_the_steps_run_then_the_parent_and_run_url_links_to_it(tmp_path):
+    from pipelines.tracking import experiment_id, find_step_run, run_url
+
+    settings = make_registry_settings(tmp_path)
+    ctx = StepContext(step="evaluate", run_id="run-1", settings=settings)
+    assert find_step_run(ctx) is None  # no experiment yet
+    parent = parent_run_id(ctx)
+    exp = experiment_id(settings)
+    assert find_step_run(ctx) == (exp, parent)
+    with step_run(ctx) as run:
+        pass
+    assert find_step_run(ctx) == (exp, run.info.run_id)
+    assert find_step_run(ctx.with_step("register")) == (exp, parent)
+    assert find_step_run(StepContext(step="evaluate", run_id="run-2", settings=settings)) is None
+    ui = settings.with_overrides({"mlflow.ui_url": "http://mlflow.example:5000/"})
+    assert run_url(ui, run.info.run_id) == f"http://mlflow.example:5000/#/experiments/{exp}/runs/{run.info.run_id}"
+
+
+def test_configure_uses_the_separate_registry_store_and_creates_the_sqlite_folder(tmp_path):
+    from mlflow import MlflowClient
+
+    registry_db = tmp_path / "registry" / "reg.db"
+    settings = make_registry_settings(
+        tmp_path,
+        mlflow__tracking_uri=f"sqlite:///{tmp_path / 'new' / 'folder' / 'mlflow.db'}",
+        mlflow__registry_uri=f"sqlite:///{registry_db}",
+    )
+    registry_db.parent.mkdir()
+    client = configure(settings)
+    assert (tmp_path / "new" / "folder").is_dir()
+    client.create_registered_model("kept-apart")
+    uri = f"sqlite:///{registry_db}"
+    assert MlflowClient(tracking_uri=uri, registry_uri=uri).get_registered_model("kept-apart").name == "kept-apart"

@@ -34,7 +34,7 @@ def _register(settings, tmp: Path, tag_digest: bool = False) -> str:
     import mlflow
     from mlflow.pyfunc import PythonModel
 
-    from pipelines.tracking import configure
+    from pipelines.tracking import configure, experiment_id
 
     class Model(PythonModel):
         def predict(self, context, model_input, params=None):
@@ -42,8 +42,8 @@ def _register(settings, tmp: Path, tag_digest: bool = False) -> str:
 
     client = configure(settings)
     bundle = onnx_bundle(tmp / "src" / "bundle", [-1.0, 0.0, 1.0])  # every text is 'positive'
-    mlflow.set_experiment("cache-test")
-    with mlflow.start_run():
+    # The settings' experiment puts its artifacts under the test's folder (a new named experiment would use ./mlruns).
+    with mlflow.start_run(experiment_id=experiment_id(settings)):
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=Model(),
