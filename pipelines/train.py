@@ -399,6 +399,54 @@ def fit(
         i.e. rows x epochs run; ``best_epoch``), the logged history, device and precision.
     """
     import torch
+
+    run = _make_trainer(settings, model, tokenizer, train_df, val_df, learning_rate, epochs, work_dir, optimized)
+    torch.set_grad_enabled(True)  # in case a library switched autograd off process-wide
+    initial = run.trainer.evaluate()
+    log.info(
+        "training %s rows (%d validation) on %s in %s, lr %.1e, up to %s epochs, class weights %s",
+        len(run.trainer.train_dataset),
+        len(run.trainer.eval_dataset),
+        run.device,
+        run.precision,
+        learning_rate,
+        epochs,
+        [round(w, 2) for w in run.weights] if run.weights else "off",
+    )
+    out = run.trainer.train()
+    final = run.trainer.evaluate()
+    metrics = _fit_metrics(run, out, initial, final)
+    if run.device == "cuda":
+        metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return FitResult(
+        model=run.trainer.model, metrics=metrics, history=run.history, device=run.device, precision=run.precision
+    )
+
+
+@dataclass
+class _TrainerRun:
+    """A configured Trainer and what its callbacks fill in while it trains."""
+
+    trainer: Any
+    counter: dict[str, float]
+    history: list[dict[str, float]]
+    weights: list[float] | None
+    device: str
+    precision: str
+
+
+def _make_trainer(
+    settings: Settings,
+    model: Any,
+    tokenizer: Any,
+    train_df: pd.DataFrame,
+    val_df: pd.DataFrame,
+    learning_rate: float,
+    epochs: float,
+    work_dir: str | Path,
+    optimized: bool,
+) -> _TrainerRun:
+    """The weighted Trainer with early stopping on validation macro-F1, a sample counter and progress logging."""
     from transformers import (
         DataCollatorWithPadding,
         EarlyStoppingCallback,
@@ -432,22 +480,14 @@ def fit(
         class_weights=weights,
     )
     trainer.remove_callback(PrinterCallback)  # the progress callback logs instead of printing dicts
-    torch.set_grad_enabled(True)  # in case a library switched autograd off process-wide
-    initial = trainer.evaluate()
-    log.info(
-        "training %s rows (%d validation) on %s in %s, lr %.1e, up to %s epochs, class weights %s",
-        len(train_ds),
-        len(val_ds),
-        device,
-        precision,
-        learning_rate,
-        epochs,
-        [round(w, 2) for w in weights] if weights else "off",
-    )
-    out = trainer.train()
-    final = trainer.evaluate()
-    train_s = counter["train_s"] or out.metrics.get("train_runtime", 0.0)
-    metrics = {
+    return _TrainerRun(trainer, counter, history, weights, device, precision)
+
+
+def _fit_metrics(run: _TrainerRun, out: Any, initial: dict[str, Any], final: dict[str, Any]) -> dict[str, float]:
+    """The fit's figures: validation before and after, throughput, epochs and sample passes actually run."""
+    train_s = run.counter["train_s"] or out.metrics.get("train_runtime", 0.0)
+    state = run.trainer.state
+    return {
         "train_loss": float(out.training_loss),
         "val_loss": float(final["eval_loss"]),
         "val_macro_f1": float(final["eval_macro_f1"]),
@@ -455,18 +495,15 @@ def fit(
         "val_loss_initial": float(initial["eval_loss"]),
         "val_macro_f1_initial": float(initial["eval_macro_f1"]),
         "val_accuracy_initial": float(initial["eval_accuracy"]),
-        "samples_per_s": float(counter["samples"] / train_s) if train_s else 0.0,
+        "samples_per_s": float(run.counter["samples"] / train_s) if train_s else 0.0,
         "train_seconds": float(train_s),
-        "train_rows": float(len(train_ds)),
-        "val_rows": float(len(val_ds)),
-        "epochs_run": float(trainer.state.epoch or 0.0),
-        "best_epoch": _best_epoch(history),
-        "steps": float(trainer.state.global_step),
-        "sample_passes": float(counter["samples"]),
+        "train_rows": float(len(run.trainer.train_dataset)),
+        "val_rows": float(len(run.trainer.eval_dataset)),
+        "epochs_run": float(state.epoch or 0.0),
+        "best_epoch": _best_epoch(run.history),
+        "steps": float(state.global_step),
+        "sample_passes": float(run.counter["samples"]),
     }
-    if device == "cuda":
-        metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    return FitResult(model=trainer.model, metrics=metrics, history=history, device=device, precision=precision)
 
 
 def _best_epoch(history: list[dict[str, float]]) -> float:
