@@ -344,7 +344,7 @@ class Storage:
             _safe_rel(f"{uri}/{rel}", rel)
         return objects
 
-    def local_dir(self, uri: str, scratch: str | Path, *, hint: str | None = None) -> Path:
+    def local_dir(self, uri: str, scratch: str | Path, *, what: str = "folder", hint: str | None = None) -> Path:
         """A local folder holding the files under ``uri``: the folder itself when local, else a copy in ``scratch``.
 
         On S3 the first call downloads the folder into ``scratch/<name>-<sha256(uri)[:12]>`` (into a ``.tmp-``
@@ -357,6 +357,7 @@ class Storage:
         Args:
             uri: a local folder or an ``s3://`` folder.
             scratch: a local folder the caller owns; created when missing.
+            what: what the folder is (``"served model folder"``), for the message.
             hint: what to do when nothing is there (``"run the compress step first"``), added to the message.
 
         Returns:
@@ -370,12 +371,12 @@ class Storage:
         if not is_s3(uri):
             path = Path(uri)
             if not path.is_dir():
-                raise FileNotFoundError(f"no folder at {uri!r}{suffix}")
+                raise FileNotFoundError(f"no {what} at {uri!r}{suffix}")
             return path
         uri = uri.rstrip("/")
         objects = self._folder_objects(uri)
         if not objects:
-            raise FileNotFoundError(f"no objects under {uri!r}{suffix}")
+            raise FileNotFoundError(f"no {what} at {uri!r} (no objects under it){suffix}")
         scratch = Path(scratch)
         entry = scratch / f"{basename(uri)}-{hashlib.sha256(uri.encode()).hexdigest()[:12]}"
         record = entry.with_name(f"{entry.name}.json")

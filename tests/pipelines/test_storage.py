@@ -252,8 +252,8 @@ def test_local_dir_returns_a_local_folder_unchanged(tmp_path):
 
 def test_local_dir_missing_folder_names_it_and_the_hint(store, tmp_path):
     st, root = store
-    with pytest.raises(FileNotFoundError, match=r"nope.*; run the compress step first"):
-        st.local_dir(join(root, "nope"), tmp_path / "scratch", hint="run the compress step first")
+    with pytest.raises(FileNotFoundError, match=r"no served model .*nope.*; run the compress step first"):
+        st.local_dir(join(root, "nope"), tmp_path / "scratch", what="served model", hint="run the compress step first")
 
 
 def test_local_dir_downloads_an_s3_folder_once(s3_endpoint, aws_env, tmp_path, monkeypatch):
