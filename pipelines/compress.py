@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.errors import ModelRejected
-from pipelines.storage import is_s3
 
 if TYPE_CHECKING:
     from pipelines.config import CompressSettings, Settings
@@ -602,8 +601,8 @@ def load(ctx: StepContext, scratch: Path) -> Job:
     settings, cfg = ctx.settings, ctx.settings.compress
     model_uri = ctx.require("model_uri")
     texts, counts = sample_texts(ctx)
-    fp32_dir = ctx.storage.download_dir(model_uri, scratch / "fp32")
-    reference_dir = ctx.storage.download_dir(ctx.require("reference_uri"), scratch / "reference")
+    fp32_dir = ctx.storage.local_dir(model_uri, scratch)
+    reference_dir = ctx.storage.local_dir(ctx.require("reference_uri"), scratch)
     model, tokenizer = load_classifier(fp32_dir, settings)
     model.eval()
     logits = torch_logits(model, tokenizer, texts, cfg.max_length, cfg.infer_batch_size)
@@ -1061,9 +1060,7 @@ def save(job: Job, chosen: Attempt, served_uri: str, storage: Any) -> tuple[dict
     }
     local_served = job.scratch / "served"
     save_served_model(local_served, bundle, job.texts, job.scratch)
-    if not is_s3(served_uri) and Path(served_uri).exists():
-        shutil.rmtree(served_uri)  # a rerun replaces the folder instead of mixing files
-    storage.upload_dir(local_served, served_uri)
+    storage.replace_dir(local_served, served_uri, root=job.settings.uri(job.settings.paths.runs))
     return timings, sizes
 
 

@@ -32,8 +32,6 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.storage import is_s3
-
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
@@ -232,7 +230,7 @@ def _int_tag(champion: Champion | None, key: str) -> int | None:
 def _reference_dir(ctx: StepContext, champion: Champion | None, tmp: Path) -> Path | None:
     uri = ctx.inputs.get("reference_uri")
     if uri:
-        return ctx.storage.download_dir(uri, tmp) if is_s3(uri) else Path(uri)
+        return ctx.storage.local_dir(uri, tmp, what="drift reference")
     if champion is None:
         return None
     ref_dir = champion.reference_dir

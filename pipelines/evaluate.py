@@ -114,18 +114,6 @@ class Predictions:
         return len(self.y)
 
 
-def _local_dir(ctx: StepContext, uri: str, dst: Path) -> Path:
-    """A local folder with the contents of ``uri`` (downloaded when it is on S3)."""
-    from pipelines.storage import is_s3
-
-    if is_s3(uri):
-        return ctx.storage.download_dir(uri, dst)
-    path = Path(uri)
-    if not path.is_dir():
-        raise FileNotFoundError(f"served model folder {uri!r} does not exist; run the compress step first")
-    return path
-
-
 def predict(model: Any, texts: list[str], labels: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
     """Labels and class probabilities (columns in ``labels`` order, or None) of a served model.
 
@@ -541,7 +529,9 @@ def _evaluate(ctx: StepContext, eval_df: pd.DataFrame, work: Path) -> dict[str, 
 
     s = ctx.settings
     texts = eval_df[s.data.text_column].astype(str).tolist()
-    served_dir = _local_dir(ctx, ctx.require("served_uri"), work / "candidate")
+    served_dir = ctx.storage.local_dir(
+        ctx.require("served_uri"), work, what="served model folder", hint="run the compress step first"
+    )
     bundle = find_bundle(served_dir)
 
     candidate_model, preds = _predict_all(ctx, served_dir, eval_df, work)

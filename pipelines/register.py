@@ -308,7 +308,6 @@ def run(ctx: StepContext) -> dict[str, Any]:
     from pipelines import report
     from pipelines.champion import TAG_BUNDLE_DIGEST, find_bundle, tree_digest
     from pipelines.promote import AUTO, alias_version, promote, refresh_model_description, resolve_policy
-    from pipelines.storage import is_s3
     from pipelines.tracking import configure, parent_run_id, run_url
 
     s = ctx.settings
@@ -336,11 +335,9 @@ def run(ctx: StepContext) -> dict[str, Any]:
     created = mv is None
     if created:
         with tempfile.TemporaryDirectory(prefix="mlops-register-") as tmp:
-            served_dir = (
-                ctx.storage.download_dir(served_uri, Path(tmp) / "served") if is_s3(served_uri) else Path(served_uri)
+            served_dir = ctx.storage.local_dir(
+                served_uri, tmp, what="served model folder", hint="run the compress step first"
             )
-            if not served_dir.is_dir():
-                raise FileNotFoundError(f"served model folder {served_uri!r} does not exist; run compress first")
             digest = tree_digest(find_bundle(served_dir))  # every download of the version is checked against it
             metrics = {
                 f"eval.{k}": float(v)

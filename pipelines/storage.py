@@ -5,6 +5,12 @@ file is written to a temporary sibling and renamed; an S3 object only becomes vi
 multipart upload) completes, and a failed multipart upload is aborted. ``move`` copies, verifies the copy by
 content hash, and only then removes the source, so a batch is never lost half way.
 
+A step's output folder is published with :meth:`Storage.replace_dir`, which swaps a whole folder in (local) or
+stages it and removes every key the new folder does not have (S3), so a rerun never leaves files of an earlier
+attempt behind. :meth:`Storage.local_dir` gives a step a local folder to read: the folder itself when it is local,
+else one download into the caller's scratch folder. Temporary files and folders are named ``.tmp-*``, and
+:meth:`Storage.list` skips them.
+
 User-supplied batch references go through :func:`resolve_batch`, which confines them to the landing prefix.
 The landing queue (:func:`waiting_batches`, :func:`note_attempt`, :func:`set_aside`) counts the runs that picked
 a batch and sets a batch aside after ``dag.batch_max_attempts`` runs, so one failing batch cannot block the rest.
@@ -14,9 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -28,10 +36,13 @@ from pipelines.errors import BadInput
 if TYPE_CHECKING:
     from pipelines.config import Settings
 
+log = logging.getLogger(__name__)
+
 _CHUNK = 8 * 1024 * 1024
 #: What validate can read: a CSV (UTF-8) or a Parquet file; compared case-insensitively.
 BATCH_SUFFIXES = (".csv", ".parquet")
 _MAX_REF_CHARS = 1024
+_TMP = ".tmp-"
 
 
 def is_s3(uri: str) -> bool:
@@ -57,6 +68,72 @@ def _split_s3(uri: str) -> tuple[str, str]:
     if not bucket:
         raise ValueError(f"S3 URI {uri!r} has no bucket; expected s3://bucket/key")
     return bucket, key
+
+
+def _is_temporary(rel: str) -> bool:
+    return any(part.startswith(_TMP) for part in rel.split("/"))
+
+
+def _safe_rel(uri: str, rel: str) -> str:
+    """``rel`` (an object's key below a listed prefix) as a relative local path; refuses one that could escape."""
+    parts = rel.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise ValueError(
+            f"object {uri!r} has an empty, '.' or '..' segment in its key; "
+            "it cannot be copied into a local folder safely: rename or delete it"
+        )
+    return rel
+
+
+def _confine(uri: str, root: str, what: str) -> None:
+    """Refuse ``uri`` unless it lies strictly inside the folder ``root`` (both local, or both on S3).
+
+    Local paths are compared by their real paths (symlinks resolved); S3 keys must be in ``root``'s bucket, below
+    its prefix, with no empty, ``.`` or ``..`` segment (the rules :func:`resolve_batch` applies to landing).
+    """
+    problem = None
+    if is_s3(uri) != is_s3(root):
+        problem = "is not on the same kind of storage (local folder or S3)"
+    elif is_s3(uri):
+        bucket, key = _split_s3(uri.rstrip("/"))
+        root_bucket, root_key = _split_s3(root.rstrip("/"))
+        parts, root_parts = key.split("/"), [p for p in root_key.split("/") if p]
+        if bucket != root_bucket:
+            problem = f"is in bucket {bucket!r}, not {root_bucket!r}"
+        elif any(part in ("", ".", "..") for part in parts):
+            problem = "has an empty, '.' or '..' segment in its key"
+        elif parts[: len(root_parts)] != root_parts or len(parts) <= len(root_parts):
+            problem = "is outside it"
+    else:
+        real_root, real = os.path.realpath(root), os.path.realpath(uri)
+        if os.path.commonpath([real, real_root]) != real_root or real == real_root:
+            problem = "resolves outside it"
+    if problem:
+        raise ValueError(f"{what} {uri!r} {problem}; expected a folder inside {root!r}")
+
+
+def _file_hashes(root: Path) -> dict[str, list[Any]]:
+    """SHA-256 and size of every file under ``root`` by relative path; a symlink or other non-file raises OSError."""
+    out: dict[str, list[Any]] = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_symlink() or not (path.is_file() or path.is_dir()):
+            raise OSError(f"{str(path)!r} is not a plain file or folder")
+        if path.is_file():
+            digest = hashlib.sha256()
+            with path.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(_CHUNK), b""):
+                    digest.update(chunk)
+            out[path.relative_to(root).as_posix()] = [digest.hexdigest(), path.stat().st_size]
+    return out
+
+
+def _copy_matches(entry: Path, record: Path, uri: str, objects: dict[str, list[Any]]) -> bool:
+    """Whether the local copy ``entry`` of ``uri`` is still what :meth:`Storage.local_dir` downloaded."""
+    try:
+        saved = json.loads(record.read_text())
+        return saved.get("uri") == uri and saved.get("objects") == objects and saved.get("files") == _file_hashes(entry)
+    except (OSError, ValueError):
+        return False
 
 
 class Storage:
@@ -128,13 +205,20 @@ class Storage:
                 return []
             if root.is_file():
                 return [str(root)]
-            return sorted(str(p) for p in root.rglob("*") if p.is_file() and not p.name.startswith(".tmp-"))
+            return sorted(
+                str(p) for p in root.rglob("*") if p.is_file() and not _is_temporary(p.relative_to(root).as_posix())
+            )
+        return sorted(f"{prefix.rstrip('/')}/{rel}" for rel in self._objects(prefix) if not _is_temporary(rel))
+
+    def _objects(self, prefix: str) -> dict[str, tuple[int, str]]:
+        """Every object under the S3 folder ``prefix``: key relative to it -> (size, ETag); temporaries included."""
         bucket, key = _split_s3(prefix)
         key = key.rstrip("/") + "/" if key else ""
-        out = []
+        out = {}
         for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
-            out.extend(f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", []))
-        return sorted(out)
+            for obj in page.get("Contents", []):
+                out[obj["Key"][len(key) :]] = (int(obj["Size"]), str(obj.get("ETag", "")))
+        return out
 
     def content_hash(self, uri: str) -> str:
         """SHA-256 of the bytes at ``uri``, as hex."""
@@ -221,7 +305,11 @@ class Storage:
             tmp.unlink(missing_ok=True)
 
     def upload_dir(self, local_dir: str | Path, uri: str) -> str:
-        """Copy every file under ``local_dir`` to ``uri`` (a folder), each file atomically."""
+        """Copy every file under ``local_dir`` to ``uri`` (a folder), each file atomically.
+
+        Files already under ``uri`` that ``local_dir`` lacks stay; to publish a step's output folder use
+        :meth:`replace_dir`.
+        """
         local_dir = Path(local_dir)
         for path in sorted(local_dir.rglob("*")):
             if path.is_file():
@@ -229,19 +317,188 @@ class Storage:
         return uri
 
     def download_dir(self, uri: str, local_dir: str | Path) -> Path:
-        """Copy every file under ``uri`` into ``local_dir``; a local ``uri`` is returned as is."""
+        """Copy every file under ``uri`` into ``local_dir``; a local ``uri`` is returned as is.
+
+        Raises:
+            FileNotFoundError: no folder at a local ``uri``, or no objects under an S3 one.
+            ValueError: an object's key has an empty, ``.`` or ``..`` segment (it could land outside ``local_dir``).
+        """
         if not is_s3(uri):
             if not Path(uri).is_dir():
                 raise FileNotFoundError(f"no folder at {uri!r}")
             return Path(uri)
-        local_dir = Path(local_dir)
-        prefix = uri.rstrip("/") + "/"
-        files = self.list(uri)
-        if not files:
+        uri = uri.rstrip("/")
+        objects = self._folder_objects(uri)
+        if not objects:
             raise FileNotFoundError(f"no objects under {uri!r}")
-        for obj in files:
-            self.download_file(obj, local_dir / obj[len(prefix) :])
-        return local_dir
+        for rel in objects:
+            self.download_file(f"{uri}/{rel}", Path(local_dir) / rel)
+        return Path(local_dir)
+
+    def _folder_objects(self, uri: str) -> dict[str, tuple[int, str]]:
+        """The files of the S3 folder ``uri`` (no temporaries, no ``sub/`` folder markers), keys checked."""
+        objects = {
+            rel: meta for rel, meta in sorted(self._objects(uri).items()) if not _is_temporary(rel) and rel[-1:] != "/"
+        }
+        for rel in objects:
+            _safe_rel(f"{uri}/{rel}", rel)
+        return objects
+
+    def local_dir(self, uri: str, scratch: str | Path, *, what: str = "folder", hint: str | None = None) -> Path:
+        """A local folder holding the files under ``uri``: the folder itself when local, else a copy in ``scratch``.
+
+        On S3 the first call downloads the folder into ``scratch/<name>-<sha256(uri)[:12]>`` (into a ``.tmp-``
+        folder beside it, renamed in when complete) and records, in ``<that>.json`` beside it, each object's size and
+        ETag and each downloaded file's SHA-256 and size. A later call with the same ``scratch`` reuses the copy only
+        when the objects are unchanged (one listing) and every file still matches its record, nothing added; else it
+        downloads again. Nothing is unpickled. Pass each run's own scratch folder (a ``TemporaryDirectory``): the
+        copy is a convenience within a run, not a cache across runs.
+
+        Args:
+            uri: a local folder or an ``s3://`` folder.
+            scratch: a local folder the caller owns; created when missing.
+            what: what the folder is (``"served model folder"``), for the message.
+            hint: what to do when nothing is there (``"run the compress step first"``), added to the message.
+
+        Returns:
+            The local folder. Read it only: for a local ``uri`` it is the step output itself.
+
+        Raises:
+            FileNotFoundError: no folder at a local ``uri``, or no objects under an S3 one.
+            ValueError: an object's key has an empty, ``.`` or ``..`` segment.
+        """
+        suffix = f"; {hint}" if hint else ""
+        if not is_s3(uri):
+            path = Path(uri)
+            if not path.is_dir():
+                raise FileNotFoundError(f"no {what} at {uri!r}{suffix}")
+            return path
+        uri = uri.rstrip("/")
+        objects = self._folder_objects(uri)
+        if not objects:
+            raise FileNotFoundError(f"no {what} at {uri!r} (no objects under it){suffix}")
+        scratch = Path(scratch)
+        entry = scratch / f"{basename(uri)}-{hashlib.sha256(uri.encode()).hexdigest()[:12]}"
+        record = entry.with_name(f"{entry.name}.json")
+        wanted = {rel: list(meta) for rel, meta in objects.items()}
+        if entry.is_dir() and _copy_matches(entry, record, uri, wanted):
+            return entry
+        scratch.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=_TMP, dir=scratch))
+        try:
+            for rel in objects:
+                self.download_file(f"{uri}/{rel}", partial / rel)
+            files = _file_hashes(partial)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        record.unlink(missing_ok=True)  # first, so a crash below leaves a copy without a record: never reused
+        if entry.exists():
+            shutil.rmtree(entry)
+        partial.rename(entry)
+        record.write_text(json.dumps({"uri": uri, "objects": wanted, "files": files}, sort_keys=True))
+        return entry
+
+    def replace_dir(self, local_dir: str | Path, uri: str, *, root: str) -> str:
+        """Make the folder ``uri`` hold exactly the files under ``local_dir`` (a rerun leaves nothing stale).
+
+        Local: the files are copied into a temporary sibling (``.tmp-<name>-new-<random>``); then the old folder is
+        renamed away, the new one renamed in, and the old one removed. A failure while copying leaves the old folder
+        as it was; a crash between the two renames leaves no folder at ``uri`` and the old one beside it as
+        ``.tmp-<name>-old-<random>``, never a folder that mixes both.
+
+        S3 has no rename. The files are uploaded under a temporary sibling prefix (``.tmp-<name>-<random>/``), copied
+        server-side under ``uri`` and checked by size; only then is every key under ``uri`` that the new folder does
+        not have deleted, then the staging prefix. Staging, rather than uploading straight under ``uri``, because the
+        upload is the long step, over the worker's network, and the likeliest to fail: staged, its failure leaves
+        the old folder whole. The server-side copy is quick but not atomic: a crash during it leaves new and old
+        objects side by side (readers listing meanwhile see the same), and the next attempt cleans it up. Old keys
+        go only after every new one is in place, so the folder never lacks a file the new one has.
+
+        Args:
+            local_dir: the folder to publish (its files, recursively; empty folders are not kept).
+            uri: the destination folder, local or ``s3://``.
+            root: a folder ``uri`` must lie strictly inside (a step passes its own folder); local paths compared by
+                real path, S3 keys must be in its bucket under its prefix with no empty, ``.`` or ``..`` segment.
+
+        Returns:
+            ``uri``.
+
+        Raises:
+            FileNotFoundError: ``local_dir`` is not a folder or holds no file (publishing nothing would delete the
+                old output).
+            ValueError: ``uri`` lies outside ``root`` or is an existing file.
+            OSError: an S3 copy does not match its staged object; the old keys are kept.
+        """
+        src = Path(local_dir)
+        if not src.is_dir():
+            raise FileNotFoundError(f"replace_dir source {str(src)!r} is not a folder; nothing to publish at {uri!r}")
+        files = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
+        if not files:
+            raise FileNotFoundError(
+                f"replace_dir source {str(src)!r} holds no file; refusing to replace {uri!r} with an empty folder"
+            )
+        _confine(uri, root, "replace_dir destination")
+        uri = uri.rstrip("/")
+        if is_s3(uri):
+            return self._replace_s3(src, files, uri)
+        dst = Path(uri)
+        if dst.exists() and not dst.is_dir():
+            raise ValueError(f"replace_dir destination {uri!r} is a file; expected a folder (or nothing) there")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tag = uuid.uuid4().hex[:12]
+        new, old = dst.with_name(f"{_TMP}{dst.name}-new-{tag}"), dst.with_name(f"{_TMP}{dst.name}-old-{tag}")
+        try:
+            for rel in files:
+                (new / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src / rel, new / rel)
+        except BaseException:
+            shutil.rmtree(new, ignore_errors=True)
+            raise
+        had_old = os.path.lexists(dst)
+        if had_old:
+            os.rename(dst, old)
+        try:
+            os.rename(new, dst)
+        except BaseException:
+            if had_old:
+                os.rename(old, dst)
+            shutil.rmtree(new, ignore_errors=True)
+            raise
+        if had_old:
+            shutil.rmtree(old, ignore_errors=True)
+        return uri
+
+    def _replace_s3(self, src: Path, files: list[str], uri: str) -> str:
+        bucket, key = _split_s3(uri)
+        parent, _, name = key.rpartition("/")
+        staging = f"s3://{bucket}/{parent + '/' if parent else ''}{_TMP}{name}-{uuid.uuid4().hex[:12]}"
+        try:
+            for rel in files:
+                self.upload_file(src / rel, f"{staging}/{rel}")
+            staged = self._objects(staging)
+            for rel in files:
+                self.copy(f"{staging}/{rel}", f"{uri}/{rel}")
+            current = self._objects(uri)
+            wrong = [rel for rel in files if rel not in current or current[rel][0] != staged[rel][0]]
+            if wrong:
+                raise OSError(
+                    f"copy of {staging!r} to {uri!r} does not match for {wrong[:3]} (size); old keys kept, rerun"
+                )
+            for rel in sorted(set(current) - set(files)):
+                self.delete(f"{uri}/{rel}")
+        except BaseException:
+            try:
+                self._delete_folder(staging)
+            except Exception as exc:  # the original failure matters more; the staging prefix is hidden from list
+                log.warning("could not remove the staging prefix %s: %s", staging, exc)
+            raise
+        self._delete_folder(staging)
+        return uri
+
+    def _delete_folder(self, uri: str) -> None:
+        for rel in self._objects(uri):
+            self.delete(f"{uri}/{rel}")
 
     def copy(self, src: str, dst: str) -> str:
         if is_s3(src) and is_s3(dst):

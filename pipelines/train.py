@@ -20,14 +20,11 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from pipelines.storage import is_s3
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -716,7 +713,7 @@ def _start_model(ctx: StepContext, action: str, scratch: Path) -> tuple[Any, Any
         return model, tokenizer, settings.train.base_model
     uri = ctx.inputs.get("champion_model_uri")
     if uri:
-        path = ctx.storage.download_dir(uri, scratch / "champion")
+        path = ctx.storage.local_dir(uri, scratch)
         base = uri
     else:
         from pipelines.champion import get_champion
@@ -761,12 +758,6 @@ def _close(fig: Any) -> None:
     import matplotlib.pyplot as plt
 
     plt.close(fig)
-
-
-def _publish_dir(ctx: StepContext, local: Path, uri: str) -> str:
-    if not is_s3(uri) and Path(uri).exists():
-        shutil.rmtree(uri)  # a rerun replaces the folder instead of mixing files
-    return ctx.storage.upload_dir(local, uri)
 
 
 def run(ctx: StepContext) -> dict[str, Any]:
@@ -832,14 +823,14 @@ def run(ctx: StepContext) -> dict[str, Any]:
         result.model.save_pretrained(model_dir, safe_serialization=True)
         tokenizer.save_pretrained(model_dir)
         (model_dir / "labels.json").write_text(json.dumps(list(settings.data.labels)))
-        _publish_dir(ctx, model_dir, model_uri)
+        ctx.storage.replace_dir(model_dir, model_uri, root=ctx.step_uri)
         ref_dir = save_reference(
             settings,
             data["rows"],
             scratch / "reference",
             meta={"action": action, "accepted_uri": accepted_uri, "run_id": ctx.run_id},
         )
-        _publish_dir(ctx, ref_dir, reference_uri)
+        ctx.storage.replace_dir(ref_dir, reference_uri, root=ctx.step_uri)
 
     golden = ensure_golden(settings, data["holdout"])
     eval_df = pd.concat([golden, data["new_holdout"]], ignore_index=True)

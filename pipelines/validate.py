@@ -205,7 +205,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
         }
         docs_uri = join(ctx.step_uri, DOCS_DIR)
         if docs_dir.is_dir():
-            _replace_dir(ctx, docs_dir, docs_uri)
+            _replace_dir(ctx, docs_dir, docs_uri, ctx.step_uri)
         data_docs_uri = join(docs_uri, docs_page) if docs_page else None
 
         if not passed:
@@ -219,7 +219,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
             run_folder = join(quarantine, _safe(ctx.run_id))
             storage.write_text(join(run_folder, REPORT_NAME), text)
             if docs_dir.is_dir():
-                _replace_dir(ctx, docs_dir, join(run_folder, DOCS_DIR))
+                _replace_dir(ctx, docs_dir, join(run_folder, DOCS_DIR), quarantine)
             storage.move(batch_uri, join(quarantine, basename(batch_uri)))
             clear_attempts(settings, source_hash)
             log.warning("validate %s: %d check(s) failed; quarantined in %s", batch_id, len(failures), quarantine)
@@ -429,15 +429,13 @@ def _failures(vr: dict[str, Any], df: pd.DataFrame) -> tuple[list[str], list[lis
     return out, examples
 
 
-def _replace_dir(ctx: StepContext, local_dir: Path, uri: str) -> None:
-    """Upload a Data Docs folder to ``uri``, replacing what an earlier attempt left there (fonts/gifs skipped)."""
-    storage = ctx.storage
-    for old in storage.list(uri):
-        storage.delete(old)
+def _replace_dir(ctx: StepContext, local_dir: Path, uri: str, root: str) -> None:
+    """Publish a Data Docs folder at ``uri`` in place of what an earlier attempt left there (fonts/gifs dropped)."""
     for path in sorted(local_dir.rglob("*")):
-        rel = path.relative_to(local_dir).as_posix()
-        if path.is_file() and not _DOC_SKIP.search(rel):
-            storage.upload_file(path, join(uri, rel))
+        if path.is_file() and _DOC_SKIP.search(path.relative_to(local_dir).as_posix()):
+            path.unlink()
+    if any(path.is_file() for path in local_dir.rglob("*")):
+        ctx.storage.replace_dir(local_dir, uri, root=root)
 
 
 def _to_parquet(df: pd.DataFrame) -> bytes:

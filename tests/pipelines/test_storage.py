@@ -105,3 +105,191 @@ def test_storage_missing_file_message(store):
 def test_storage_bad_s3_uri():
     with pytest.raises(ValueError, match="no bucket"):
         Storage().read_bytes("s3:///key")
+
+
+# --- replace_dir and local_dir ---------------------------------------------------------------------
+def _folder(path, files):
+    for rel, text in files.items():
+        (path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (path / rel).write_text(text)
+    return path
+
+
+def _tree(st, uri):
+    prefix = uri.rstrip("/") + "/"
+    return {u[len(prefix) :]: st.read_text(u) for u in st.list(uri)}
+
+
+def test_replace_dir_removes_stale_files(store, tmp_path):
+    st, root = store
+    dst = join(root, "run", "train", "model")
+    st.upload_dir(_folder(tmp_path / "v1", {"a.txt": "1", "old/only.txt": "stale", "keep.txt": "1"}), dst)
+    assert st.replace_dir(_folder(tmp_path / "v2", {"a.txt": "2", "keep.txt": "2"}), dst, root=root) == dst
+    assert _tree(st, dst) == {"a.txt": "2", "keep.txt": "2"}
+    # no staging or swapped-out folder is left beside it, even one hidden from list()
+    if dst.startswith("s3://"):
+        assert set(st._objects(join(root, "run", "train"))) == {"model/a.txt", "model/keep.txt"}
+    else:
+        assert sorted(p.name for p in (tmp_path / "root" / "run" / "train").iterdir()) == ["model"]
+
+
+def test_replace_dir_creates_a_missing_folder(store, tmp_path):
+    st, root = store
+    dst = join(root, "new", "served")
+    st.replace_dir(_folder(tmp_path / "v1", {"sub/x.bin": "x"}), dst, root=root)
+    assert _tree(st, dst) == {"sub/x.bin": "x"}
+
+
+def test_replace_dir_keeps_the_old_folder_when_the_copy_fails(store, tmp_path, monkeypatch):
+    st, root = store
+    dst = join(root, "train", "model")
+    st.upload_dir(_folder(tmp_path / "v1", {"a.txt": "1", "b.txt": "1"}), dst)
+    src = _folder(tmp_path / "v2", {"a.txt": "2", "b.txt": "2", "c.txt": "2"})
+    calls = []
+    if dst.startswith("s3://"):
+        real = st.upload_file
+
+        def flaky_upload(path, uri):
+            calls.append(uri)
+            if len(calls) == 2:
+                raise ConnectionError("network down mid-upload")
+            return real(path, uri)
+
+        monkeypatch.setattr(st, "upload_file", flaky_upload)
+    else:
+        import shutil
+
+        real = shutil.copyfile
+
+        def flaky_copy(a, b, **kw):
+            calls.append(b)
+            if len(calls) == 2:
+                raise OSError("disk full mid-copy")
+            return real(a, b, **kw)
+
+        monkeypatch.setattr(shutil, "copyfile", flaky_copy)
+    with pytest.raises((ConnectionError, OSError), match="mid-"):
+        st.replace_dir(src, dst, root=root)
+    monkeypatch.undo()
+    assert _tree(st, dst) == {"a.txt": "1", "b.txt": "1"}
+    if dst.startswith("s3://"):
+        assert set(st._objects(join(root, "train"))) == {"model/a.txt", "model/b.txt"}  # staging removed
+    else:
+        assert sorted(p.name for p in (tmp_path / "root" / "train").iterdir()) == ["model"]
+
+
+def test_replace_dir_restores_the_old_folder_when_the_swap_fails(tmp_path, monkeypatch):
+    import os
+
+    st, root = Storage(), str(tmp_path / "root")
+    dst = join(root, "compress", "served")
+    st.upload_dir(_folder(tmp_path / "v1", {"a.txt": "1"}), dst)
+    real = os.rename
+
+    def rename(a, b):
+        if ".tmp-served-new-" in str(a):
+            raise OSError("rename refused")
+        return real(a, b)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OSError, match="rename refused"):
+        st.replace_dir(_folder(tmp_path / "v2", {"b.txt": "2"}), dst, root=root)
+    monkeypatch.undo()
+    assert _tree(st, dst) == {"a.txt": "1"}
+    assert sorted(p.name for p in (tmp_path / "root" / "compress").iterdir()) == ["served"]
+
+
+def test_replace_dir_missing_or_empty_source(store, tmp_path):
+    st, root = store
+    dst = join(root, "train", "model")
+    st.upload_dir(_folder(tmp_path / "v1", {"a.txt": "1"}), dst)
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        st.replace_dir(tmp_path / "missing", dst, root=root)
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="holds no file; refusing"):
+        st.replace_dir(tmp_path / "empty", dst, root=root)
+    assert _tree(st, dst) == {"a.txt": "1"}
+
+
+def test_replace_dir_refuses_a_destination_outside_root(store, tmp_path):
+    st, root = store
+    src = _folder(tmp_path / "v1", {"a.txt": "1"})
+    outside = [root, join(root, "..", "elsewhere"), join(root + "-sibling", "x")]
+    if root.startswith("s3://"):
+        outside += [f"s3://other-bucket/{root[len('s3://test-bucket/') :]}/x", join(root, "a//b"), "/tmp/x"]
+    else:
+        outside += ["s3://test-bucket/x"]
+    for dst in outside:
+        with pytest.raises(ValueError, match="replace_dir destination .* expected a folder inside"):
+            st.replace_dir(src, dst, root=root)
+
+
+def test_replace_dir_refuses_a_symlink_out_of_root(tmp_path):
+    st, root = Storage(), tmp_path / "root"
+    (tmp_path / "victim").mkdir()
+    (tmp_path / "victim" / "precious.txt").write_text("keep")
+    root.mkdir()
+    (root / "link").symlink_to(tmp_path / "victim")
+    with pytest.raises(ValueError, match="resolves outside"):
+        st.replace_dir(_folder(tmp_path / "v1", {"a.txt": "1"}), str(root / "link"), root=str(root))
+    assert (tmp_path / "victim" / "precious.txt").read_text() == "keep"
+
+
+def test_replace_dir_refuses_a_file_destination(tmp_path):
+    st, root = Storage(), str(tmp_path / "root")
+    st.write_text(join(root, "model"), "a file")
+    with pytest.raises(ValueError, match="is a file"):
+        st.replace_dir(_folder(tmp_path / "v1", {"a.txt": "1"}), join(root, "model"), root=root)
+    assert st.read_text(join(root, "model")) == "a file"
+
+
+def test_local_dir_returns_a_local_folder_unchanged(tmp_path):
+    folder = _folder(tmp_path / "model", {"a.txt": "1"})
+    got = Storage().local_dir(str(folder), tmp_path / "scratch")
+    assert got == folder
+    assert not (tmp_path / "scratch").exists()
+
+
+def test_local_dir_missing_folder_names_it_and_the_hint(store, tmp_path):
+    st, root = store
+    with pytest.raises(FileNotFoundError, match=r"no served model .*nope.*; run the compress step first"):
+        st.local_dir(join(root, "nope"), tmp_path / "scratch", what="served model", hint="run the compress step first")
+
+
+def test_local_dir_downloads_an_s3_folder_once(s3_endpoint, aws_env, tmp_path, monkeypatch):
+    st, root = Storage(endpoint_url=s3_endpoint), f"s3://test-bucket/{tmp_path.name}"
+    uri = join(root, "train", "model")
+    st.upload_dir(_folder(tmp_path / "v1", {"config.json": "{}", "tok/vocab.txt": "a\nb\n"}), uri)
+    downloads = []
+    real = st.download_file
+    monkeypatch.setattr(st, "download_file", lambda u, p: downloads.append(u) or real(u, p))
+    scratch = tmp_path / "scratch"
+
+    first = st.local_dir(uri, scratch)
+    assert (first / "tok" / "vocab.txt").read_text() == "a\nb\n" and len(downloads) == 2
+    assert st.local_dir(uri + "/", scratch) == first and len(downloads) == 2  # reused, no download
+
+    (first / "config.json").write_text('{"tampered": true}')  # a changed copy is downloaded again
+    assert (st.local_dir(uri, scratch) / "config.json").read_text() == "{}" and len(downloads) == 4
+    (first / "python_model.pkl").write_bytes(b"planted")  # so is a copy with an extra file
+    assert not (st.local_dir(uri, scratch) / "python_model.pkl").exists() and len(downloads) == 6
+
+    st.write_text(join(uri, "config.json"), '{"v": 2}')  # so is a folder changed on S3
+    assert (st.local_dir(uri, scratch) / "config.json").read_text() == '{"v": 2}' and len(downloads) == 8
+    assert sorted(p.name for p in scratch.iterdir()) == [first.name, f"{first.name}.json"]
+
+
+def test_local_dir_refuses_a_key_that_escapes(s3_endpoint, aws_env, tmp_path):
+    st, root = Storage(endpoint_url=s3_endpoint), f"s3://test-bucket/{tmp_path.name}"
+    st.write_text(join(root, "m", "ok.txt"), "ok")
+    st.s3.put_object(Bucket="test-bucket", Key=f"{tmp_path.name}/m/../../escape.txt", Body=b"x")
+    with pytest.raises(ValueError, match=r"'\.\.' segment"):
+        st.local_dir(join(root, "m"), tmp_path / "scratch")
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_list_skips_temporary_folders(store, tmp_path):
+    st, root = store
+    st.write_text(join(root, "f", "a.txt"), "a")
+    st.write_text(join(root, "f", ".tmp-model-new-123", "b.txt"), "b")
+    assert st.list(join(root, "f")) == [join(root, "f", "a.txt")]
