@@ -46,6 +46,7 @@ import json
 import logging
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -163,8 +164,8 @@ def run(ctx: StepContext) -> dict[str, Any]:
         FileNotFoundError: the batch does not exist and this run has not validated it before.
         ValueError: the input is missing.
     """
-    settings, storage = ctx.settings, ctx.storage
-    batch_uri = resolve_batch(settings, ctx.require("batch_uri"), must_exist=False)
+    storage = ctx.storage
+    batch_uri = resolve_batch(ctx.settings, ctx.require("batch_uri"), must_exist=False)
     batch_id = batch_id_of(batch_uri)
     report_uri = ctx.output(REPORT_NAME)
 
@@ -177,53 +178,17 @@ def run(ctx: StepContext) -> dict[str, Any]:
     log.info(
         "validate %s: %s", batch_id, f"{len(df)} rows, {len(df.columns)} columns" if df is not None else "unreadable"
     )
+    batch = _Batch(batch_uri, batch_id, source_hash, report_uri)
 
     with tempfile.TemporaryDirectory(prefix="mlops-validate-") as tmp:
         docs_dir = Path(tmp) / DOCS_DIR
-        examples: list[list[str]] = [[] for _ in read_failures]
-        if df is not None:
-            failures, suite_examples, results, docs_page = _run_suite(ctx, df, docs_dir)
-            extra = read_failures + (notes if failures else [])
-            examples = [[] for _ in extra] + suite_examples
-            failures = extra + failures
-        else:
-            failures, results, docs_page = read_failures, None, None
-        passed = not failures
-        report: dict[str, Any] = {
-            "batch_id": batch_id,
-            "batch_uri": batch_uri,
-            "source_hash": source_hash,
-            "run_id": ctx.run_id,
-            "passed": passed,
-            "rows": int(len(df)) if df is not None else 0,
-            "columns": [str(c) for c in df.columns] if df is not None else [],
-            "failures": failures,
-            "failure_examples": examples,
-            "warnings": notes,
-            "suite": build_suite(settings).to_json_dict() if df is not None else None,
-            "gx_results": results,
-        }
+        report, docs_page = _check(ctx, batch, df, read_failures, notes, docs_dir)
         docs_uri = join(ctx.step_uri, DOCS_DIR)
         if docs_dir.is_dir():
             _replace_dir(ctx, docs_dir, docs_uri, ctx.step_uri)
-        data_docs_uri = join(docs_uri, docs_page) if docs_page else None
-
-        if not passed:
-            quarantine = settings.uri(settings.paths.quarantine, f"{batch_id}-{source_hash[:8]}")
-            report["summary"] = None
-            report["quarantine_uri"] = quarantine
-            report["data_docs_uri"] = data_docs_uri
-            text = json.dumps(report, indent=2, default=str)
-            storage.write_text(report_uri, text)
-            # The report lands beside the batch first, so a quarantined batch is never without its report.
-            run_folder = join(quarantine, _safe(ctx.run_id))
-            storage.write_text(join(run_folder, REPORT_NAME), text)
-            if docs_dir.is_dir():
-                _replace_dir(ctx, docs_dir, join(run_folder, DOCS_DIR), quarantine)
-            storage.move(batch_uri, join(quarantine, basename(batch_uri)))
-            clear_attempts(settings, source_hash)
-            log.warning("validate %s: %d check(s) failed; quarantined in %s", batch_id, len(failures), quarantine)
-            raise DataValidationFailed(batch_id, failures, report_uri, quarantine)
+        report["data_docs_uri"] = join(docs_uri, docs_page) if docs_page else None
+        if not report["passed"]:
+            _quarantine(ctx, batch, report, docs_dir)  # raises DataValidationFailed
 
     parquet = _to_parquet(df)
     content_hash = hashlib.sha256(parquet).hexdigest()
@@ -236,23 +201,11 @@ def run(ctx: StepContext) -> dict[str, Any]:
         "source_hash": source_hash,
         "rows": int(len(df)),
         "report_uri": report_uri,
-        "data_docs_uri": data_docs_uri,
+        "data_docs_uri": report["data_docs_uri"],
     }
-    report["data_docs_uri"] = data_docs_uri
     duplicate_of = _completed_acceptance(ctx, batch_id, content_hash)
     if duplicate_of:
-        folder = settings.uri(settings.paths.duplicates, f"{batch_id}-{source_hash[:8]}")
-        summary.update(accepted_uri=duplicate_of, duplicate_of=duplicate_of, duplicate_uri=folder)
-        report["summary"] = summary
-        text = json.dumps(report, indent=2, default=str)
-        storage.write_text(report_uri, text)
-        storage.write_text(join(folder, _safe(ctx.run_id), REPORT_NAME), text)
-        storage.move(batch_uri, join(folder, basename(batch_uri)))
-        clear_attempts(settings, source_hash)
-        log.warning(
-            "validate %s: identical to the accepted %s; moved to %s, not accepted again", batch_id, duplicate_of, folder
-        )
-        return summary
+        return _set_aside_duplicate(ctx, batch, report, summary, duplicate_of)
 
     accepted_uri = _accept(ctx, parquet, batch_id, content_hash)
     summary["accepted_uri"] = accepted_uri
@@ -261,8 +214,91 @@ def run(ctx: StepContext) -> dict[str, Any]:
     # Only now, with the accepted copy verified and the report written, does the batch leave landing.
     storage.delete(batch_uri)
     _write_receipt(ctx, summary)
-    clear_attempts(settings, source_hash)
+    clear_attempts(ctx.settings, source_hash)
     log.info("validate %s: passed; accepted as %s (sha256 %s)", batch_id, accepted_uri, content_hash[:12])
+    return summary
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """The landing batch being validated and where its report goes."""
+
+    uri: str
+    id: str
+    source_hash: str
+    report_uri: str
+
+
+def _check(
+    ctx: StepContext,
+    batch: _Batch,
+    df: pd.DataFrame | None,
+    read_failures: list[str],
+    notes: list[str],
+    docs_dir: Path,
+) -> tuple[dict[str, Any], str | None]:
+    """Run the suite on a readable batch; the report (without its Data Docs link yet) and the Data Docs page."""
+    examples: list[list[str]] = [[] for _ in read_failures]
+    if df is not None:
+        failures, suite_examples, results, docs_page = _run_suite(ctx, df, docs_dir)
+        extra = read_failures + (notes if failures else [])
+        examples = [[] for _ in extra] + suite_examples
+        failures = extra + failures
+    else:
+        failures, results, docs_page = read_failures, None, None
+    report: dict[str, Any] = {
+        "batch_id": batch.id,
+        "batch_uri": batch.uri,
+        "source_hash": batch.source_hash,
+        "run_id": ctx.run_id,
+        "passed": not failures,
+        "rows": int(len(df)) if df is not None else 0,
+        "columns": [str(c) for c in df.columns] if df is not None else [],
+        "failures": failures,
+        "failure_examples": examples,
+        "warnings": notes,
+        "suite": build_suite(ctx.settings).to_json_dict() if df is not None else None,
+        "gx_results": results,
+    }
+    return report, docs_page
+
+
+def _quarantine(ctx: StepContext, batch: _Batch, report: dict[str, Any], docs_dir: Path) -> None:
+    """Move a failed batch to quarantine with its report (written first) and Data Docs; raise the failure."""
+    settings, storage = ctx.settings, ctx.storage
+    quarantine = settings.uri(settings.paths.quarantine, f"{batch.id}-{batch.source_hash[:8]}")
+    report["summary"] = None
+    report["quarantine_uri"] = quarantine
+    text = json.dumps(report, indent=2, default=str)
+    storage.write_text(batch.report_uri, text)
+    # The report lands beside the batch first, so a quarantined batch is never without its report.
+    run_folder = join(quarantine, _safe(ctx.run_id))
+    storage.write_text(join(run_folder, REPORT_NAME), text)
+    if docs_dir.is_dir():
+        _replace_dir(ctx, docs_dir, join(run_folder, DOCS_DIR), quarantine)
+    storage.move(batch.uri, join(quarantine, basename(batch.uri)))
+    clear_attempts(settings, batch.source_hash)
+    failures = report["failures"]
+    log.warning("validate %s: %d check(s) failed; quarantined in %s", batch.id, len(failures), quarantine)
+    raise DataValidationFailed(batch.id, failures, batch.report_uri, quarantine)
+
+
+def _set_aside_duplicate(
+    ctx: StepContext, batch: _Batch, report: dict[str, Any], summary: dict[str, Any], duplicate_of: str
+) -> dict[str, Any]:
+    """A batch identical to an accepted one: moved to the duplicates folder with its report, not accepted again."""
+    settings, storage = ctx.settings, ctx.storage
+    folder = settings.uri(settings.paths.duplicates, f"{batch.id}-{batch.source_hash[:8]}")
+    summary.update(accepted_uri=duplicate_of, duplicate_of=duplicate_of, duplicate_uri=folder)
+    report["summary"] = summary
+    text = json.dumps(report, indent=2, default=str)
+    storage.write_text(batch.report_uri, text)
+    storage.write_text(join(folder, _safe(ctx.run_id), REPORT_NAME), text)
+    storage.move(batch.uri, join(folder, basename(batch.uri)))
+    clear_attempts(settings, batch.source_hash)
+    log.warning(
+        "validate %s: identical to the accepted %s; moved to %s, not accepted again", batch.id, duplicate_of, folder
+    )
     return summary
 
 
