@@ -59,10 +59,6 @@ class ModelRejected(PipelineError):
         super().__init__(f"{message}{details}{suffix}")
 
 
-class ReviewTimedOut(PipelineError):
-    """No reviewer decided on the challenger within the configured time."""
-
-
 class BadInput(PipelineError, ValueError):
     """A user-supplied input (a param, a batch reference) is refused before it touches storage.
 
