@@ -67,6 +67,11 @@ class BadInput(PipelineError, ValueError):
     """
 
 
+class PromotionRefused(BadInput):
+    """A promotion request is refused (policy ceiling, missing reviewer, conflicting request); one line that names
+    the param or tag and the config key. Permanent: the CLI exits 2 and Airflow does not retry."""
+
+
 class ConfigError(PipelineError, ValueError):
     """A setting has a bad value; the message names the key, the value and what was expected."""
 
