@@ -16,8 +16,8 @@ deletes its own version and LoggedModel, so exactly one remains. This needs noth
 The ``challenger`` alias goes to the newest staged version still awaiting review (unreviewed, not the champion):
 a register sets it, re-reads the candidates and corrects the alias if a newer version appeared meanwhile, so two
 runs registering at once end with the alias on the newer one whatever the order of their writes. Every older
-version still pending is then superseded (``review=superseded``, archived: :func:`pipelines.registry.supersede`), so there is
-never more than one pending challenger, and its review in the ``review_challenger`` DAG ends.
+version still pending is then superseded (``review=superseded``, archived: :func:`pipelines.registry.supersede`),
+so there is never more than one pending challenger, and its review in the ``review_challenger`` DAG ends.
 
 The version gets the ``challenger`` alias and the legacy stage ``Staging``: aliases are the source of truth in
 MLflow 3, stages are deprecated but still shown in the registry UI's stage column, so both are set to tell the same
