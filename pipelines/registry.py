@@ -31,9 +31,9 @@ the status line "superseded" at the top of its description, and the stage Archiv
 are never two pending challengers. Superseding is not a champion move and writes no audit-trail entry (the trail
 keeps only the last ``registry.audit_max_entries`` entries, and rollback reads its champion moves from it).
 
-MLflow is imported inside the functions that call it: the Airflow worker imports this module for
-:func:`resolve_policy` alone (``mlops_airflow.params.split_params``, in every step task), where MLflow's 1.5 s
-import would be wasted.
+MLflow is imported inside the functions that call it: an Airflow worker imports this module only to check a run's
+``promotion`` param with :func:`resolve_policy` (``mlops_airflow.params.split_params``, in a step task's
+``execute``), and MLflow takes seconds to import.
 """
 
 from __future__ import annotations
