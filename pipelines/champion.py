@@ -38,11 +38,11 @@ import mlflow
 
 from pipelines.errors import CorruptArtifact
 from pipelines.registry import CHAMPION, TAG_BUNDLE_DIGEST, version_by_alias
-from pipelines.serving import OnnxPredictor
 from pipelines.tracking import configure
 
 if TYPE_CHECKING:
     from pipelines.config import Settings
+    from pipelines.serving import OnnxPredictor
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,10 @@ def load_predictor(model_dir: str | Path, what: str = "the served model") -> Onn
     Raises:
         CorruptArtifact: no bundle, or its graph, tokenizer, labels or serving config do not load.
     """
+    # lazy: serving defines the pyfunc PythonModel, and with MLflow loaded its import logs a type-hint warning;
+    # register, which imports this module for find_bundle and tree_digest, never builds a predictor
+    from pipelines.serving import OnnxPredictor
+
     try:
         return OnnxPredictor(find_bundle(model_dir))
     except Exception as exc:
