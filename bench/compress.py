@@ -107,8 +107,9 @@ def main() -> int:
     from sklearn.metrics import f1_score
 
     from pipelines import compress, distill
+    from pipelines.modeling import load_base, load_classifier
     from pipelines.serving import OnnxPredictor
-    from pipelines.train import fit, load_base, load_classifier, validation_split
+    from pipelines.train import fit, validation_split
 
     torch.manual_seed(0)
     df = pd.read_csv(DATA)

@@ -192,14 +192,14 @@ class Baselines:
         self.tfidf: Any = None
 
     def _train(self, action: str, new: Any, earlier: Any, start: Path | None, out: Path) -> Step:
-        from pipelines import train
+        from pipelines import modeling, train
 
         s = self.settings
         data = train.select_rows(s, action, new, earlier)
         if start is None:
-            model, tokenizer = train.load_base(s)
+            model, tokenizer = modeling.load_base(s)
         else:
-            model, tokenizer = train.load_classifier(start, s)
+            model, tokenizer = modeling.load_classifier(start, s)
             train.freeze_lower_layers(model, s.train.freeze_layers)
         scratch = Path(tempfile.mkdtemp(dir=self.work))
         result = train.train_model(s, action, model, tokenizer, data["rows"], scratch)
@@ -255,7 +255,7 @@ class Baselines:
 
     def predict(self, name: str, texts: list[str]) -> Any:
         from pipelines.compress import torch_logits
-        from pipelines.train import load_classifier
+        from pipelines.modeling import load_classifier
 
         if name == "tfidf":
             return self.tfidf.predict(texts)

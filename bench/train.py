@@ -38,7 +38,8 @@ def main() -> int:
     import pandas as pd
 
     from pipelines.config import get_settings
-    from pipelines.train import device_and_precision, fit, load_base, validation_split
+    from pipelines.modeling import load_base
+    from pipelines.train import device_and_precision, fit, validation_split
 
     if DATA.is_file():
         df = pd.read_csv(DATA)

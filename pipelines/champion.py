@@ -34,7 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import mlflow
+
 from pipelines.errors import CorruptArtifact
+from pipelines.registry import CHAMPION, TAG_BUNDLE_DIGEST, version_by_alias
+from pipelines.tracking import configure
 
 if TYPE_CHECKING:
     from pipelines.config import Settings
@@ -42,13 +46,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
 BUNDLE = "bundle"
 #: The manifest of a downloaded entry: {"files": {relative path: {"sha256", "size"}}, "bundle_sha256", ...}.
 MANIFEST = ".mlops-manifest.json"
-#: Optional version tag: the tree_digest of the version's bundle, checked against every download.
-TAG_BUNDLE_DIGEST = "mlops.bundle_sha256"
 
 
 @dataclass
@@ -103,17 +103,7 @@ def find_bundle(model_dir: str | Path) -> Path:
 
 def champion_version(settings: Settings, alias: str = CHAMPION) -> Any | None:
     """The ``ModelVersion`` holding ``alias``, or None when there is none (or no registered model)."""
-    from mlflow.exceptions import MlflowException
-
-    from pipelines.tracking import configure
-
-    client = configure(settings)
-    try:
-        return client.get_model_version_by_alias(settings.registry.model_name, alias)
-    except MlflowException as exc:
-        if exc.error_code in {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"}:
-            return None
-        raise
+    return version_by_alias(configure(settings), settings.registry.model_name, alias)
 
 
 def load_predictor(model_dir: str | Path, what: str = "the served model") -> OnnxPredictor:
@@ -122,6 +112,8 @@ def load_predictor(model_dir: str | Path, what: str = "the served model") -> Onn
     Raises:
         CorruptArtifact: no bundle, or its graph, tokenizer, labels or serving config do not load.
     """
+    # lazy: serving defines the pyfunc PythonModel, and with MLflow loaded its import logs a type-hint warning;
+    # register, which imports this module for find_bundle and tree_digest, never builds a predictor
     from pipelines.serving import OnnxPredictor
 
     try:
@@ -225,8 +217,6 @@ def _cache_root() -> Path:
 
 def get_champion(settings: Settings, alias: str = CHAMPION, dst: str | Path | None = None) -> Champion | None:
     """Download the model version holding ``alias`` (default: the champion); None when there is none."""
-    import mlflow
-
     mv = champion_version(settings, alias)
     if mv is None:
         return None

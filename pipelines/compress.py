@@ -596,7 +596,7 @@ def _slug(level: str) -> str:
 
 def load(ctx: StepContext, scratch: Path) -> Job:
     """Download the trained model and the drift reference, draw the sample and its fp32 PyTorch labels."""
-    from pipelines.train import load_classifier
+    from pipelines.modeling import load_classifier  # lazy: it imports transformers (and torch)
 
     settings, cfg = ctx.settings, ctx.settings.compress
     model_uri = ctx.require("model_uri")

@@ -59,16 +59,17 @@ class ModelRejected(PipelineError):
         super().__init__(f"{message}{details}{suffix}")
 
 
-class ReviewTimedOut(PipelineError):
-    """No reviewer decided on the challenger within the configured time."""
-
-
 class BadInput(PipelineError, ValueError):
     """A user-supplied input (a param, a batch reference) is refused before it touches storage.
 
     The message is one line naming the parameter and what was expected; it never echoes file contents.
     Also a ``ValueError``, so callers that catch bad values catch it too.
     """
+
+
+class PromotionRefused(BadInput):
+    """A promotion request is refused (policy ceiling, missing reviewer, conflicting request); one line that names
+    the param or tag and the config key. Permanent: the CLI exits 2 and Airflow does not retry."""
 
 
 class ConfigError(PipelineError, ValueError):

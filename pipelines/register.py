@@ -16,13 +16,13 @@ deletes its own version and LoggedModel, so exactly one remains. This needs noth
 The ``challenger`` alias goes to the newest staged version still awaiting review (unreviewed, not the champion):
 a register sets it, re-reads the candidates and corrects the alias if a newer version appeared meanwhile, so two
 runs registering at once end with the alias on the newer one whatever the order of their writes. Every older
-version still pending is then superseded (``review=superseded``, archived: :mod:`pipelines.review`), so there is
-never more than one pending challenger, and its review in the ``review_challenger`` DAG ends.
+version still pending is then superseded (``review=superseded``, archived: :func:`pipelines.registry.supersede`),
+so there is never more than one pending challenger, and its review in the ``review_challenger`` DAG ends.
 
 The version gets the ``challenger`` alias and the legacy stage ``Staging``: aliases are the source of truth in
 MLflow 3, stages are deprecated but still shown in the registry UI's stage column, so both are set to tell the same
-story (see :mod:`pipelines.promote`). Under the promotion policy ``auto`` (``registry.promotion``; a run's
-``promotion`` param may lower it to ``manual``, never lift it: :func:`pipelines.promote.resolve_policy`) a
+story (see :mod:`pipelines.registry`). Under the promotion policy ``auto`` (``registry.promotion``; a run's
+``promotion`` param may lower it to ``manual``, never lift it: :func:`pipelines.registry.resolve_policy`) a
 version whose every gate passed is promoted at once, recorded as ``review=auto`` (never ``approved``); one that
 needs a review (a gate with outcome ``review``: below the TF-IDF baseline, or non-inferiority inconclusive) stays
 the challenger with the tags ``eval.needs_review=true`` and ``eval.review_reasons``, and waits
@@ -35,12 +35,35 @@ import json
 import logging
 import subprocess
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.champion import CHALLENGER, CHAMPION
+from mlflow.entities import LoggedModelOutput
+from mlflow.exceptions import MlflowException
+
+from pipelines import report
+from pipelines.champion import find_bundle, tree_digest
+from pipelines.config import REPO_ROOT
+from pipelines.datasets import accepted_uris
 from pipelines.errors import ModelRejected
-from pipelines.tracking import TAG_PIPELINE_RUN
+from pipelines.registry import (
+    AUTO,
+    CHALLENGER,
+    CHAMPION,
+    MAX_TEXT,
+    TAG_BUNDLE_DIGEST,
+    TAG_NEEDS_REVIEW,
+    TAG_REVIEW_REASONS,
+    alias_version,
+    mirror_stage,
+    promote,
+    refresh_model_description,
+    resolve_policy,
+    supersede_older,
+)
+from pipelines.storage import basename
+from pipelines.tracking import TAG_PIPELINE_RUN, configure, experiment_id, parent_run_id, run_url
 
 if TYPE_CHECKING:
     from pipelines.config import Settings
@@ -48,17 +71,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_MAX_TAG = 5000
-
-#: Version tags read by the review sensor: a version that needs a human review is never promoted by the policy.
-TAG_NEEDS_REVIEW = "eval.needs_review"
-TAG_REVIEW_REASONS = "eval.review_reasons"
-
 
 def git_commit() -> str:
     """The commit of this checkout (or the ``GIT_COMMIT`` file an image build writes), else ``unknown``."""
-    from pipelines.config import REPO_ROOT
-
     baked = REPO_ROOT / "GIT_COMMIT"
     if baked.is_file():
         return baked.read_text().strip() or "unknown"
@@ -73,8 +88,6 @@ def git_commit() -> str:
 
 def find_version(settings: Settings, run_id: str) -> Any | None:
     """The model version registered for pipeline run ``run_id``, or None."""
-    from pipelines.tracking import configure
-
     client = configure(settings)
     name = settings.registry.model_name
     found = client.search_model_versions(f"name='{name}' and tags.`{TAG_PIPELINE_RUN}` = '{run_id}'")
@@ -103,8 +116,6 @@ def _settle_duplicates(client: Any, settings: Settings, run_id: str, mine: Any) 
     client.delete_model_version(name, str(mine.version))
     model_id = str(mine.source).removeprefix("models:/")
     if model_id != str(winner.source).removeprefix("models:/"):
-        from mlflow.exceptions import MlflowException
-
         try:
             client.delete_logged_model(model_id)
         except MlflowException as exc:  # only clutter is left behind; the version is what counts
@@ -115,8 +126,6 @@ def _settle_duplicates(client: Any, settings: Settings, run_id: str, mine: Any) 
 def _set_version_tag(client: Any, name: str, version: str, key: str, value: str) -> None:
     """Set a version tag; a concurrent register writing the same tag at once (the SQL store's insert of a new tag
     is not an upsert) is fine when the tag ends up with this value."""
-    from mlflow.exceptions import MlflowException
-
     for attempt in range(3):
         try:
             client.set_model_version_tag(name, version, key, value)
@@ -131,11 +140,8 @@ def _set_version_tag(client: Any, name: str, version: str, key: str, value: str)
 def _stage_challenger(client: Any, settings: Settings, version: str) -> list[str]:
     """Give the ``challenger`` alias to the newest version awaiting review (this one, or a newer one registered at
     the same time), re-checking once the alias is set so that concurrent registers agree; then supersede every
-    older pending version (:func:`pipelines.review.supersede_older`), so there is never more than one pending
+    older pending version (:func:`pipelines.registry.supersede_older`), so there is never more than one pending
     challenger. Returns the versions superseded by this call."""
-    from pipelines.promote import alias_version, mirror_stage
-    from pipelines.review import supersede_older
-
     name, reg = settings.registry.model_name, settings.registry
     if str(client.get_model_version(name, version).tags.get(reg.review_tag, "")).strip():
         return []  # superseded (or decided) meanwhile, e.g. by a newer run's register: never staged again
@@ -160,8 +166,6 @@ def _stage_challenger(client: Any, settings: Settings, version: str) -> list[str
 
 def _utc(millis: Any) -> str:
     """A registry timestamp (ms since the epoch) as ``YYYY-MM-DD HH:MM UTC``."""
-    from datetime import UTC, datetime
-
     if not millis:
         return "(time unknown)"
     return "on " + datetime.fromtimestamp(int(millis) / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -169,14 +173,10 @@ def _utc(millis: Any) -> str:
 
 def _tag(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
-    return text[:_MAX_TAG]
+    return text[:MAX_TEXT]
 
 
 def _lineage_tags(ctx: StepContext, results: dict[str, dict[str, Any] | None]) -> dict[str, str]:
-    from pipelines.datasets import accepted_uris
-    from pipelines.report import gate_outcome
-    from pipelines.storage import basename
-
     s = ctx.settings
     validate, drift, decide, train, evaluate, compress = (
         results.get(k) or {} for k in ("validate", "drift", "decide", "train", "evaluate", "compress")
@@ -211,7 +211,8 @@ def _lineage_tags(ctx: StepContext, results: dict[str, dict[str, Any] | None]) -
         "eval.passed": str(bool(evaluate.get("passed"))).lower(),
         "eval.report_uri": evaluate.get("report_uri", ""),
         "eval.gates": {
-            k: "skipped" if g.get("skipped") else gate_outcome(g) for k, g in (evaluate.get("gates") or {}).items()
+            k: "skipped" if g.get("skipped") else report.gate_outcome(g)
+            for k, g in (evaluate.get("gates") or {}).items()
         },
         "eval.rows": evaluate.get("eval_rows", ""),
         "eval.champion_version": evaluate.get("champion_version") or "",
@@ -257,10 +258,6 @@ def _lineage_tags(ctx: StepContext, results: dict[str, dict[str, Any] | None]) -
 
 def _logged_model(client: Any, ctx: StepContext, parent: str, served_dir: Path, metrics: dict[str, float]) -> str:
     """The id of the LoggedModel holding the served folder for this run, uploading it once."""
-    from mlflow.entities import LoggedModelOutput
-
-    from pipelines.tracking import experiment_id
-
     exp = experiment_id(ctx.settings)
     found = client.search_logged_models([exp], filter_string=f"tags.`{TAG_PIPELINE_RUN}` = '{ctx.run_id}'")
     ready = [m for m in found if str(m.status).endswith("READY")]
@@ -305,11 +302,6 @@ def run(ctx: StepContext) -> dict[str, Any]:
         ModelRejected: the candidate did not pass evaluation (nothing is registered).
         FileNotFoundError: the served folder has no bundle.
     """
-    from pipelines import report
-    from pipelines.champion import TAG_BUNDLE_DIGEST, find_bundle, tree_digest
-    from pipelines.promote import AUTO, alias_version, promote, refresh_model_description, resolve_policy
-    from pipelines.tracking import configure, parent_run_id, run_url
-
     s = ctx.settings
     name, reg = s.registry.model_name, s.registry
     served_uri = ctx.require("served_uri")
@@ -345,8 +337,6 @@ def run(ctx: StepContext) -> dict[str, Any]:
                 if isinstance(v, int | float) and not isinstance(v, bool)
             }
             model_id = _logged_model(client, ctx, parent, served_dir, metrics)
-        from mlflow.exceptions import MlflowException
-
         try:
             client.create_registered_model(name, description=f"# {name}\n\nNo champion yet.\n")
         except MlflowException as exc:

@@ -130,43 +130,6 @@ def device_and_precision() -> tuple[str, str]:
     return "cpu", "fp32"
 
 
-def load_base(settings: Settings) -> tuple[Any, Any]:
-    """The base encoder with a fresh classification head, and its tokenizer."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
-
-    from pipelines.encoders import resolve_model_path
-
-    path = resolve_model_path(settings.train.base_model)
-    labels = settings.data.labels
-    set_seed(settings.train.seed)  # the fresh head's initial weights
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={name: i for i, name in enumerate(labels)},
-    )
-    return model, AutoTokenizer.from_pretrained(path)
-
-
-def load_classifier(path: str | Path, settings: Settings) -> tuple[Any, Any]:
-    """A trained classifier folder (save_pretrained) and its tokenizer; its labels must match the settings.
-
-    Raises:
-        ValueError: the model's labels differ from ``data.labels``.
-    """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    # safetensors only: a pickled pytorch_model.bin in a downloaded bundle is never loaded
-    model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True)
-    found = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    if found != list(settings.data.labels):
-        raise ValueError(
-            f"model at {str(path)!r} predicts labels {found!r} but data.labels={settings.data.labels!r}; "
-            "a label change needs action 'retrain'"
-        )
-    return model, AutoTokenizer.from_pretrained(path)
-
-
 def freeze_lower_layers(model: Any, n_layers: int) -> list[str]:
     """Freeze the embeddings and the lowest ``n_layers`` encoder layers; return the frozen parameter names.
 
@@ -707,6 +670,8 @@ def _training_data(ctx: StepContext, action: str, accepted_uri: str) -> dict[str
 
 def _start_model(ctx: StepContext, action: str, scratch: Path) -> tuple[Any, Any, str]:
     """The model to train, its tokenizer, and a description of where it came from."""
+    from pipelines.modeling import load_base, load_classifier  # lazy: it imports transformers (and torch)
+
     settings = ctx.settings
     if action == "retrain":
         model, tokenizer = load_base(settings)

@@ -154,7 +154,7 @@ def split_params(params: dict[str, Any], settings: Any = None) -> tuple[dict[str
         raise ValueError(f"param promotion={promotion!r} must be one of {PROMOTION_MODES}")
     if promotion != "config":
         from pipelines.config import get_settings
-        from pipelines.promote import resolve_policy
+        from pipelines.registry import resolve_policy  # lazy: DAG files import this module at parse time
 
         resolve_policy(settings or get_settings(), promotion)  # raises when it would lift a manual ceiling
         step_params["promotion"] = promotion

@@ -249,7 +249,7 @@ class ChallengerReviewOperator(HITLOperator):
         from airflow.sdk.execution_time.hitl import upsert_hitl_detail
         from airflow.sdk.timezone import utcnow
 
-        from pipelines.promote import CHALLENGER, alias_version
+        from pipelines.registry import CHALLENGER, alias_version  # lazy: DAG files import this module
         from pipelines.tracking import configure
 
         settings = _settings()

@@ -107,8 +107,8 @@ def test_compress_served_predictions_match_fp32_labels(trained):
     import pandas as pd
 
     from pipelines.champion import find_bundle
+    from pipelines.modeling import load_classifier
     from pipelines.serving import OnnxPredictor
-    from pipelines.train import load_classifier
 
     settings, train = trained
     result = _compress(settings, train)  # same run id: replaces the served folder

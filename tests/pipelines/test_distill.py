@@ -63,7 +63,7 @@ def test_student_keeps_the_chosen_teacher_layers(trained):
     import torch
 
     from pipelines.distill import make_student
-    from pipelines.train import load_classifier
+    from pipelines.modeling import load_classifier
 
     settings, train = trained
     teacher, tokenizer = load_classifier(train["model_uri"], settings)

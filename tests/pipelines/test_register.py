@@ -16,8 +16,8 @@ from sklearn.pipeline import make_pipeline
 from pipelines.context import StepContext
 from pipelines.datasets import write_parquet
 from pipelines.errors import ModelRejected
-from pipelines.promote import read_audit
 from pipelines.register import find_version, run
+from pipelines.registry import read_audit
 from pipelines.steps import run_step
 from pipelines.tracking import configure, experiment_id
 
@@ -119,7 +119,8 @@ def test_register_bootstrap_auto_promotes_and_champion_predicts_raw_text(tmp_pat
     assert (tags["review"], tags["review_by"]) == ("auto", "pipeline")  # never "approved" by the pipeline
     assert "eval.passed=true" in tags["review_evidence"] and "eval.gates=" in tags["review_evidence"]
     # the bundle's digest is recorded at registration, and a download of the champion matches it
-    from pipelines.champion import TAG_BUNDLE_DIGEST, find_bundle, get_champion, tree_digest
+    from pipelines.champion import find_bundle, get_champion, tree_digest
+    from pipelines.registry import TAG_BUNDLE_DIGEST
 
     assert tags[TAG_BUNDLE_DIGEST] == tree_digest(find_bundle(served))
     assert get_champion(settings, dst=tmp_path / "champion-download").version == "1"

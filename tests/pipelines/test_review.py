@@ -6,15 +6,8 @@ from __future__ import annotations
 import pytest
 from registry_doubles import add_version, make_registry_settings, registry_state, save_served
 
-from pipelines.review import (
-    PENDING,
-    SUPERSEDED,
-    first_decision,
-    record_response,
-    review_status,
-    supersede,
-    supersede_older,
-)
+from pipelines.registry import SUPERSEDED, supersede, supersede_older
+from pipelines.review import PENDING, first_decision, record_response, review_status
 from pipelines.tracking import TAG_PIPELINE_RUN, configure
 
 

@@ -151,7 +151,8 @@ def test_class_weights_balance_counts():
 def test_fit_stops_early_on_validation_macro_f1_and_restores_the_best_epoch(tmp_path, tiny_model_dir, demo_frames):
     """Validation labels that contradict the training labels: validation macro-F1 is best after the first epoch and
     falls as the model learns, so early stopping ends the run and the first epoch's weights come back."""
-    from pipelines.train import fit, load_base, validation_split
+    from pipelines.modeling import load_base
+    from pipelines.train import fit, validation_split
 
     settings = tiny_settings(tmp_path, tiny_model_dir, train__early_stopping_patience=2)
     rows = demo_frames["batch_000_reference"].drop_duplicates(subset=["text"]).head(400)
@@ -195,7 +196,8 @@ def test_epochs_follow_the_data_size(tmp_path, tiny_model_dir):
 def test_head_warm_up_trains_only_the_head_and_restores_trainable_flags(tmp_path, tiny_model_dir, demo_frames):
     import torch
 
-    from pipelines.train import load_base, validation_split, warm_up_head
+    from pipelines.modeling import load_base
+    from pipelines.train import validation_split, warm_up_head
 
     settings = tiny_settings(tmp_path, tiny_model_dir, train__head_warmup_epochs=1)
     rows = demo_frames["batch_000_reference"].drop_duplicates(subset=["text"]).head(200)

@@ -19,17 +19,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipelines"))  # re
 
 from registry_doubles import add_version, make_registry_settings, registry_state, save_served  # noqa: E402
 
-import pipelines.promote as promote_mod  # noqa: E402
+import pipelines.registry as registry_mod  # noqa: E402
 from pipelines.context import StepContext  # noqa: E402
-from pipelines.promote import (  # noqa: E402
-    PromotionRefused,
+from pipelines.errors import PromotionRefused  # noqa: E402
+from pipelines.promote import run  # noqa: E402
+from pipelines.registry import (  # noqa: E402
     promote,
     read_audit,
     reject,
     resolve_policy,
     review_state,
     rollback,
-    run,
 )
 from pipelines.tracking import configure  # noqa: E402
 
@@ -98,16 +98,18 @@ class _CrashOnce:
 
 
 def _crash_once(monkeypatch, method: str, when=lambda *a: True) -> _CrashOnce:
-    real_client = configure  # the step's own client factory, wrapped
+    real_client = configure  # the registry's own client factory, wrapped
     holder: dict[str, _CrashOnce] = {}
 
-    def fake(settings):
+    def fake(settings, client=None):
+        if client is not None:  # a caller that already holds the proxy passes it on
+            return client
         if "proxy" not in holder:
             holder["proxy"] = _CrashOnce(real_client(settings), method, when)
         holder["proxy"]._client = real_client(settings)
         return holder["proxy"]
 
-    monkeypatch.setattr(promote_mod, "_client", fake)
+    monkeypatch.setattr(registry_mod, "registry_client", fake)
     return holder
 
 
