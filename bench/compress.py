@@ -106,10 +106,11 @@ def main() -> int:
     import torch
     from sklearn.metrics import f1_score
 
-    from pipelines import compress, distill
+    from pipelines import compress, distill, modeling
+    from pipelines.datasets import validation_split
     from pipelines.modeling import load_base, load_classifier
     from pipelines.serving import OnnxPredictor
-    from pipelines.train import fit, validation_split
+    from pipelines.train import fit
 
     torch.manual_seed(0)
     df = pd.read_csv(DATA)
@@ -172,7 +173,7 @@ def main() -> int:
         compress.quantize(opt, opt_int8, *qargs, cfg.quantize_exclude, *wo)
         bundle = compress.build_bundle(root / "bundle", kept_int8, tokenizer, fp32_dir, root / "reference", settings)
         # The served configuration: head pruning (with back-off) on top, as the compress step builds it.
-        fp32_pred = compress.torch_logits(model, tokenizer, texts, L, B).argmax(1)
+        fp32_pred = modeling.torch_logits(model, tokenizer, texts, L, B).argmax(1)
         pruned, info = compress.prune(model, tokenizer, texts, fp32_pred, settings)
         served_plain, served_opt, served = root / "s.onnx", root / "s_opt.onnx", root / "s_int8.onnx"
         compress.export_onnx(pruned, tokenizer, texts, served_plain, cfg.opset, L)
@@ -192,7 +193,7 @@ def main() -> int:
         student_run = distill.distill(settings, model, tokenizer, train_rows.reset_index(drop=True), [])
         distill_s = time.perf_counter() - started
         student = student_run.student
-        student_fp32_pred = compress.torch_logits(student, tokenizer, texts, L, B).argmax(1)
+        student_fp32_pred = modeling.torch_logits(student, tokenizer, texts, L, B).argmax(1)
         s_pruned, s_info = compress.prune(student, tokenizer, texts, student_fp32_pred, settings)
         st_plain, st_opt, st_served = root / "st.onnx", root / "st_opt.onnx", root / "st_int8.onnx"
         compress.export_onnx(s_pruned, tokenizer, texts, st_plain, cfg.opset, L)
@@ -206,7 +207,7 @@ def main() -> int:
         served_name = f"served int8 teacher (heads pruned: {info.get('heads_pruned', 0)})"
 
         pt_mb = sum(p.stat().st_size for p in fp32_dir.glob("*.safetensors")) / 1e6
-        variants = [("fp32 PyTorch teacher", lambda t: compress.torch_logits(model, tokenizer, t, L, B), pt_mb, True)]
+        variants = [("fp32 PyTorch teacher", lambda t: modeling.torch_logits(model, tokenizer, t, L, B), pt_mb, True)]
         graphs = [
             ("ONNX fp32", plain, False, True),
             ("+ int8 dynamic (MatMul, Gather)", plain_int8, False, True),

@@ -254,8 +254,7 @@ class Baselines:
         ).fit(trainable["text"].astype(str), trainable["label"].astype(str))
 
     def predict(self, name: str, texts: list[str]) -> Any:
-        from pipelines.compress import torch_logits
-        from pipelines.modeling import load_classifier
+        from pipelines.modeling import load_classifier, torch_logits
 
         if name == "tfidf":
             return self.tfidf.predict(texts)
@@ -534,7 +533,7 @@ def _fingerprint(stream: Stream, settings: Any) -> str:
     h.update(
         json.dumps({"train": settings.train.model_dump(), "data": settings.data.model_dump()}, sort_keys=True).encode()
     )
-    for module in ("train.py", "datasets.py"):
+    for module in ("train.py", "datasets.py", "modeling.py"):
         h.update((REPO / "pipelines" / module).read_bytes())
     return h.hexdigest()
 

@@ -38,8 +38,9 @@ def main() -> int:
     import pandas as pd
 
     from pipelines.config import get_settings
+    from pipelines.datasets import validation_split
     from pipelines.modeling import load_base
-    from pipelines.train import device_and_precision, fit, validation_split
+    from pipelines.train import device_and_precision, fit
 
     if DATA.is_file():
         df = pd.read_csv(DATA)

@@ -38,12 +38,13 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.errors import ModelRejected
+from pipelines.modeling import encoded_batches, load_classifier, torch_logits
 
 if TYPE_CHECKING:
     from pipelines.config import CompressSettings, Settings
@@ -60,31 +61,6 @@ _SENSITIVITY_ROWS = 256  # texts for measuring each layer's sensitivity to int8
 
 
 # --- PyTorch side ----------------------------------------------------------------------------------
-def _batches(tokenizer: Any, texts: list[str], max_length: int, batch_size: int, tensors: str = "pt") -> Iterator[Any]:
-    """Encodings of ``texts`` in input order, ``batch_size`` at a time, each padded to its longest."""
-    for start in range(0, len(texts), batch_size):
-        yield tokenizer(
-            texts[start : start + batch_size],
-            padding=True,
-            truncation=True,
-            max_length=max_length,
-            return_tensors=tensors,
-        )
-
-
-def torch_logits(model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int) -> Any:
-    """fp32 PyTorch logits (numpy), batched in input order with per-batch padding."""
-    import numpy as np
-    import torch
-
-    model.eval()
-    out = []
-    with torch.inference_mode():
-        for enc in _batches(tokenizer, texts, max_length, batch_size):
-            out.append(model(**enc).logits.float().numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.config.num_labels), dtype=np.float32)
-
-
 def head_importance(model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int) -> Any:
     """Importance of every attention head, shape (layers, heads): mean over tokens of the norm of the head's
     contribution to the attention output, i.e. ``||context_h|| * ||W_o[:, h]||`` (no gradients needed).
@@ -112,7 +88,7 @@ def head_importance(model: Any, tokenizer: Any, texts: list[str], max_length: in
     handles = [layer.attention.output.dense.register_forward_pre_hook(hook(i)) for i, layer in enumerate(layers)]
     try:
         with torch.inference_mode():
-            for enc in _batches(tokenizer, texts, max_length, batch_size):
+            for enc in encoded_batches(tokenizer, texts, max_length, batch_size):
                 state["mask"] = enc["attention_mask"]
                 model(**enc)
     finally:
@@ -328,7 +304,7 @@ def onnx_logits(path: Path, tokenizer: Any, texts: list[str], max_length: int, b
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = {i.name for i in session.get_inputs()}
     out = []
-    for enc in _batches(tokenizer, texts, max_length, batch_size, tensors="np"):
+    for enc in encoded_batches(tokenizer, texts, max_length, batch_size, tensors="np"):
         out.append(session.run(["logits"], {k: enc[k].astype(np.int64) for k in names})[0])
     return np.concatenate(out)
 
@@ -596,7 +572,6 @@ def _slug(level: str) -> str:
 
 def load(ctx: StepContext, scratch: Path) -> Job:
     """Download the trained model and the drift reference, draw the sample and its fp32 PyTorch labels."""
-    from pipelines.modeling import load_classifier  # lazy: it imports transformers (and torch)
 
     settings, cfg = ctx.settings, ctx.settings.compress
     model_uri = ctx.require("model_uri")

@@ -122,3 +122,46 @@ def ensure_golden(settings: Settings, holdout: pd.DataFrame) -> pd.DataFrame:
     golden = holdout.head(settings.data.golden_max_rows).reset_index(drop=True)
     write_parquet(golden, uri, settings)
     return golden
+
+
+def label_ids(df: pd.DataFrame, settings: Settings) -> list[int]:
+    """Map the label column to class ids in ``settings.data.labels`` order.
+
+    Raises:
+        ValueError: a label is not one of the configured labels.
+    """
+    labels = settings.data.labels
+    index = {name: i for i, name in enumerate(labels)}
+    values = df[settings.data.label_column].astype(str)
+    unknown = sorted(set(values) - set(index))
+    if unknown:
+        raise ValueError(
+            f"column {settings.data.label_column!r} holds labels {unknown[:10]!r} outside data.labels={labels!r}; "
+            "fix the batch or set MLOPS_DATA__LABELS"
+        )
+    return [index[v] for v in values]
+
+
+def class_weights(ids: list[int], num_labels: int) -> list[float]:
+    """Balanced class weights ``n / (k * count_c)``; a class absent from ``ids`` gets 1.0."""
+    counts = [0] * num_labels
+    for i in ids:
+        counts[i] += 1
+    n, k = len(ids), sum(1 for c in counts if c)
+    return [n / (k * c) if c else 1.0 for c in counts]
+
+
+def validation_split(df: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Seeded split into (train, validation), stratified by label where every class has two rows or more."""
+    from sklearn.model_selection import train_test_split
+
+    labels = df[settings.data.label_column].astype(str)
+    n_val = max(1, round(len(df) * settings.train.validation_share))
+    if len(df) - n_val < 1:
+        raise ValueError(
+            f"{len(df)} training rows leave none for training after a validation share of "
+            f"{settings.train.validation_share}; add data or lower train.validation_share"
+        )
+    stratify = labels if labels.value_counts().min() >= 2 and n_val >= labels.nunique() else None
+    train, val = train_test_split(df, test_size=n_val, random_state=settings.train.seed, stratify=stratify)
+    return train.reset_index(drop=True), val.reset_index(drop=True)

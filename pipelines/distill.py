@@ -31,6 +31,9 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pipelines.datasets import class_weights, label_ids, validation_split
+from pipelines.modeling import torch_logits
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -303,9 +306,6 @@ def _prepare(
     import numpy as np
     import torch
 
-    from pipelines.compress import torch_logits  # compress imports this module: a top-level import would be circular
-    from pipelines.train import label_ids, validation_split  # train pulls in transformers' Trainer
-
     cfg, tcfg = settings.compress, settings.train
     text = settings.data.text_column
     started = time.perf_counter()
@@ -353,8 +353,6 @@ def _optimizer(settings: Settings, student: Any, total_steps: int) -> tuple[Any,
 def _loss_weights(settings: Settings, data: _Transfer) -> Any:
     """The train step's balanced class weights over the labelled training rows, or None when turned off."""
     import torch
-
-    from pipelines.train import class_weights  # train pulls in transformers' Trainer
 
     if not settings.train.class_weighted:
         return None
@@ -444,8 +442,6 @@ def _end_of_epoch(
 ) -> bool:
     """Score the validation rows, keep the best epoch's weights; True when patience has run out."""
     import numpy as np
-
-    from pipelines.compress import torch_logits  # compress imports this module: a top-level import would be circular
 
     cfg, tcfg = settings.compress, settings.train
     val_pred = torch_logits(student, tokenizer, data.val_texts, tcfg.max_length, cfg.infer_batch_size).argmax(1)

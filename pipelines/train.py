@@ -26,6 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipelines.datasets import class_weights, label_ids, validation_split
+from pipelines.modeling import load_base, load_classifier
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -75,49 +78,6 @@ def encode(
     enc = tokenizer(texts, truncation=True, max_length=max_length, padding="max_length" if pad_to_max else False)
     keep = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
     return TextDataset({k: enc[k] for k in keep}, labels)
-
-
-def label_ids(df: pd.DataFrame, settings: Settings) -> list[int]:
-    """Map the label column to class ids in ``settings.data.labels`` order.
-
-    Raises:
-        ValueError: a label is not one of the configured labels.
-    """
-    labels = settings.data.labels
-    index = {name: i for i, name in enumerate(labels)}
-    values = df[settings.data.label_column].astype(str)
-    unknown = sorted(set(values) - set(index))
-    if unknown:
-        raise ValueError(
-            f"column {settings.data.label_column!r} holds labels {unknown[:10]!r} outside data.labels={labels!r}; "
-            "fix the batch or set MLOPS_DATA__LABELS"
-        )
-    return [index[v] for v in values]
-
-
-def class_weights(ids: list[int], num_labels: int) -> list[float]:
-    """Balanced class weights ``n / (k * count_c)``; a class absent from ``ids`` gets 1.0."""
-    counts = [0] * num_labels
-    for i in ids:
-        counts[i] += 1
-    n, k = len(ids), sum(1 for c in counts if c)
-    return [n / (k * c) if c else 1.0 for c in counts]
-
-
-def validation_split(df: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Seeded split into (train, validation), stratified by label where every class has two rows or more."""
-    from sklearn.model_selection import train_test_split
-
-    labels = df[settings.data.label_column].astype(str)
-    n_val = max(1, round(len(df) * settings.train.validation_share))
-    if len(df) - n_val < 1:
-        raise ValueError(
-            f"{len(df)} training rows leave none for training after a validation share of "
-            f"{settings.train.validation_share}; add data or lower train.validation_share"
-        )
-    stratify = labels if labels.value_counts().min() >= 2 and n_val >= labels.nunique() else None
-    train, val = train_test_split(df, test_size=n_val, random_state=settings.train.seed, stratify=stratify)
-    return train.reset_index(drop=True), val.reset_index(drop=True)
 
 
 # --- model -----------------------------------------------------------------------------------------
@@ -670,7 +630,6 @@ def _training_data(ctx: StepContext, action: str, accepted_uri: str) -> dict[str
 
 def _start_model(ctx: StepContext, action: str, scratch: Path) -> tuple[Any, Any, str]:
     """The model to train, its tokenizer, and a description of where it came from."""
-    from pipelines.modeling import load_base, load_classifier  # lazy: it imports transformers (and torch)
 
     settings = ctx.settings
     if action == "retrain":

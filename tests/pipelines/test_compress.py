@@ -115,7 +115,7 @@ def test_compress_served_predictions_match_fp32_labels(trained):
     eval_df = pd.read_parquet(train["eval_uri"])
     texts = eval_df["text"].tolist()[:64]
     model, tokenizer = load_classifier(train["model_uri"], settings)
-    from pipelines.compress import torch_logits
+    from pipelines.modeling import torch_logits
 
     fp32 = torch_logits(model, tokenizer, texts, 64, 32).argmax(1)
     served = OnnxPredictor(find_bundle(result["served_uri"])).predict_proba(texts).argmax(1)

@@ -136,14 +136,14 @@ def test_train_without_action_names_the_fix(settings, demo_frames):
 def test_label_ids_unknown_label_names_it(settings):
     import pandas as pd
 
-    from pipelines.train import label_ids
+    from pipelines.datasets import label_ids
 
     with pytest.raises(ValueError, match=r"\['mixed'\].*data.labels"):
         label_ids(pd.DataFrame({"text": ["a", "b"], "label": ["positive", "mixed"]}), settings)
 
 
 def test_class_weights_balance_counts():
-    from pipelines.train import class_weights
+    from pipelines.datasets import class_weights
 
     assert class_weights([0, 0, 0, 1], 3) == [4 / 6, 2.0, 1.0]
 
@@ -151,8 +151,9 @@ def test_class_weights_balance_counts():
 def test_fit_stops_early_on_validation_macro_f1_and_restores_the_best_epoch(tmp_path, tiny_model_dir, demo_frames):
     """Validation labels that contradict the training labels: validation macro-F1 is best after the first epoch and
     falls as the model learns, so early stopping ends the run and the first epoch's weights come back."""
+    from pipelines.datasets import validation_split
     from pipelines.modeling import load_base
-    from pipelines.train import fit, validation_split
+    from pipelines.train import fit
 
     settings = tiny_settings(tmp_path, tiny_model_dir, train__early_stopping_patience=2)
     rows = demo_frames["batch_000_reference"].drop_duplicates(subset=["text"]).head(400)
@@ -196,8 +197,9 @@ def test_epochs_follow_the_data_size(tmp_path, tiny_model_dir):
 def test_head_warm_up_trains_only_the_head_and_restores_trainable_flags(tmp_path, tiny_model_dir, demo_frames):
     import torch
 
+    from pipelines.datasets import validation_split
     from pipelines.modeling import load_base
-    from pipelines.train import validation_split, warm_up_head
+    from pipelines.train import warm_up_head
 
     settings = tiny_settings(tmp_path, tiny_model_dir, train__head_warmup_epochs=1)
     rows = demo_frames["batch_000_reference"].drop_duplicates(subset=["text"]).head(200)
