@@ -165,3 +165,26 @@ def validation_split(df: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame
     stratify = labels if labels.value_counts().min() >= 2 and n_val >= labels.nunique() else None
     train, val = train_test_split(df, test_size=n_val, random_state=settings.train.seed, stratify=stratify)
     return train.reset_index(drop=True), val.reset_index(drop=True)
+
+
+def capture_root(settings: Settings) -> str:
+    return settings.serving.capture_uri or settings.uri("captures")
+
+
+def read_captures(settings: Settings, files: list[str]) -> pd.DataFrame:
+    """The claimed capture rows as one DataFrame (a row seen twice, by request id and row, counts once)."""
+    import pandas as pd
+
+    from pipelines.storage import get_storage, join
+
+    storage, root = get_storage(settings), capture_root(settings)
+    frames = [
+        pd.read_json(io.BytesIO(storage.read_bytes(join(root, f))), lines=True, dtype=False)
+        for f in files
+        if storage.exists(join(root, f))
+    ]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame(columns=["id", "request_id", "row", "ts", "status", "text", "label", "probs"])
+    df = pd.concat(frames, ignore_index=True)
+    return df.drop_duplicates(subset=["request_id", "row"]).reset_index(drop=True)

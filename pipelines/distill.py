@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pipelines.datasets import class_weights, label_ids, validation_split
+from pipelines.datasets import capture_root, class_weights, label_ids, read_captures, validation_split
 from pipelines.modeling import torch_logits
 
 if TYPE_CHECKING:
@@ -120,7 +120,6 @@ def _clean(df: pd.DataFrame, text: str, label: str | None) -> pd.DataFrame:
 def captured_texts(settings: Settings, limit: int, exclude: set[str]) -> list[str]:
     """Up to ``limit`` texts from the newest capture files (served requests that returned a label), without the
     ``exclude`` texts; [] when there are none or captures keep hashes only."""
-    from pipelines.monitor import capture_root, read_captures
     from pipelines.storage import basename, get_storage
 
     if limit <= 0:

@@ -32,6 +32,9 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipelines import detectors
+from pipelines.registry import QUALITY_TAG
+
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
@@ -44,7 +47,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REPORT_NAME = "drift_report.json"
-QUALITY_TAG = "eval.macro_f1"
 #: Champion version tag counting fine-tunes since the last retrain (read by ``decide``); set by ``register``.
 FINE_TUNES_TAG = "fine_tunes_since_retrain"
 
@@ -122,8 +124,8 @@ def _compare(
 
     settings, cfg = ctx.settings, ctx.settings.drift
     text_col, label_col = settings.data.text_column, settings.data.label_column
-    ref = _capped_reference(load_reference(ref_dir), cfg.reference_max_rows, cfg.seed)
-    encoder = _encoder_for(ref, settings)
+    ref = detectors.capped_reference(load_reference(ref_dir), cfg.reference_max_rows, cfg.seed)
+    encoder = detectors.encoder_for(ref, settings)
 
     sample = df.sample(n=cfg.batch_max_rows, random_state=cfg.seed) if len(df) > cfg.batch_max_rows else df
     texts = sample[text_col].astype(str).tolist()
@@ -138,13 +140,13 @@ def _compare(
         )
 
     tests: dict[str, dict[str, Any]] = {
-        "mmd": _mmd(ref.embeddings, emb, cfg),
-        "ks_embedding": _ks_embedding(ref.embeddings, emb, cfg),
-        "label": _label(ref.labels, df[label_col].astype(str).tolist(), cfg),
-        "length": _length(np.asarray(ref.lengths), df[text_col].astype(str).str.len().to_numpy(), cfg),
+        "mmd": detectors.mmd(ref.embeddings, emb, cfg),
+        "ks_embedding": detectors.ks_embedding(ref.embeddings, emb, cfg),
+        "label": detectors.label_mix(ref.labels, df[label_col].astype(str).tolist(), cfg),
+        "length": detectors.length(np.asarray(ref.lengths), df[text_col].astype(str).str.len().to_numpy(), cfg),
         "quality": _quality(champion, sample, settings),
     }
-    severity, reasons = rate(tests, cfg)
+    severity, reasons = detectors.rate(tests, cfg)
     log.info("drift: severity %s (%s)", severity, "; ".join(reasons) or "no test fired")
 
     plot_dir = tmp / "plots"
@@ -171,53 +173,6 @@ def _compare(
     return summary
 
 
-def rate(tests: dict[str, dict[str, Any]], cfg: DriftSettings) -> tuple[str, list[str]]:
-    """Apply the severity rule to test results.
-
-    Args:
-        tests: results as produced by this module (``mmd``, ``ks_embedding``, ``label``, ``length``, ``quality``).
-        cfg: the drift settings holding the thresholds.
-
-    Returns:
-        (severity, reasons): severity in none|moderate|severe, and one human-readable line per condition that fired.
-    """
-    severe: list[str] = []
-    moderate: list[str] = []
-    mmd, ks, quality = tests.get("mmd", {}), tests.get("ks_embedding", {}), tests.get("quality", {})
-    if mmd.get("drifted"):
-        line = f"embedding MMD p={mmd['p_value']:.3g} < {mmd['threshold']} (distance {mmd['statistic']:.4f})"
-        if mmd["statistic"] >= cfg.mmd_severe_distance:
-            severe.append(f"{line}, distance >= {cfg.mmd_severe_distance}")
-        else:
-            moderate.append(line)
-    if ks.get("drifted"):
-        line = (
-            f"embedding KS: {ks['drifted_dims']} of {ks['dims']} dimensions drifted "
-            f"(share {ks['statistic']:.3f}, {ks['correction']} p < {ks['threshold']:.3g})"
-        )
-        (severe if ks["statistic"] >= cfg.ks_severe_share else moderate).append(
-            line + (f" >= {cfg.ks_severe_share}" if ks["statistic"] >= cfg.ks_severe_share else "")
-        )
-    for name, what in (("label", "label drift"), ("length", "text length drift")):
-        test = tests.get(name, {})
-        if test.get("drifted"):
-            moderate.append(f"{what} p={test['p_value']:.3g} < {test['threshold']} (statistic {test['statistic']:.3g})")
-    if quality.get("drifted"):
-        line = (
-            f"champion macro-F1 on the batch {quality['batch_macro_f1']:.3f} vs {quality['champion_macro_f1']:.3f} "
-            f"at evaluation (drop {quality['statistic']:.3f}"
-        )
-        if quality["statistic"] >= cfg.quality_drop_severe:
-            severe.append(f"{line} >= {cfg.quality_drop_severe})")
-        else:
-            moderate.append(f"{line} >= {cfg.quality_drop_moderate})")
-    if severe:
-        return "severe", severe + moderate
-    if moderate:
-        return "moderate", moderate
-    return "none", []
-
-
 def _int_tag(champion: Champion | None, key: str) -> int | None:
     if champion is None or champion.tags.get(key) in (None, ""):
         return None
@@ -240,151 +195,6 @@ def _reference_dir(ctx: StepContext, champion: Champion | None, tmp: Path) -> Pa
             "pass --input reference_uri=... or re-register the champion with bundle/reference/"
         )
     return ref_dir
-
-
-def _capped_reference(ref: Reference, cap: int, seed: int) -> Reference:
-    import numpy as np
-
-    n = len(ref.labels)
-    if n <= cap:
-        return ref
-    idx = np.sort(np.random.default_rng(seed).choice(n, size=cap, replace=False))
-    ref.embeddings = ref.embeddings[idx]
-    ref.labels = [ref.labels[i] for i in idx]
-    ref.lengths = np.asarray(ref.lengths)[idx]
-    return ref
-
-
-def _encoder_for(ref: Reference, settings: Settings) -> str:
-    """The encoder to embed the batch with: the one that built the reference (same embedding space)."""
-    from pipelines.encoders import resolve_model_path
-
-    configured = settings.drift.encoder
-    if not ref.encoder or ref.encoder == configured:
-        return configured
-    try:
-        resolve_model_path(ref.encoder)
-    except FileNotFoundError:
-        raise ValueError(
-            f"the reference was embedded with encoder {ref.encoder!r}, which is not available here, and "
-            f"drift.encoder={configured!r} would embed the batch in another space; install that encoder or "
-            "rebuild the reference with the configured one"
-        ) from None
-    log.warning("drift: reference built with encoder %r; using it instead of drift.encoder=%r", ref.encoder, configured)
-    return ref.encoder
-
-
-def _subsample(x: np.ndarray, cap: int, seed: int) -> np.ndarray:
-    import numpy as np
-
-    if len(x) <= cap:
-        return x
-    return x[np.sort(np.random.default_rng(seed).choice(len(x), size=cap, replace=False))]
-
-
-def _mmd(ref: np.ndarray, emb: np.ndarray, cfg: DriftSettings) -> dict[str, Any]:
-    import numpy as np
-    import torch
-    from alibi_detect.cd import MMDDrift
-
-    x_ref = _subsample(ref.astype(np.float32), cfg.mmd_max_rows, cfg.seed)
-    x = _subsample(emb.astype(np.float32), cfg.mmd_max_rows, cfg.seed + 1)
-    detector = MMDDrift(
-        x_ref, backend="pytorch", p_val=cfg.p_threshold, n_permutations=cfg.mmd_permutations, device="cpu"
-    )
-    torch.manual_seed(cfg.seed)  # the permutations are drawn from torch's generator
-    data = detector.predict(x)["data"]
-    return {
-        "statistic": float(data["distance"]),
-        "p_value": float(data["p_val"]),
-        "threshold": cfg.p_threshold,
-        "drifted": bool(data["is_drift"]),
-        "distance_threshold": float(data["distance_threshold"]),
-        "severe_distance": cfg.mmd_severe_distance,
-        "reference_rows": int(len(x_ref)),
-        "batch_rows": int(len(x)),
-        "permutations": cfg.mmd_permutations,
-        "description": "squared MMD (Gaussian kernel, median-heuristic bandwidth) between sentence embeddings",
-    }
-
-
-def _ks_embedding(ref: np.ndarray, emb: np.ndarray, cfg: DriftSettings) -> dict[str, Any]:
-    import numpy as np
-    from alibi_detect.cd import KSDrift
-
-    data = KSDrift(ref, p_val=cfg.p_threshold, correction=cfg.ks_correction).predict(emb, drift_type="feature")["data"]
-    p_values = np.asarray(data["p_val"], dtype=np.float64)
-    if cfg.ks_correction == "bonferroni":
-        threshold = cfg.p_threshold / len(p_values)
-        drifted_mask = p_values < threshold
-    else:  # fdr: Benjamini-Hochberg over the dimensions
-        from alibi_detect.utils.statstest import fdr
-
-        any_drift, thresholds = fdr(p_values, q_val=cfg.p_threshold)
-        # With discoveries fdr returns the cut-off; without, the per-rank line, whose smallest value is q / n.
-        threshold = float(np.min(thresholds))
-        drifted_mask = p_values <= threshold if any_drift else np.zeros(len(p_values), dtype=bool)
-    share = float(drifted_mask.mean())
-    return {
-        "statistic": share,
-        "p_value": float(p_values.min()),
-        "threshold": float(threshold),
-        "drifted": bool(drifted_mask.any()),
-        "drifted_dims": int(drifted_mask.sum()),
-        "dims": int(len(p_values)),
-        "correction": cfg.ks_correction,
-        "severe_share": cfg.ks_severe_share,
-        "max_ks_distance": float(np.max(data["distance"])),
-        "description": "share of embedding dimensions whose two-sample KS test drifts after correction",
-    }
-
-
-def _label(ref_labels: list[str], labels: list[str], cfg: DriftSettings) -> dict[str, Any]:
-    import numpy as np
-    from alibi_detect.cd import ChiSquareDrift
-
-    categories = sorted(set(ref_labels) | set(labels))
-    ref_counts = {c: ref_labels.count(c) for c in categories}
-    batch_counts = {c: labels.count(c) for c in categories}
-    base = {
-        "threshold": cfg.label_p_threshold,
-        "reference_counts": ref_counts,
-        "batch_counts": batch_counts,
-        "description": "chi-square test of the label mix",
-    }
-    if len(categories) < 2:
-        return {**base, "statistic": 0.0, "p_value": 1.0, "drifted": False}
-    code = {c: i for i, c in enumerate(categories)}
-    x_ref = np.array([code[c] for c in ref_labels], dtype=np.int64).reshape(-1, 1)
-    x = np.array([code[c] for c in labels], dtype=np.int64).reshape(-1, 1)
-    data = ChiSquareDrift(x_ref, p_val=cfg.label_p_threshold, categories_per_feature={0: len(categories)}).predict(x)[
-        "data"
-    ]
-    p_value = float(np.asarray(data["p_val"]).ravel()[0])
-    return {
-        **base,
-        "statistic": float(np.asarray(data["distance"]).ravel()[0]),
-        "p_value": p_value,
-        "drifted": p_value < cfg.label_p_threshold,
-    }
-
-
-def _length(ref_lengths: np.ndarray, lengths: np.ndarray, cfg: DriftSettings) -> dict[str, Any]:
-    import numpy as np
-    from alibi_detect.cd import KSDrift
-
-    x_ref = ref_lengths.astype(np.float32).reshape(-1, 1)
-    data = KSDrift(x_ref, p_val=cfg.length_p_threshold).predict(lengths.astype(np.float32).reshape(-1, 1))["data"]
-    p_value = float(np.asarray(data["p_val"]).ravel()[0])
-    return {
-        "statistic": float(np.asarray(data["distance"]).ravel()[0]),
-        "p_value": p_value,
-        "threshold": cfg.length_p_threshold,
-        "drifted": p_value < cfg.length_p_threshold,
-        "reference_median": float(np.median(ref_lengths)),
-        "batch_median": float(np.median(lengths)),
-        "description": "two-sample KS test of text length in characters",
-    }
 
 
 def _quality(champion: Champion | None, sample: pd.DataFrame, settings: Settings) -> dict[str, Any]:
@@ -436,7 +246,7 @@ def _plots(
 
     out.mkdir(parents=True, exist_ok=True)
     seed = settings.drift.seed
-    ref_emb, batch_emb = _subsample(ref.embeddings, 1000, seed), _subsample(emb, 1000, seed + 1)
+    ref_emb, batch_emb = detectors.subsample(ref.embeddings, 1000, seed), detectors.subsample(emb, 1000, seed + 1)
     pca = PCA(n_components=2, random_state=seed).fit(np.vstack([ref_emb, batch_emb]))
     paths: dict[str, Path] = {}
 

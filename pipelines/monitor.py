@@ -43,7 +43,6 @@ DAG then starts ``continuous_training`` with this summary as evidence, or fails 
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -53,6 +52,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipelines import detectors
+from pipelines.datasets import capture_root, read_captures
+from pipelines.registry import QUALITY_TAG
 from pipelines.storage import basename, join
 
 if TYPE_CHECKING:
@@ -71,10 +73,6 @@ _STAMP = re.compile(r"^(\d{8}T\d{12})Z-")
 
 
 # --- where things live ---------------------------------------------------------------------------------
-def capture_root(settings: Settings) -> str:
-    return settings.serving.capture_uri or settings.uri("captures")
-
-
 def monitoring_root(settings: Settings) -> str:
     return settings.uri("monitoring")
 
@@ -148,25 +146,6 @@ def _advance(storage: Any, uri: str, watermark: dict[str, Any], record: dict[str
     last = max((basename(f) for f in record["files"]), default="")
     if last and last > (watermark.get("last_file") or ""):
         storage.write_text(uri, json.dumps({"last_file": last, "window_id": record["window_id"]}, indent=1))
-
-
-def read_captures(settings: Settings, files: list[str]) -> pd.DataFrame:
-    """The claimed capture rows as one DataFrame (a row seen twice, by request id and row, counts once)."""
-    import pandas as pd
-
-    from pipelines.storage import get_storage
-
-    storage, root = get_storage(settings), capture_root(settings)
-    frames = [
-        pd.read_json(io.BytesIO(storage.read_bytes(join(root, f))), lines=True, dtype=False)
-        for f in files
-        if storage.exists(join(root, f))
-    ]
-    frames = [f for f in frames if len(f)]
-    if not frames:
-        return pd.DataFrame(columns=["id", "request_id", "row", "ts", "status", "text", "label", "probs"])
-    df = pd.concat(frames, ignore_index=True)
-    return df.drop_duplicates(subset=["request_id", "row"]).reset_index(drop=True)
 
 
 # --- the estimate --------------------------------------------------------------------------------------
@@ -347,27 +326,26 @@ def compare(settings: Settings, champion: Champion, ok: pd.DataFrame, tmp: Path)
     """The drift tests and the macro-F1 estimate for the window's successful rows."""
     import numpy as np
 
-    from pipelines import drift
     from pipelines.encoders import embed
     from pipelines.reference import load_reference
 
     cfg, mon = settings.drift, settings.monitoring
     ref_dir = champion.reference_dir
-    ref = drift._capped_reference(load_reference(ref_dir), cfg.reference_max_rows, cfg.seed)
+    ref = detectors.capped_reference(load_reference(ref_dir), cfg.reference_max_rows, cfg.seed)
     sample = ok.sample(n=mon.max_rows, random_state=cfg.seed) if len(ok) > mon.max_rows else ok
     tests: dict[str, Any] = {}
     texts = sample["text"].dropna().astype(str).tolist() if "text" in sample else []
     if len(texts) >= mon.min_rows:
-        encoder = drift._encoder_for(ref, settings)
+        encoder = detectors.encoder_for(ref, settings)
         emb = embed(texts, encoder, batch_size=cfg.embed_batch_size, max_length=cfg.max_length)
-        tests["mmd"] = drift._mmd(ref.embeddings, emb, cfg)
-        tests["ks_embedding"] = drift._ks_embedding(ref.embeddings, emb, cfg)
+        tests["mmd"] = detectors.mmd(ref.embeddings, emb, cfg)
+        tests["ks_embedding"] = detectors.ks_embedding(ref.embeddings, emb, cfg)
     else:
         tests["embedding"] = {"skipped": "texts are not captured (serving.capture_texts: false)", "drifted": False}
     lengths = ok["text_length"].dropna().astype(float).to_numpy()
-    tests["length"] = drift._length(np.asarray(ref.lengths), lengths, cfg)
+    tests["length"] = detectors.length(np.asarray(ref.lengths), lengths, cfg)
     pred_cfg = cfg.model_copy(update={"label_p_threshold": mon.prediction_p_threshold})
-    tests["prediction"] = drift._label(ref.labels, ok["label"].astype(str).tolist(), pred_cfg)
+    tests["prediction"] = detectors.label_mix(ref.labels, ok["label"].astype(str).tolist(), pred_cfg)
     tests["prediction"]["description"] = "chi-square test of the predicted-label mix against the reference labels"
 
     evalref = _eval_reference(settings, champion)
@@ -385,8 +363,8 @@ def compare(settings: Settings, champion: Champion, ok: pd.DataFrame, tmp: Path)
         tests["confidence"] = {"skipped": "the champion has no readable evaluation set (tag train.eval_uri)"}
         t, ref_estimate, ref_realised = 1.0, None, None
     est = expected_macro_f1(calibrate(probs, t), classes)
-    baseline = champion.metric(drift.QUALITY_TAG)
-    baseline_source = f"tag {drift.QUALITY_TAG}"
+    baseline = champion.metric(QUALITY_TAG)
+    baseline_source = f"tag {QUALITY_TAG}"
     if baseline is None:
         baseline, baseline_source = ref_estimate, "the estimate on the champion's evaluation set"
     estimate = {
@@ -462,12 +440,11 @@ def join_labels(settings: Settings, ok: pd.DataFrame) -> dict[str, Any]:
 
 def rate(tests: dict[str, Any], estimate: dict[str, Any], system: dict[str, Any], settings: Settings):
     """ok / warn / act and the reasons (see the module doc)."""
-    from pipelines import drift
 
     mon = settings.monitoring
     act: list[str] = []
     warn: list[str] = []
-    severity, drift_reasons = drift.rate(
+    severity, drift_reasons = detectors.rate(
         {k: v for k, v in tests.items() if k in ("mmd", "ks_embedding", "length")}, settings.drift
     )
     if severity == "severe":

@@ -68,6 +68,8 @@ SUPERSEDED_BY_TAG = "superseded_by"
 #: Version tags written by register and read by the policy and the review wait: a version that needs a human
 #: review is never promoted by the policy.
 TAG_NEEDS_REVIEW = "eval.needs_review"
+#: The version's macro-F1 on its evaluation set: the baseline of the drift and monitor steps' quality checks.
+QUALITY_TAG = "eval.macro_f1"
 TAG_REVIEW_REASONS = "eval.review_reasons"
 #: Optional version tag: the tree_digest of the version's bundle, checked against every download
 #: (:mod:`pipelines.champion`).

@@ -102,8 +102,7 @@ def test_served_tweets_window_is_flagged_and_starts_training(served_env, drug_re
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
 
-    from pipelines.datasets import write_parquet
-    from pipelines.monitor import capture_root
+    from pipelines.datasets import capture_root, write_parquet
     from pipelines.serve import Supervisor
     from scripts.dag_runner import run_dag
 

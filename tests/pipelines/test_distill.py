@@ -84,7 +84,7 @@ def test_compress_serves_a_distilled_student(trained):
     import pandas as pd
 
     from pipelines.champion import find_bundle
-    from pipelines.monitor import capture_root
+    from pipelines.datasets import capture_root
     from pipelines.report import compression_section
     from pipelines.serving import capture_file_name
     from pipelines.storage import get_storage, join
