@@ -29,10 +29,6 @@ _landing = settings.uri(settings.paths.landing)
 LANDING = Asset(name="mlops_landing", uri=_landing if "://" in _landing else Path(_landing).resolve().as_uri())
 
 
-def _xcom(task_id: str, key: str) -> str:
-    return f"{{{{ ti.xcom_pull(task_ids='{task_id}')['{key}'] }}}}"
-
-
 schedule = (
     AssetOrTimeSchedule(timetable=CronTriggerTimetable(settings.dag.schedule, timezone="UTC"), assets=LANDING)
     if settings.dag.schedule
@@ -61,10 +57,9 @@ with DAG(
     def pick_batch(params=None, run_id=None):
         return tasks.pick_batch(params or {}, run_id)
 
-    validate = RunStepOperator(
-        task_id="validate", step="validate", inputs={"batch_uri": "{{ ti.xcom_pull(task_ids='pick_batch') }}"}
-    )
-    drift = RunStepOperator(task_id="drift", step="drift", inputs={"accepted_uri": _xcom("validate", "accepted_uri")})
+    # Each step's inputs are the XCom pulls it declares in pipelines.context.SPECS.
+    validate = RunStepOperator(task_id="validate", step="validate")
+    drift = RunStepOperator(task_id="drift", step="drift")
     decide = RunStepOperator(task_id="decide", step="decide")
 
     @task.branch(retries=0)
@@ -75,22 +70,9 @@ with DAG(
     def skip():
         """Nothing to train (no drift worth it, or a duplicate batch): keep the champion."""
 
-    train = RunStepOperator(
-        task_id="train",
-        step="train",
-        inputs={"accepted_uri": _xcom("validate", "accepted_uri")},
-        execution_timeout=timedelta(hours=6),
-    )
-    compress = RunStepOperator(
-        task_id="compress",
-        step="compress",
-        inputs={"model_uri": _xcom("train", "model_uri"), "reference_uri": _xcom("train", "reference_uri")},
-    )
-    evaluate = RunStepOperator(
-        task_id="evaluate",
-        step="evaluate",
-        inputs={"served_uri": _xcom("compress", "served_uri"), "eval_uri": _xcom("train", "eval_uri")},
-    )
+    train = RunStepOperator(task_id="train", step="train", execution_timeout=timedelta(hours=6))
+    compress = RunStepOperator(task_id="compress", step="compress")
+    evaluate = RunStepOperator(task_id="evaluate", step="evaluate")
 
     @task.branch(retries=0)
     def gate(ti=None):
@@ -100,9 +82,7 @@ with DAG(
     def gate_failed(ti=None):
         tasks.gate_failed(ti.xcom_pull(task_ids="evaluate"))
 
-    register = RunStepOperator(
-        task_id="register", step="register", inputs={"served_uri": _xcom("compress", "served_uri")}
-    )
+    register = RunStepOperator(task_id="register", step="register")
 
     @task(retries=0, outlets=[CHALLENGER])
     def request_review(ti=None, outlet_events=None):

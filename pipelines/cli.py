@@ -25,23 +25,12 @@ import traceback
 from typing import Any, NoReturn
 
 from pipelines.config import check_params, get_settings
+from pipelines.context import StepSpec
 from pipelines.errors import EXIT_PERMANENT, EXIT_UNEXPECTED, exit_code, one_line
 from pipelines.steps import STEPS
 
 #: Airflow's default ``allowed_run_id_pattern``, capped: no quotes, spaces or slashes reach a path or a query.
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.~:+-]{1,250}$")
-
-_STEP_HELP = {
-    "validate": "check a landing batch with Great Expectations; accept or quarantine it",
-    "drift": "compare an accepted batch with the champion's reference (alibi-detect)",
-    "decide": "map the drift result and params to skip / fine_tune / retrain",
-    "train": "fine-tune or retrain the transformer classifier",
-    "compress": "prune, export to ONNX, quantize; build the served pyfunc model",
-    "evaluate": "gate the served candidate against floors, the champion and its slices",
-    "register": "register the candidate as a model version and stage it as challenger",
-    "promote": "apply a review decision or the auto policy to the challenger",
-    "monitor": "rate one window of captured predictions (drift, estimated macro-F1, system figures)",
-}
 
 
 def _pairs(values: list[str], flag: str) -> dict[str, str]:
@@ -81,6 +70,18 @@ def check_inputs(inputs: dict[str, str]) -> dict[str, str]:
     return inputs
 
 
+def _inputs_help(spec: StepSpec) -> str:
+    """The step's declared inputs and reads, for its ``--help``."""
+    lines = [
+        f"input {i.name}{'' if i.required else ' (optional)'}: {i.doc}"
+        + (f" (in a DAG run: {i.source})" if i.source else "")
+        for i in spec.inputs
+    ]
+    if spec.reads:
+        lines.append("reads this run's results of: " + ", ".join(spec.reads))
+    return "; ".join(lines)
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line on stderr, exit 2 (argparse prints the usage block too)."""
 
@@ -105,10 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help="debug logging, and a traceback with every error (or MLOPS_DEBUG=1)"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-    for step in STEPS:
-        p = sub.add_parser(step, help=_STEP_HELP.get(step, ""), description=_STEP_HELP.get(step, ""))
+    for step, spec in STEPS.items():
+        p = sub.add_parser(step, help=spec.help, description=spec.help, epilog=_inputs_help(spec))
         p.add_argument("--run-id", required=True, help="pipeline run id; outputs go to <root>/runs/<run-id>/<step>/")
-        p.add_argument("--input", action="append", default=[], metavar="NAME=URI", help="an upstream URI")
+        p.add_argument(
+            "--input",
+            action="append",
+            default=[],
+            metavar="NAME=URI",
+            help="an upstream URI: " + (", ".join(i.name for i in spec.inputs) or "none for this step"),
+        )
         p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a run parameter (JSON)")
         p.add_argument(
             "--set",

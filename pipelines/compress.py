@@ -440,7 +440,7 @@ def sample_texts(ctx: StepContext) -> tuple[list[str], dict[str, int]]:
 
     settings = ctx.settings
     cfg, text, seed = settings.compress, settings.data.text_column, settings.train.seed
-    eval_uri = ctx.inputs.get("eval_uri") or (ctx.result_of("train") or {}).get("eval_uri")
+    eval_uri = ctx.get("eval_uri")
     accepted = None
     if eval_uri and ctx.storage.exists(eval_uri):
         held_out = read_table(eval_uri, settings)
@@ -852,7 +852,7 @@ def _eval_frame(ctx: StepContext) -> Any:
     from pipelines.datasets import read_table
 
     settings = ctx.settings
-    eval_uri = ctx.inputs.get("eval_uri") or (ctx.result_of("train") or {}).get("eval_uri")
+    eval_uri = ctx.get("eval_uri")
     if not eval_uri or not ctx.storage.exists(eval_uri):
         return None
     df = read_table(eval_uri, settings)

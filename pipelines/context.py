@@ -1,4 +1,12 @@
-"""The step contract: a frozen :class:`StepContext` in, a small JSON-safe dict out."""
+"""The step contract: a frozen :class:`StepContext` in, a small JSON-safe dict out; and what every step reads.
+
+:data:`SPECS` declares, once, each step's module, the inputs it takes (a URI handed in: by the DAG from an
+earlier task's XCom, by ``--input NAME=URI`` on the CLI, or as a container argument) and the earlier steps whose
+summary (``result.json`` of the same run) it reads. The DAG's task inputs, the CLI's ``--help`` and its input
+check come from this table, and a step can read nothing else: :meth:`StepContext.require` and
+:meth:`StepContext.result_of` refuse an undeclared name, and :func:`pipelines.steps.run_step` refuses an undeclared
+input.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +19,114 @@ from pipelines.config import Settings
 from pipelines.storage import Storage, get_storage, join
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class StepInput:
+    """One URI a step takes.
+
+    Attributes:
+        name: the key in ``ctx.inputs`` (``--input NAME=URI`` on the CLI).
+        source: where a pipeline run takes it from: ``"<task>.<key>"`` (a key of an earlier task's summary) or
+            ``"<task>"`` (the task's whole return value); None when only a caller passes it.
+        required: False when the step works without it.
+        doc: what it is, for ``--help``.
+    """
+
+    name: str
+    source: str | None
+    required: bool = True
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """What a step is and what it may read."""
+
+    module: str
+    help: str
+    inputs: tuple[StepInput, ...] = ()
+    reads: tuple[str, ...] = ()  # earlier steps whose result.json (this run) the step reads
+
+    def input(self, name: str) -> StepInput | None:
+        return next((i for i in self.inputs if i.name == name), None)
+
+
+_ACCEPTED = StepInput("accepted_uri", "validate.accepted_uri", doc="the accepted batch (Parquet)")
+
+#: Every step, in the loop's order: its module, its inputs and the earlier results it reads.
+SPECS: dict[str, StepSpec] = {
+    "validate": StepSpec(
+        "pipelines.validate",
+        "check a landing batch with Great Expectations; accept or quarantine it",
+        inputs=(StepInput("batch_uri", "pick_batch", doc="a CSV or Parquet file in the landing folder"),),
+    ),
+    "drift": StepSpec(
+        "pipelines.drift",
+        "compare an accepted batch with the champion's reference (alibi-detect)",
+        inputs=(
+            _ACCEPTED,
+            StepInput("reference_uri", None, required=False, doc="a drift reference folder instead of the champion's"),
+        ),
+    ),
+    "decide": StepSpec(
+        "pipelines.decide",
+        "map the drift result and params to skip / fine_tune / retrain",
+        inputs=(
+            StepInput("drift_result_uri", None, required=False, doc="a drift result.json instead of this run's"),
+            StepInput("validate_result_uri", None, required=False, doc="a validate result.json instead of this run's"),
+            StepInput("accepted_uri", None, required=False, doc="the batch, when no drift result names it"),
+        ),
+        reads=("drift", "validate"),
+    ),
+    "train": StepSpec(
+        "pipelines.train",
+        "fine-tune or retrain the transformer classifier",
+        inputs=(
+            _ACCEPTED,
+            StepInput("champion_model_uri", None, required=False, doc="an fp32 model folder to fine-tune"),
+        ),
+        reads=("decide",),
+    ),
+    "compress": StepSpec(
+        "pipelines.compress",
+        "prune, export to ONNX, quantize; build the served pyfunc model",
+        inputs=(
+            StepInput("model_uri", "train.model_uri", doc="the trained fp32 model folder"),
+            StepInput("reference_uri", "train.reference_uri", doc="its drift reference folder"),
+            StepInput("eval_uri", "train.eval_uri", required=False, doc="the evaluation set (agreement sample)"),
+        ),
+    ),
+    "evaluate": StepSpec(
+        "pipelines.evaluate",
+        "gate the served candidate against floors, the champion and its slices",
+        inputs=(
+            StepInput("served_uri", "compress.served_uri", doc="the served model folder"),
+            StepInput("eval_uri", "train.eval_uri", doc="the evaluation set (Parquet)"),
+        ),
+    ),
+    "register": StepSpec(
+        "pipelines.register",
+        "register the candidate as a model version and stage it as challenger",
+        inputs=(StepInput("served_uri", "compress.served_uri", doc="the served model folder"),),
+        reads=("validate", "drift", "decide", "train", "compress", "evaluate"),
+    ),
+    "promote": StepSpec("pipelines.promote", "apply a review decision or the auto policy to the challenger"),
+    "monitor": StepSpec(
+        "pipelines.monitor", "rate one window of captured predictions (drift, estimated macro-F1, system figures)"
+    ),
+}
+
+
+def spec(step: str) -> StepSpec:
+    """The declaration of ``step``.
+
+    Raises:
+        ValueError: the step is unknown.
+    """
+    if step not in SPECS:
+        raise ValueError(f"unknown step {step!r}; expected one of: {', '.join(SPECS)}")
+    return SPECS[step]
 
 
 def safe_run_id(run_id: str) -> str:
@@ -69,6 +185,7 @@ class StepContext:
         Raises:
             ValueError: the input is missing; the message names it and the step.
         """
+        self._declared_input(name)
         value = self.inputs.get(name)
         if not value:
             given = ", ".join(sorted(self.inputs)) or "none"
@@ -77,12 +194,29 @@ class StepContext:
             )
         return value
 
+    def get(self, name: str) -> str | None:
+        """The optional input named ``name``, or None (it must be declared)."""
+        self._declared_input(name)
+        return self.inputs.get(name) or None
+
     def result_of(self, step: str) -> dict[str, Any] | None:
-        """The ``result.json`` an earlier step wrote for this run, or None."""
+        """The ``result.json`` an earlier step wrote for this run, or None.
+
+        Raises:
+            ValueError: this step does not declare that it reads ``step``'s result (:data:`SPECS`).
+        """
+        if self.step in SPECS and step not in SPECS[self.step].reads:
+            raise ValueError(
+                f"step {self.step!r} reads the result of {step!r} without declaring it in pipelines.context.SPECS"
+            )
         uri = join(self.run_uri, step, "result.json")
         if not self.storage.exists(uri):
             return None
         return json.loads(self.storage.read_text(uri))
+
+    def _declared_input(self, name: str) -> None:
+        if self.step in SPECS and SPECS[self.step].input(name) is None:
+            raise ValueError(f"step {self.step!r} reads input {name!r} without declaring it in pipelines.context.SPECS")
 
     def with_step(self, step: str) -> StepContext:
         from dataclasses import replace

@@ -237,7 +237,7 @@ def _history_rows(ctx: StepContext, drift: dict[str, Any] | None) -> int | None:
     """Rows of the accepted batches other than this run's, or None when unknown."""
     from pipelines.datasets import accepted_rows
 
-    current = (drift or {}).get("accepted_uri") or ctx.inputs.get("accepted_uri")
+    current = (drift or {}).get("accepted_uri") or ctx.get("accepted_uri")
     if not current:
         return None
     return accepted_rows(ctx.settings, exclude={current})
@@ -265,7 +265,7 @@ def _new_rows(drift: dict[str, Any] | None, validate: dict[str, Any] | None) -> 
 
 
 def _result(ctx: StepContext, step: str, input_name: str) -> dict[str, Any] | None:
-    uri = ctx.inputs.get(input_name)
+    uri = ctx.get(input_name)
     if uri:
         return json.loads(ctx.storage.read_text(uri))
     return ctx.result_of(step)

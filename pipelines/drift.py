@@ -160,7 +160,7 @@ def _compare(
         **base,
         "severity": severity,
         "has_reference": True,
-        "reference_uri": ctx.inputs.get("reference_uri") or str(ref_dir),
+        "reference_uri": ctx.get("reference_uri") or str(ref_dir),
         "reference_rows": len(ref.labels),
         "encoder": encoder,
         "rows_embedded": len(texts),
@@ -183,7 +183,7 @@ def _int_tag(champion: Champion | None, key: str) -> int | None:
 
 
 def _reference_dir(ctx: StepContext, champion: Champion | None, tmp: Path) -> Path | None:
-    uri = ctx.inputs.get("reference_uri")
+    uri = ctx.get("reference_uri")
     if uri:
         return ctx.storage.local_dir(uri, tmp, what="drift reference")
     if champion is None:

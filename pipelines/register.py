@@ -187,7 +187,7 @@ def _lineage_tags(ctx: StepContext, results: dict[str, dict[str, Any] | None]) -
         "mlops.git_commit": git_commit(),
         "mlops.image": s.runtime.image if s.runtime.mode != "local" else f"local ({s.runtime.image} not used)",
         "mlops.runtime": s.runtime.mode,
-        "mlops.served_uri": ctx.inputs.get("served_uri", ""),
+        "mlops.served_uri": ctx.get("served_uri") or "",
         "batch.id": validate.get("batch_id", ""),
         "batch.uri": validate.get("accepted_uri") or train.get("accepted_uri", ""),
         "batch.content_hash": validate.get("content_hash", ""),

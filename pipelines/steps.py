@@ -9,22 +9,13 @@ import sys
 import time
 from typing import Any
 
-from pipelines.context import StepContext
+from pipelines.context import SPECS, StepContext
+from pipelines.errors import BadInput
 
 log = logging.getLogger(__name__)
 
-#: step name -> module with ``run(ctx) -> dict``; the order is the loop's order.
-STEPS: dict[str, str] = {
-    "validate": "pipelines.validate",
-    "drift": "pipelines.drift",
-    "decide": "pipelines.decide",
-    "train": "pipelines.train",
-    "compress": "pipelines.compress",
-    "evaluate": "pipelines.evaluate",
-    "register": "pipelines.register",
-    "promote": "pipelines.promote",
-    "monitor": "pipelines.monitor",
-}
+#: step name -> its declaration (module with ``run(ctx) -> dict``, inputs, results read); in the loop's order.
+STEPS = SPECS
 
 
 def run_step(ctx: StepContext) -> dict[str, Any]:
@@ -35,7 +26,12 @@ def run_step(ctx: StepContext) -> dict[str, Any]:
     """
     if ctx.step not in STEPS:
         raise ValueError(f"unknown step {ctx.step!r}; expected one of: {', '.join(STEPS)}")
-    module = importlib.import_module(STEPS[ctx.step])
+    spec = STEPS[ctx.step]
+    unknown = sorted(set(ctx.inputs) - {i.name for i in spec.inputs})
+    if unknown:
+        takes = ", ".join(i.name for i in spec.inputs) or "none"
+        raise BadInput(f"step {ctx.step!r} takes no input {', '.join(map(repr, unknown))} (it takes: {takes})")
+    module = importlib.import_module(spec.module)
     started = time.perf_counter()
     log.info("step %s: run %s, inputs %s", ctx.step, ctx.run_id, ctx.inputs)
     result = module.run(ctx)

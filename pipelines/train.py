@@ -602,9 +602,7 @@ def _training_data(ctx: StepContext, action: str, accepted_uri: str) -> dict[str
 
     settings = ctx.settings
     catch_up = (
-        unlearned_batches(settings, accepted_uri)
-        if action == "fine_tune" and not ctx.inputs.get("champion_model_uri")
-        else []
+        unlearned_batches(settings, accepted_uri) if action == "fine_tune" and not ctx.get("champion_model_uri") else []
     )
     frames = []
     for uri in [accepted_uri, *catch_up]:
@@ -635,7 +633,7 @@ def _start_model(ctx: StepContext, action: str, scratch: Path) -> tuple[Any, Any
     if action == "retrain":
         model, tokenizer = load_base(settings)
         return model, tokenizer, settings.train.base_model
-    uri = ctx.inputs.get("champion_model_uri")
+    uri = ctx.get("champion_model_uri")
     if uri:
         path = ctx.storage.local_dir(uri, scratch)
         base = uri

@@ -36,12 +36,30 @@ K8S_XCOM_FILE = "/airflow/xcom/return.json"
 PERMANENT_EXIT_CODES = [2]
 
 
+def step_inputs(step: str) -> dict[str, str]:
+    """XCom templates for the inputs ``step`` declares with a source in ``pipelines.context.SPECS``.
+
+    A source ``"<task>.<key>"`` pulls that key of the task's summary; ``"<task>"`` pulls its whole return value.
+    """
+    from pipelines.context import spec
+
+    templates = {}
+    for declared in spec(step).inputs:
+        if declared.source is None:
+            continue
+        task, _, key = declared.source.partition(".")
+        pull = f"ti.xcom_pull(task_ids='{task}')"
+        templates[declared.name] = "{{ " + (f"{pull}['{key}']" if key else pull) + " }}"
+    return templates
+
+
 class RunStepOperator(BaseOperator):
     """Run the product step ``step`` with templated ``inputs``.
 
     Args:
         step: a name from ``pipelines.steps.STEPS``.
-        inputs: upstream URIs by name (templated; typically ``xcom_pull`` of an upstream summary).
+        inputs: upstream URIs by name (templated); by default the XCom pulls the step declares
+            (:func:`step_inputs`), so a DAG wires a step without naming its inputs.
         step_params: extra step params (templated); merged over the run's form params.
     """
 
@@ -60,7 +78,7 @@ class RunStepOperator(BaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         self.step = step
-        self.inputs = inputs or {}
+        self.inputs = step_inputs(step) if inputs is None else inputs
         self.step_params = step_params or {}
         self._container_op: BaseOperator | None = None
 

@@ -65,7 +65,7 @@ def test_require_empty_input_counts_as_missing(settings):
     with pytest.raises(ValueError, match=r"needs input 'accepted_uri' \(given: accepted_uri\)"):
         ctx.require("accepted_uri")
     with pytest.raises(ValueError, match=r"\(given: none\)"):
-        StepContext(step="train", run_id="r", settings=settings).require("model_uri")
+        StepContext(step="compress", run_id="r", settings=settings).require("model_uri")
 
 
 def test_result_of_reads_an_earlier_steps_summary_of_the_same_run_only(settings):
@@ -76,6 +76,30 @@ def test_result_of_reads_an_earlier_steps_summary_of_the_same_run_only(settings)
     assert decide.result_of("validate") is None
     other_run = StepContext(step="decide", run_id="run-b", settings=settings)
     assert other_run.result_of("drift") is None
+
+
+def test_a_step_reads_only_what_it_declares(settings):
+    from pipelines.context import SPECS
+
+    train = StepContext(step="train", run_id="r", settings=settings, inputs={"accepted_uri": "a.parquet"})
+    with pytest.raises(ValueError, match="step 'train' reads input 'served_uri' without declaring it"):
+        train.require("served_uri")
+    with pytest.raises(ValueError, match="step 'train' reads the result of 'evaluate' without declaring it"):
+        train.result_of("evaluate")
+    assert train.get("champion_model_uri") is None  # declared, optional, not given
+    assert "decide" in SPECS["train"].reads and train.result_of("decide") is None
+
+
+def test_every_declared_source_is_an_earlier_task_of_the_loop():
+    from pipelines.context import SPECS
+
+    order = ["pick_batch", *SPECS]
+    for step, spec in SPECS.items():
+        for declared in spec.inputs:
+            if declared.source:
+                task = declared.source.split(".")[0]
+                assert order.index(task) < order.index(step), (step, declared)
+        assert all(order.index(r) < order.index(step) for r in spec.reads), step
 
 
 def test_with_step_changes_only_the_step_and_the_context_is_frozen(settings):

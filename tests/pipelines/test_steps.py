@@ -12,7 +12,7 @@ import textwrap
 import pytest
 from registry_doubles import make_registry_settings
 
-from pipelines.context import StepContext
+from pipelines.context import StepContext, StepInput, StepSpec
 from pipelines.steps import STEPS, outcome_lines, run_step
 from pipelines.tracking import TAG_PIPELINE_RUN, TAG_STEP, configure, experiment_id
 
@@ -30,9 +30,10 @@ def step_module(tmp_path, monkeypatch):
     folder.mkdir()
     monkeypatch.syspath_prepend(str(folder))
 
-    def make(name: str, code: str) -> None:
+    def make(name: str, code: str, inputs: tuple[str, ...] = ()) -> None:
         (folder / f"_test_step_{name}.py").write_text(textwrap.dedent(code))
-        monkeypatch.setitem(STEPS, name, f"_test_step_{name}")
+        declared = tuple(StepInput(n, None) for n in inputs)
+        monkeypatch.setitem(STEPS, name, StepSpec(f"_test_step_{name}", "a test step", inputs=declared))
 
     return make
 
@@ -40,6 +41,13 @@ def step_module(tmp_path, monkeypatch):
 def test_run_step_unknown_step_names_it_and_the_known_steps(settings):
     ctx = StepContext(step="fly", run_id="r-fly", settings=settings)
     with pytest.raises(ValueError, match=r"unknown step 'fly'; expected one of: validate, drift, decide, train"):
+        run_step(ctx)
+    assert not ctx.storage.exists(ctx.output("result.json"))
+
+
+def test_run_step_refuses_an_input_the_step_does_not_declare(settings):
+    ctx = StepContext(step="decide", run_id="r-undeclared", settings=settings, inputs={"model_uri": "/m"})
+    with pytest.raises(ValueError, match=r"step 'decide' takes no input 'model_uri' \(it takes: drift_result_uri"):
         run_step(ctx)
     assert not ctx.storage.exists(ctx.output("result.json"))
 
@@ -79,6 +87,7 @@ def test_run_step_failing_step_leaves_no_summary(settings, step_module):
         def run(ctx):
             raise FileNotFoundError(f"no batch at {ctx.require('batch_uri')!r}")
         """,
+        inputs=("batch_uri",),
     )
     ctx = StepContext(step="broken", run_id="r-broken", settings=settings, inputs={"batch_uri": "/nowhere.csv"})
     with pytest.raises(FileNotFoundError, match="no batch at '/nowhere.csv'"):
