@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipelines import summaries
 from pipelines.config import Settings
 from pipelines.storage import Storage, get_storage, join
 
@@ -47,6 +48,7 @@ class StepSpec:
     help: str
     inputs: tuple[StepInput, ...] = ()
     reads: tuple[str, ...] = ()  # earlier steps whose result.json (this run) the step reads
+    summary: type | None = None  # the TypedDict its summary satisfies (pipelines.summaries)
 
     def input(self, name: str) -> StepInput | None:
         return next((i for i in self.inputs if i.name == name), None)
@@ -60,6 +62,7 @@ SPECS: dict[str, StepSpec] = {
         "pipelines.validate",
         "check a landing batch with Great Expectations; accept or quarantine it",
         inputs=(StepInput("batch_uri", "pick_batch", doc="a CSV or Parquet file in the landing folder"),),
+        summary=summaries.ValidateSummary,
     ),
     "drift": StepSpec(
         "pipelines.drift",
@@ -68,6 +71,7 @@ SPECS: dict[str, StepSpec] = {
             _ACCEPTED,
             StepInput("reference_uri", None, required=False, doc="a drift reference folder instead of the champion's"),
         ),
+        summary=summaries.DriftSummary,
     ),
     "decide": StepSpec(
         "pipelines.decide",
@@ -78,6 +82,7 @@ SPECS: dict[str, StepSpec] = {
             StepInput("accepted_uri", None, required=False, doc="the batch, when no drift result names it"),
         ),
         reads=("drift", "validate"),
+        summary=summaries.DecideSummary,
     ),
     "train": StepSpec(
         "pipelines.train",
@@ -87,6 +92,7 @@ SPECS: dict[str, StepSpec] = {
             StepInput("champion_model_uri", None, required=False, doc="an fp32 model folder to fine-tune"),
         ),
         reads=("decide",),
+        summary=summaries.TrainSummary,
     ),
     "compress": StepSpec(
         "pipelines.compress",
@@ -96,6 +102,7 @@ SPECS: dict[str, StepSpec] = {
             StepInput("reference_uri", "train.reference_uri", doc="its drift reference folder"),
             StepInput("eval_uri", "train.eval_uri", required=False, doc="the evaluation set (agreement sample)"),
         ),
+        summary=summaries.CompressSummary,
     ),
     "evaluate": StepSpec(
         "pipelines.evaluate",
@@ -104,16 +111,24 @@ SPECS: dict[str, StepSpec] = {
             StepInput("served_uri", "compress.served_uri", doc="the served model folder"),
             StepInput("eval_uri", "train.eval_uri", doc="the evaluation set (Parquet)"),
         ),
+        summary=summaries.EvaluateSummary,
     ),
     "register": StepSpec(
         "pipelines.register",
         "register the candidate as a model version and stage it as challenger",
         inputs=(StepInput("served_uri", "compress.served_uri", doc="the served model folder"),),
         reads=("validate", "drift", "decide", "train", "compress", "evaluate"),
+        summary=summaries.RegisterSummary,
     ),
-    "promote": StepSpec("pipelines.promote", "apply a review decision or the auto policy to the challenger"),
+    "promote": StepSpec(
+        "pipelines.promote",
+        "apply a review decision or the auto policy to the challenger",
+        summary=summaries.PromoteSummary,
+    ),
     "monitor": StepSpec(
-        "pipelines.monitor", "rate one window of captured predictions (drift, estimated macro-F1, system figures)"
+        "pipelines.monitor",
+        "rate one window of captured predictions (drift, estimated macro-F1, system figures)",
+        summary=summaries.MonitorSummary,
     ),
 }
 

@@ -9,6 +9,7 @@ import sys
 import time
 from typing import Any
 
+from pipelines import summaries
 from pipelines.context import SPECS, StepContext
 from pipelines.errors import BadInput
 
@@ -36,6 +37,7 @@ def run_step(ctx: StepContext) -> dict[str, Any]:
     log.info("step %s: run %s, inputs %s", ctx.step, ctx.run_id, ctx.inputs)
     result = module.run(ctx)
     result = dict(result)
+    summaries.check(ctx.step, result, spec.summary)
     result.setdefault("step", ctx.step)
     result["compute_s"] = round(time.perf_counter() - started, 3)
     if "mlflow" in sys.modules:
