@@ -320,13 +320,14 @@ class CompressSettings(_Section):
     # Distillation (pipelines/distill.py): a student made of a subset of the trained model's encoder layers learns
     # the teacher's temperature-scaled soft targets plus the hard labels, then goes through the levels above with its
     # agreement measured against the teacher; when no student level agrees on distill_min_agreement, the teacher's
-    # own levels are tried as without distillation. Off by default. Measured once (bench/compress.py, one run on 2
-    # shared CPU cores): a 3-of-6-layer MiniLM student distilled on the 600 drug-review training rows (2,040 sample
-    # passes, 19.5 min) served int8 at 5.6x the fp32 teacher's speed (the int8 teacher: 3.0x), 5.1x smaller, but
-    # 1.4 macro-F1 points below it (95 % interval -3.1 to +5.6), agreeing with it on 0.85 of the test reviews and
-    # 0.49 of 1,000 tweets: below distill_min_agreement, so this step would have served the teacher. Turn it on only
-    # after the stream benchmark (bench/stream.py, not yet run with it) shows a student that keeps quality and pays.
-    # The other defaults (T 2, alpha 0.7, lr 1e-4, 2,400 passes) are common choices, not tuned here.
+    # own levels are tried as without distillation. Off by default. Measured with bench/compress.py (MiniLM teacher
+    # trained 10 epochs on the 510 drug-review training rows, test split of 379, 2 CPU cores, no other job running): a
+    # 3-of-6-layer student distilled in 3.5 min (2,550 sample passes) served int8 at 6.1x the fp32 teacher's speed
+    # (the int8 teacher: 3.1x), 5.1x smaller, 0.84 macro-F1 points below it (paired 95 % interval -4.5 to +6.3), but
+    # agreeing with it on only 0.78 of the test reviews and 0.59 of 1,000 tweets: below distill_min_agreement, so
+    # this step would have served the teacher. It stays off until the stream benchmark (bench/stream.py, not yet run
+    # with it) shows a student that keeps quality across domains; more transfer texts (captured requests) are the
+    # likely lever. The other defaults (T 2, alpha 0.7, lr 1e-4, 2,400 passes) are common choices, not tuned here.
     distill: bool = Field(default=False, description="Serve a distilled student (fewer encoder layers) when it agrees.")
     distill_layers: list[int] = Field(
         default_factory=list,
