@@ -32,7 +32,7 @@ from pipelines.modeling import load_base, load_classifier
 if TYPE_CHECKING:
     import pandas as pd
 
-    from pipelines.config import Settings
+    from pipelines.config import Settings, TrainSettings
     from pipelines.context import StepContext
 
 log = logging.getLogger(__name__)
@@ -682,6 +682,38 @@ def _close(fig: Any) -> None:
     plt.close(fig)
 
 
+def _params(cfg: TrainSettings, action: str, base: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The run's MLflow parameters: the recipe as this action uses it, and the rows it learns from."""
+    return {
+        "action": action,
+        "base": base,
+        "learning_rate": cfg.learning_rate if action == "retrain" else cfg.fine_tune_learning_rate,
+        "max_epochs": cfg.epochs if action == "retrain" else cfg.fine_tune_epochs,
+        "head_warmup_epochs": cfg.head_warmup_epochs if action == "retrain" else 0,
+        "batch_size": cfg.batch_size,
+        "max_length": cfg.max_length,
+        "class_weighted": cfg.class_weighted,
+        "seed": cfg.seed,
+        "freeze_layers": cfg.freeze_layers if action == "fine_tune" else 0,
+        "replay_rows": data["replay"],
+        "rows": len(data["rows"]),
+        "catch_up_batches": ",".join(data["catch_up"]) or "none",
+    }
+
+
+def _write_eval_set(settings: Settings, data: dict[str, Any], eval_uri: str) -> int:
+    """Write the evaluation set (the golden set plus the new hold-out rows, each text once); its row count."""
+    import pandas as pd
+
+    from pipelines.datasets import ensure_golden, write_parquet
+
+    golden = ensure_golden(settings, data["holdout"])
+    eval_df = pd.concat([golden, data["new_holdout"]], ignore_index=True)
+    eval_df = eval_df.drop_duplicates(subset=[settings.data.text_column]).reset_index(drop=True)
+    write_parquet(eval_df, eval_uri, settings)
+    return len(eval_df)
+
+
 def run(ctx: StepContext) -> dict[str, Any]:
     """Retrain or fine-tune on the accepted data; save the model, the drift reference and the evaluation set.
 
@@ -695,9 +727,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
         ValueError: the action is skip or unknown, fine_tune has no champion, or there are no trainable rows.
     """
     import mlflow
-    import pandas as pd
 
-    from pipelines.datasets import ensure_golden, write_parquet
     from pipelines.reference import save_reference
     from pipelines.tracking import step_run
 
@@ -717,23 +747,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="mlops-train-") as tmp, step_run(ctx):
         scratch = Path(tmp)
         model, tokenizer, base = _start_model(ctx, action, scratch)
-        mlflow.log_params(
-            {
-                "action": action,
-                "base": base,
-                "learning_rate": cfg.learning_rate if action == "retrain" else cfg.fine_tune_learning_rate,
-                "max_epochs": cfg.epochs if action == "retrain" else cfg.fine_tune_epochs,
-                "head_warmup_epochs": cfg.head_warmup_epochs if action == "retrain" else 0,
-                "batch_size": cfg.batch_size,
-                "max_length": cfg.max_length,
-                "class_weighted": cfg.class_weighted,
-                "seed": cfg.seed,
-                "freeze_layers": cfg.freeze_layers if action == "fine_tune" else 0,
-                "replay_rows": data["replay"],
-                "rows": len(data["rows"]),
-                "catch_up_batches": ",".join(data["catch_up"]) or "none",
-            }
-        )
+        mlflow.log_params(_params(cfg, action, base, data))
         result = train_model(settings, action, model, tokenizer, data["rows"], scratch / "checkpoints")
         mlflow.log_metrics({f"final_{k}": v for k, v in result.metrics.items()})
         mlflow.set_tags({"device": result.device, "precision": result.precision, "action": action})
@@ -754,17 +768,14 @@ def run(ctx: StepContext) -> dict[str, Any]:
         )
         ctx.storage.replace_dir(ref_dir, reference_uri, root=ctx.step_uri)
 
-    golden = ensure_golden(settings, data["holdout"])
-    eval_df = pd.concat([golden, data["new_holdout"]], ignore_index=True)
-    eval_df = eval_df.drop_duplicates(subset=[settings.data.text_column]).reset_index(drop=True)
-    write_parquet(eval_df, eval_uri, settings)
+    eval_rows = _write_eval_set(settings, data, eval_uri)
     metrics = {k: round(v, 5) for k, v in result.metrics.items()}
     return {
         "action": action,
         "model_uri": model_uri,
         "reference_uri": reference_uri,
         "eval_uri": eval_uri,
-        "eval_rows": len(eval_df),
+        "eval_rows": eval_rows,
         "base": base,
         "accepted_uri": accepted_uri,
         "new_rows": data["new_rows"],
