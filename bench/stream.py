@@ -202,7 +202,8 @@ class Baselines:
             model, tokenizer = modeling.load_classifier(start, s)
             train.freeze_lower_layers(model, s.train.freeze_layers)
         scratch = Path(tempfile.mkdtemp(dir=self.work))
-        result = train.train_model(s, action, model, tokenizer, data["rows"], scratch)
+        unseen = data["holdout"]["text"].astype(str).tolist()
+        result = train.train_model(s, action, model, tokenizer, data["rows"], scratch, unseen)
         result.model.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
         shutil.rmtree(scratch, ignore_errors=True)
@@ -533,7 +534,7 @@ def _fingerprint(stream: Stream, settings: Any) -> str:
     h.update(
         json.dumps({"train": settings.train.model_dump(), "data": settings.data.model_dump()}, sort_keys=True).encode()
     )
-    for module in ("train.py", "datasets.py", "modeling.py"):
+    for module in ("train.py", "datasets.py", "modeling.py", "decision.py"):
         h.update((REPO / "pipelines" / module).read_bytes())
     return h.hexdigest()
 

@@ -243,6 +243,13 @@ class TrainSettings(_Section):
     weight_decay: float = Field(default=0.01, ge=0)
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
     class_weighted: bool = True
+    # A class predicted on fewer than this share of its training frequency on unseen texts (validation + hold-out,
+    # texts only) gets its decision bias raised until it is predicted at its training frequency (pipelines/decision.py).
+    # On the first drug-review batch neutral (7 % of the training rows) was predicted for 0-1 % of later reviews, so
+    # its recall was 0 on every later batch; see the README's stream section for the effect on the loop.
+    decision_floor: float = Field(
+        default=0.5, ge=0, le=1, description="Collapsed-class threshold of the decision offsets; 0 = off."
+    )
     freeze_layers: int = Field(default=2, ge=0, description="Encoder layers frozen (with the embeddings) in fine-tune.")
     replay_ratio: float = Field(default=0.3, ge=0, description="Replayed earlier rows per new row in fine-tune.")
     validation_share: Probability = Field(default=0.15, gt=0, lt=1)

@@ -42,6 +42,9 @@ ACCEPTED_BATCHES_TAG = "data.accepted_batches"
 
 ACTIONS = ("retrain", "fine_tune")
 
+#: Most unseen texts scored to set the decision offsets (a seeded sample beyond it).
+MAX_DECISION_TEXTS = 2000
+
 
 @dataclass
 class FitResult:
@@ -469,13 +472,22 @@ def warm_up_head(
 
 
 def train_model(
-    settings: Settings, action: str, model: Any, tokenizer: Any, rows: pd.DataFrame, work_dir: Path
+    settings: Settings,
+    action: str,
+    model: Any,
+    tokenizer: Any,
+    rows: pd.DataFrame,
+    work_dir: Path,
+    unseen_texts: list[str] | None = None,
 ) -> FitResult:
     """The product's training recipe on ``rows``: validation split, epochs from the data size, a head warm-up
-    before a retrain, then the full fit with early stopping. Used by the train step and by ``bench/stream.py``.
+    before a retrain, the full fit with early stopping, then decision offsets for a class the model never predicts
+    (:mod:`pipelines.decision`, on the validation texts plus ``unseen_texts``: the hold-out's texts, no labels).
+    Used by the train step and by ``bench/stream.py``.
 
     Returns:
-        The fit of the main phase; its ``sample_passes`` and ``train_seconds`` include the warm-up.
+        The fit of the main phase; its ``sample_passes`` and ``train_seconds`` include the warm-up; its metrics
+        hold ``decision_offset_<label>`` per class.
     """
     cfg = settings.train
     train_df, val_df = validation_split(rows, settings)
@@ -489,6 +501,9 @@ def train_model(
     result = fit(
         settings, model, tokenizer, train_df, val_df, learning_rate=lr, epochs=epochs, work_dir=work_dir / "fit"
     )
+    offsets = _decision_offsets(settings, result.model, tokenizer, rows, val_df, unseen_texts or [])
+    for label, offset in zip(settings.data.labels, offsets, strict=True):
+        result.metrics[f"decision_offset_{label}"] = float(offset)
     result.metrics["epochs_planned"] = epochs
     result.metrics["learning_rate"] = lr
     result.metrics["head_warmup_epochs"] = cfg.head_warmup_epochs if warm is not None else 0.0
@@ -499,6 +514,23 @@ def train_model(
         offset = warm.metrics["steps"]
         result.history = warm.history + [{**h, "step": h["step"] + offset} for h in result.history]
     return result
+
+
+def _decision_offsets(
+    settings: Settings, model: Any, tokenizer: Any, rows: pd.DataFrame, val_df: pd.DataFrame, unseen: list[str]
+) -> Any:
+    """Raise the bias of a class the model never predicts on unseen texts (:func:`pipelines.decision.calibrate`)."""
+    import numpy as np
+
+    from pipelines.decision import calibrate
+
+    cfg, labels = settings.train, settings.data.labels
+    prior = np.bincount(label_ids(rows, settings), minlength=len(labels)) / max(len(rows), 1)
+    texts = val_df[settings.data.text_column].astype(str).tolist() + list(unseen)
+    if len(texts) > MAX_DECISION_TEXTS:
+        keep = np.random.default_rng(cfg.seed).choice(len(texts), MAX_DECISION_TEXTS, replace=False)
+        texts = [texts[i] for i in sorted(keep)]
+    return calibrate(model, tokenizer, texts, prior, cfg.decision_floor, cfg.max_length)
 
 
 # --- the step --------------------------------------------------------------------------------------
@@ -748,7 +780,8 @@ def run(ctx: StepContext) -> dict[str, Any]:
         scratch = Path(tmp)
         model, tokenizer, base = _start_model(ctx, action, scratch)
         mlflow.log_params(_params(cfg, action, base, data))
-        result = train_model(settings, action, model, tokenizer, data["rows"], scratch / "checkpoints")
+        unseen = data["holdout"][settings.data.text_column].astype(str).tolist()
+        result = train_model(settings, action, model, tokenizer, data["rows"], scratch / "checkpoints", unseen)
         mlflow.log_metrics({f"final_{k}": v for k, v in result.metrics.items()})
         mlflow.set_tags({"device": result.device, "precision": result.precision, "action": action})
         fig = _plot_history(result.history, f"{action} from {Path(base).name or base}")
