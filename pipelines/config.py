@@ -243,6 +243,9 @@ class TrainSettings(_Section):
     weight_decay: float = Field(default=0.01, ge=0)
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
     class_weighted: bool = True
+    oversample: float = Field(
+        default=0.0, ge=0, le=1, description="Minority classes topped up toward the largest (0 off, 1 balanced)."
+    )
     # A class predicted on fewer than this share of its training frequency on unseen texts (validation + hold-out,
     # texts only) gets its decision bias raised until it is predicted at its training frequency (pipelines/decision.py).
     # On the first drug-review batch neutral (7 % of the training rows) was predicted for 0-1 % of later reviews, so

@@ -151,6 +151,26 @@ def class_weights(ids: list[int], num_labels: int) -> list[float]:
     return [n / (k * c) if c else 1.0 for c in counts]
 
 
+def oversample(df: pd.DataFrame, settings: Settings, share: float) -> pd.DataFrame:
+    """Each class topped up toward the largest class's count by ``share`` (0: unchanged, 1: balanced).
+
+    Every original row is kept; the extra rows are a seeded draw with replacement from the class's own rows, and the
+    result is shuffled (seeded).
+    """
+    import pandas as pd
+
+    if share <= 0 or df.empty:
+        return df
+    col, seed = settings.data.label_column, settings.train.seed
+    largest = int(df[col].value_counts().max())
+    parts = [df]
+    for _label, group in df.groupby(col, sort=True):
+        extra = int(round(share * (largest - len(group))))
+        if extra > 0:
+            parts.append(group.sample(n=extra, replace=True, random_state=seed))
+    return pd.concat(parts, ignore_index=True).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
 def validation_split(df: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Seeded split into (train, validation), stratified by label where every class has two rows or more."""
     from sklearn.model_selection import train_test_split

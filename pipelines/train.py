@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.datasets import class_weights, label_ids, validation_split
+from pipelines.datasets import class_weights, label_ids, oversample, validation_split
 from pipelines.modeling import load_base, load_classifier
 
 if TYPE_CHECKING:
@@ -491,6 +491,7 @@ def train_model(
     """
     cfg = settings.train
     train_df, val_df = validation_split(rows, settings)
+    train_df = oversample(train_df, settings, cfg.oversample)  # before the epochs: the pass budget counts copies
     epochs = epochs_for(len(train_df), settings, action)
     lr = cfg.learning_rate if action == "retrain" else cfg.fine_tune_learning_rate
     warm = (

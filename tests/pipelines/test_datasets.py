@@ -41,3 +41,21 @@ def test_each_batch_keeps_its_own_share_when_read_together():
     small_held = held[held["batch_uri"] == "a"]
     assert 80 <= len(small_held) <= 120  # about 40 % of 250, by a hash of the text
     assert 320 <= len(held) - len(small_held) <= 480  # about 20 % of 2000
+
+
+def test_oversample_tops_minority_classes_up_toward_the_largest(settings):
+    import pandas as pd
+
+    from pipelines.datasets import oversample
+
+    df = pd.DataFrame(
+        {"text": [f"t{i}" for i in range(14)], "label": ["positive"] * 10 + ["neutral"] * 2 + ["negative"] * 2}
+    )
+    assert oversample(df, settings, 0.0) is df
+    full = oversample(df, settings, 1.0)
+    assert full["label"].value_counts().to_dict() == {"positive": 10, "neutral": 10, "negative": 10}
+    assert set(df["text"]) <= set(full["text"])  # every original row is kept
+    assert set(full.loc[full["label"] == "neutral", "text"]) == {"t10", "t11"}  # copies of the class's own rows
+    half = oversample(df, settings, 0.5)
+    assert half["label"].value_counts().to_dict() == {"positive": 10, "neutral": 6, "negative": 6}
+    pd.testing.assert_frame_equal(oversample(df, settings, 0.5), half)  # seeded
