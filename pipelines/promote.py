@@ -7,7 +7,7 @@ audit trail and the review rules live in :mod:`pipelines.registry`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from mlflow.exceptions import MlflowException
 
@@ -58,6 +58,83 @@ def _links(settings: Settings, version: Any) -> dict[str, Any]:
     return {"model_name": name, "mlflow_run_id": mv.run_id, "mlflow_experiment_id": exp}
 
 
+class _Decision(NamedTuple):
+    """What to apply: the move (approve, reject or rollback), who decided, why, and the review tag to record."""
+
+    action: str
+    by: str
+    reason: str
+    review: str | None
+
+
+def _parse_action(value: Any) -> str:
+    action = str(value or "auto").strip().lower()
+    if action == "promote":
+        action = "approve"
+    if action not in {"auto", "approve", "reject", "rollback"}:
+        raise ValueError(f"param action={action!r} must be one of auto, approve, reject, rollback")
+    return action
+
+
+def _auto_decision(
+    s: Settings, mv: Any, d: _Decision, *, policy: str, version: str, before: str | None, request: str
+) -> _Decision | None:
+    """Under action ``auto``: the policy approves a version that passed and needs no review; else the reviewer's
+    recorded decision applies; else the version is still pending (None). A recorded approval that does not count
+    is refused (raises PromotionRefused)."""
+    tags = mv.tags or {}
+    decided = read_review(s, mv)
+    comment = tags.get(s.registry.review_comment_tag)
+    held = tags.get(TAG_NEEDS_REVIEW) == "true"  # the gates asked for a human: auto never approves it
+    if decided["state"] is None and policy == AUTO and tags.get("eval.passed") == "true" and not held:
+        return _Decision("approve", "policy:auto", d.reason or "promotion policy auto: every gate passed", AUTO)
+    if decided["state"] is not None:
+        action = "approve" if decided["state"] == APPROVED else "reject"
+        return _Decision(action, decided["by"], d.reason or comment or f"{decided['state']} in the MLflow UI", None)
+    if decided["problem"]:
+        refuse(s, version, before, request, decided["problem"])
+    return None
+
+
+def _reviewer_decision(
+    s: Settings, mv: Any, d: _Decision, *, version: str, before: str | None, request: str
+) -> _Decision:
+    """Under approve or reject with no param ``by``: the reviewer recorded on the version is who decided (an
+    approval without one is refused: raises PromotionRefused)."""
+    name = s.registry.model_name
+    tags = mv.tags or {}
+    decided = read_review(s, mv)
+    comment = tags.get(s.registry.review_comment_tag)
+    if d.action == "approve":
+        # The review wait passes no `by`: the reviewer's approval on the version is the decision.
+        if decided["state"] != APPROVED:
+            refuse(
+                s,
+                version,
+                before,
+                request,
+                decided["problem"]
+                or f"param by is required to approve {name} version {version} without a reviewer's approval "
+                f"(tags {s.registry.review_tag}=approved and {s.registry.review_by_tag}=<name>)",
+            )
+        return _Decision("approve", decided["by"], d.reason or comment or "approved in the MLflow UI", None)
+    if d.action == "reject" and decided["state"] == REJECTED:
+        return d._replace(by=decided["by"], reason=d.reason or comment or "rejected in the MLflow UI")
+    return d
+
+
+def _apply(s: Settings, d: _Decision, version: Any, request: str) -> tuple[Any, str, Any]:
+    """Make the move; returns the version moved to, the status and the champion after it."""
+    if d.action == "approve":
+        out = promote(s, version, by=d.by, reason=d.reason or "approved", request=request, review=d.review)
+        return version, "promoted" if out["changed"] else "already_champion", out["champion_after"]
+    if d.action == "reject":
+        out = reject(s, version, by=d.by, reason=d.reason or "rejected", request=request)
+        return version, "rejected", out["champion_after"]
+    out = rollback(s, version, by=d.by, reason=d.reason or "rollback", request=request)
+    return out["champion_after"], "rolled_back", out["champion_after"]
+
+
 def apply_decision(ctx: StepContext) -> dict[str, Any]:
     """Apply a decision on a model version.
 
@@ -81,11 +158,7 @@ def apply_decision(ctx: StepContext) -> dict[str, Any]:
     """
     s, p = ctx.settings, ctx.params
     name = s.registry.model_name
-    action = str(p.get("action") or "auto").strip().lower()
-    if action == "promote":
-        action = "approve"
-    if action not in {"auto", "approve", "reject", "rollback"}:
-        raise ValueError(f"param action={action!r} must be one of auto, approve, reject, rollback")
+    action = _parse_action(p.get("action"))
     policy = resolve_policy(s, p.get("promotion"))
     request = str(p.get("request_id") or ctx.run_id).strip()
     client = registry_client(s)
@@ -94,60 +167,24 @@ def apply_decision(ctx: StepContext) -> dict[str, Any]:
         version = alias_version(client, name, CHALLENGER)
     before = alias_version(client, name, CHAMPION)
     given_by = str(p.get("by") or "").strip()
-    by = given_by or f"dag:{ctx.dag_id or 'cli'}"
-    reason = str(p.get("reason") or "").strip()
+    d = _Decision(action, given_by or f"dag:{ctx.dag_id or 'cli'}", str(p.get("reason") or "").strip(), APPROVED)
     summary: dict[str, Any] = {"action": action, "version": version, "champion_before": before, "request_id": request}
     if action in {"auto", "approve", "reject"} and version is None:
         if action == "auto":
             return {**summary, "status": "no_challenger", "champion_after": before}
         raise ValueError(f"no version to {action}: model {name!r} has no {CHALLENGER!r} alias; pass param version")
 
-    review: str | None = APPROVED
     if action in {"auto", "approve", "reject"}:
         mv = get_version(client, name, version)
-        tags = mv.tags or {}
-        decided = read_review(s, mv)
-        comment = tags.get(s.registry.review_comment_tag)
         if action == "auto" and version == before:  # e.g. promoted by the policy in register
             return {**summary, "status": "already_champion", "champion_after": before}
         if action == "auto":
-            held = tags.get(TAG_NEEDS_REVIEW) == "true"  # the gates asked for a human: auto never approves it
-            if decided["state"] is None and policy == AUTO and tags.get("eval.passed") == "true" and not held:
-                action, by, review = "approve", "policy:auto", AUTO
-                reason = reason or "promotion policy auto: every gate passed"
-            elif decided["state"] is not None:
-                action = "approve" if decided["state"] == APPROVED else "reject"
-                by, review = decided["by"], None
-                reason = reason or comment or f"{decided['state']} in the MLflow UI"
-            elif decided["problem"]:
-                refuse(s, version, before, request, decided["problem"])
-            else:
+            decided = _auto_decision(s, mv, d, policy=policy, version=version, before=before, request=request)
+            if decided is None:
                 return {**summary, "status": "pending", "champion_after": before}
-        elif action == "approve" and not given_by:
-            # The review wait passes no `by`: the reviewer's approval on the version is the decision.
-            if decided["state"] != APPROVED:
-                refuse(
-                    s,
-                    version,
-                    before,
-                    request,
-                    decided["problem"]
-                    or f"param by is required to approve {name} version {version} without a reviewer's approval "
-                    f"(tags {s.registry.review_tag}=approved and {s.registry.review_by_tag}=<name>)",
-                )
-            by, review = decided["by"], None
-            reason = reason or comment or "approved in the MLflow UI"
-        elif action == "reject" and not given_by and decided["state"] == REJECTED:
-            by = decided["by"]
-            reason = reason or comment or "rejected in the MLflow UI"
+            d = decided
+        elif not given_by:
+            d = _reviewer_decision(s, mv, d, version=version, before=before, request=request)
 
-    if action == "approve":
-        out = promote(s, version, by=by, reason=reason or "approved", request=request, review=review)
-        status = "promoted" if out["changed"] else "already_champion"
-    elif action == "reject":
-        out = reject(s, version, by=by, reason=reason or "rejected", request=request)
-        status = "rejected"
-    else:
-        out = rollback(s, version, by=by, reason=reason or "rollback", request=request)
-        version, status = out["champion_after"], "rolled_back"
-    return {**summary, "action": action, "version": version, "status": status, "champion_after": out["champion_after"]}
+    version, status, after = _apply(s, d, version, request)
+    return {**summary, "action": d.action, "version": version, "status": status, "champion_after": after}
