@@ -57,11 +57,16 @@ def rate(tests: dict[str, dict[str, Any]], cfg: DriftSettings) -> tuple[str, lis
             severe.append(f"{line} >= {cfg.quality_drop_severe})")
         else:
             moderate.append(f"{line} >= {cfg.quality_drop_moderate})")
-    if severe:
-        return "severe", severe + moderate
-    if moderate:
-        return "moderate", moderate
-    return "none", []
+    return worst_level([("severe", severe), ("moderate", moderate)], calm="none")
+
+
+def worst_level(levels: list[tuple[str, list[str]]], *, calm: str) -> tuple[str, list[str]]:
+    """The most serious level that has reasons (``levels`` are listed most serious first) and the reasons of it and
+    every level below it; ``(calm, [])`` when none has any. The drift and monitor ratings both end with it."""
+    for at, (level, reasons) in enumerate(levels):
+        if reasons:
+            return level, [reason for _, below in levels[at:] for reason in below]
+    return calm, []
 
 
 def capped_reference(ref: Reference, cap: int, seed: int) -> Reference:

@@ -257,8 +257,6 @@ def distill(
     student = make_student(teacher, layers)
     epochs = epochs_for(len(data.texts), settings)
     steps_per_epoch = math.ceil(len(data.texts) / settings.train.batch_size)
-    optimizer, schedule = _optimizer(settings, student, steps_per_epoch * epochs)
-    weight = _loss_weights(settings, data)
     log.info(
         "distill: student keeps encoder layers %s of %d; %d labelled + %d unlabelled texts (%d validation rows), "
         "%d epoch(s) of %d steps, T=%s, alpha=%s, lr %.1e; the teacher scored them in %.1fs",
@@ -274,7 +272,7 @@ def distill(
         cfg.distill_learning_rate,
         data.scoring_s,
     )
-    progress = _fit(settings, student, tokenizer, data, optimizer, schedule, weight, epochs)
+    progress = _fit(settings, student, tokenizer, data, epochs, steps_per_epoch * epochs)
     metrics = _metrics(data, progress, epochs)
     log.info(
         "distill: done in %.1fs (%d sample passes); best epoch %d: validation agreement %.3f, macro-F1 %.3f "
@@ -289,20 +287,13 @@ def distill(
     return DistillResult(student, layers, n_teacher, metrics, progress.history)
 
 
-def _fit(
-    settings: Settings,
-    student: Any,
-    tokenizer: Any,
-    data: _Transfer,
-    optimizer: Any,
-    schedule: Any,
-    weight: Any,
-    epochs: int,
-) -> _Progress:
-    """Train ``student`` for up to ``epochs`` epochs (early stopping in :func:`_end_of_epoch`), then load the best
-    epoch's weights into it and switch it to eval mode."""
+def _fit(settings: Settings, student: Any, tokenizer: Any, data: _Transfer, epochs: int, total_steps: int) -> _Progress:
+    """Train ``student`` for up to ``epochs`` epochs (``total_steps`` optimizer steps; early stopping in
+    :func:`_end_of_epoch`), then load the best epoch's weights into it and switch it to eval mode."""
     import torch  # heavy: loaded only when a student is trained
 
+    optimizer, schedule = _optimizer(settings, student, total_steps)
+    weight = _loss_weights(settings, data)
     generator = torch.Generator().manual_seed(settings.train.seed)
     progress = _Progress()
     torch.set_grad_enabled(True)

@@ -32,7 +32,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines import detectors
+from pipelines import detectors, report
 from pipelines.registry import QUALITY_TAG
 
 if TYPE_CHECKING:
@@ -258,9 +258,7 @@ def _plots(
     ax.set_xlabel(f"PC1 ({pca.explained_variance_ratio_[0]:.0%})")
     ax.set_ylabel(f"PC2 ({pca.explained_variance_ratio_[1]:.0%})")
     ax.legend()
-    paths["embedding_pca"] = out / "embedding_pca.png"
-    fig.savefig(paths["embedding_pca"], dpi=90, bbox_inches="tight")
-    plt.close(fig)
+    paths["embedding_pca"] = report.save_figure(fig, out / "embedding_pca.png")
 
     classes = sorted(set(ref.labels) | set(labels) | set(settings.data.labels))
     ref_share = [ref.labels.count(c) / max(len(ref.labels), 1) for c in classes]
@@ -273,9 +271,7 @@ def _plots(
     ax.set_ylabel("share of rows")
     ax.set_title("Label mix")
     ax.legend()
-    paths["labels"] = out / "label_histogram.png"
-    fig.savefig(paths["labels"], dpi=90, bbox_inches="tight")
-    plt.close(fig)
+    paths["labels"] = report.save_figure(fig, out / "label_histogram.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     bins = np.histogram_bin_edges(np.concatenate([np.asarray(ref.lengths), lengths]), bins=40)
@@ -284,9 +280,7 @@ def _plots(
     ax.set_xlabel("characters")
     ax.set_title("Text length")
     ax.legend()
-    paths["lengths"] = out / "length_histogram.png"
-    fig.savefig(paths["lengths"], dpi=90, bbox_inches="tight")
-    plt.close(fig)
+    paths["lengths"] = report.save_figure(fig, out / "length_histogram.png")
     return paths
 
 

@@ -52,7 +52,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines import detectors
+from pipelines import detectors, report
 from pipelines.datasets import capture_root, read_captures
 from pipelines.registry import QUALITY_TAG
 from pipelines.storage import basename, join
@@ -470,11 +470,7 @@ def rate(tests: dict[str, Any], estimate: dict[str, Any], system: dict[str, Any]
     p95 = system.get("latency_p95_ms")
     if p95 is not None and p95 > mon.max_latency_p95_ms:
         warn.append(f"latency p95 {p95:.1f} ms > monitoring.max_latency_p95_ms={mon.max_latency_p95_ms}")
-    if act:
-        return "act", act + warn
-    if warn:
-        return "warn", warn
-    return "ok", []
+    return detectors.worst_level([("act", act), ("warn", warn)], calm="ok")
 
 
 # --- reporting -----------------------------------------------------------------------------------------
@@ -561,9 +557,7 @@ def _plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     ax.plot(x, [r.get("mmd") for r in rows], marker="o")
     ax.set_title("Input drift over time (squared MMD of embeddings)")
     ax.tick_params(axis="x", rotation=45)
-    paths.append(out / "drift_over_time.png")
-    fig.savefig(paths[-1], dpi=90, bbox_inches="tight")
-    plt.close(fig)
+    paths.append(report.save_figure(fig, out / "drift_over_time.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for key, name in (("estimated_f1", "estimated"), ("realised_f1", "realised"), ("baseline_f1", "baseline")):
@@ -571,9 +565,7 @@ def _plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     ax.set_title("Macro-F1: estimated (CBPE) vs realised")
     ax.legend()
     ax.tick_params(axis="x", rotation=45)
-    paths.append(out / "f1_estimated_vs_realised.png")
-    fig.savefig(paths[-1], dpi=90, bbox_inches="tight")
-    plt.close(fig)
+    paths.append(report.save_figure(fig, out / "f1_estimated_vs_realised.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4))
     classes = sorted({c for r in rows for c in (r.get("label_counts") or {})})
@@ -587,9 +579,7 @@ def _plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     ax.set_title("Predicted-label mix over time")
     ax.legend()
     ax.tick_params(axis="x", rotation=45)
-    paths.append(out / "label_mix_over_time.png")
-    fig.savefig(paths[-1], dpi=90, bbox_inches="tight")
-    plt.close(fig)
+    paths.append(report.save_figure(fig, out / "label_mix_over_time.png"))
     return paths
 
 

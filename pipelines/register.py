@@ -347,31 +347,26 @@ def _describe_once(
     if report.REPORT_HEADING in (mv.description or ""):
         return
     evaluate = results["evaluate"] or {}
-    body = report.render_report_body(
+    when = _utc(mv.creation_timestamp)
+    description = report.render_review_description(
         model_name=name,
+        version=version,
         run_id=ctx.run_id,
         evaluate=evaluate,
         validate=results["validate"],
         drift=results["drift"],
         decide=results["decide"],
         train=results["train"],
+        review_tag=reg.review_tag,
+        review_comment_tag=reg.review_comment_tag,
+        review_by_tag=reg.review_by_tag,
+        policy=policy,
         run_url=run_url(s, parent),
         compress=results["compress"],
         figures_run_id=evaluate.get("mlflow_run_id"),
+        status_detail=f"registered {when} by pipeline run `{ctx.run_id}` and staged as the challenger "
+        f"(policy `{policy}`).",
     )
-    when = _utc(mv.creation_timestamp)
-    status = report.status_line(
-        "awaiting review",
-        f"registered {when} by pipeline run `{ctx.run_id}` and staged as the challenger (policy `{policy}`).",
-    )
-    how = report.how_to_decide(
-        policy=policy,
-        needs_review=bool(evaluate.get("needs_review")),
-        review_tag=reg.review_tag,
-        review_by_tag=reg.review_by_tag,
-        review_comment_tag=reg.review_comment_tag,
-    )
-    description = report.compose_version_description(name, version, status, body, how=how)
     client.update_model_version(name, version, description=description)
 
 

@@ -125,6 +125,16 @@ def get_version(client: Any, name: str, version: str) -> Any:
         raise ValueError(f"registered model {name!r} has no version {version!r} ({exc.error_code})") from None
 
 
+def _named_version(settings: Settings, version: Any, what: str) -> tuple[str, Any, Any]:
+    """(the version number, the registry client, the ``ModelVersion``) for a caller ``what`` that needs one; a
+    ValueError when ``version`` names none or it does not exist."""
+    v = parse_version(version)
+    if v is None:
+        raise ValueError(f"{what} needs a model version")
+    client = registry_client(settings)
+    return v, client, get_version(client, settings.registry.model_name, v)
+
+
 def version_by_alias(client: Any, name: str, alias: str) -> Any | None:
     """The ``ModelVersion`` holding ``alias`` on registered model ``name``, or None when there is none (or no
     registered model)."""
@@ -379,10 +389,7 @@ def review_state(settings: Settings, version: Any) -> str | None:
     Raises:
         ValueError: the version does not exist.
     """
-    v = parse_version(version)
-    if v is None:
-        raise ValueError("review_state needs a model version")
-    return read_review(settings, get_version(registry_client(settings), settings.registry.model_name, v))["state"]
+    return read_review(settings, _named_version(settings, version, "review_state")[2])["state"]
 
 
 def is_pending(settings: Settings, mv: Any, champion: str | None) -> bool:
@@ -621,12 +628,8 @@ def promote(
         ValueError: the version does not exist, is not READY, or was rejected by a reviewer.
         PromotionRefused: ``review=auto`` for a version whose gates asked for a human, or a conflicting request.
     """
-    v = parse_version(version)
-    if v is None:
-        raise ValueError("promote needs a model version")
-    client = registry_client(settings)
+    v, client, mv = _named_version(settings, version, "promote")
     name, reg = settings.registry.model_name, settings.registry
-    mv = get_version(client, name, v)
     if read_review(settings, mv)["state"] == REJECTED and alias_version(client, name, CHAMPION) != v:
         raise ValueError(
             f"{name} version {v} was rejected (tag {reg.review_tag}=rejected); remove or change that tag in the "
@@ -662,12 +665,8 @@ def reject(
     Raises:
         ValueError: the version does not exist or is the champion (use promote or rollback to replace it).
     """
-    v = parse_version(version)
-    if v is None:
-        raise ValueError("reject needs a model version")
-    client = registry_client(settings)
+    v, client, mv = _named_version(settings, version, "reject")
     name, reg = settings.registry.model_name, settings.registry
-    mv = get_version(client, name, v)
     champion = alias_version(client, name, CHAMPION)
     entries = read_audit(settings)
     entry = _done_before(entries, "reject", request)

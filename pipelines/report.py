@@ -356,6 +356,8 @@ def render_review_description(
     compress: dict[str, Any] | None = None,
     max_chars: int = MAX_DESCRIPTION_CHARS,
     review_by_tag: str = "review_by",
+    figures_run_id: str | None = None,
+    status_detail: str | None = None,
 ) -> str:
     """The model version description a reviewer decides on, within MLflow's description size limit.
 
@@ -376,6 +378,8 @@ def render_review_description(
             ``agreement_ci`` and ``levels_tried`` are shown when present.
         max_chars: the size limit; the least important sections are dropped first to fit.
         review_by_tag: the tag naming the reviewer (``review_by``).
+        figures_run_id: the evaluate step's MLflow run, whose figures are then shown inline.
+        status_detail: the status line's text after "awaiting review" (default: staged by run ``run_id``).
 
     Returns:
         Markdown text of at most ``max_chars`` characters.
@@ -391,6 +395,7 @@ def render_review_description(
         run_url=run_url,
         compress=compress,
         max_chars=max_chars - HEAD_BUDGET,
+        figures_run_id=figures_run_id,
     )
     how = how_to_decide(
         policy=policy,
@@ -399,7 +404,7 @@ def render_review_description(
         review_by_tag=review_by_tag,
         review_comment_tag=review_comment_tag,
     )
-    status = status_line("awaiting review", f"staged as the challenger by pipeline run `{run_id}`.")
+    status = status_line("awaiting review", status_detail or f"staged as the challenger by pipeline run `{run_id}`.")
     return compose_version_description(model_name, version, status, report, how=how, max_chars=max_chars)
 
 
@@ -611,6 +616,14 @@ def _pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write ``fig`` as a PNG at 90 dpi cropped to its content, close it (a long run keeps no figure open) and
+    return ``path``; the drift and monitor plots use it."""
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    _pyplot().close(fig)
+    return path
 
 
 def confusion_figure(path: Path, labels: Sequence[str], candidate: np.ndarray, champion: np.ndarray | None) -> Path:
