@@ -65,7 +65,7 @@ def _worker(rows: int, root: Path, encoder: str) -> dict:
 
     from pipelines.context import StepContext
     from pipelines.encoders import embed
-    from pipelines.steps import run_step
+    from pipelines.runner import run_step
 
     settings = _settings(root, encoder)
     cfg = settings.drift

@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 from pipelines.config import check_params, get_settings
 from pipelines.context import StepSpec
 from pipelines.errors import EXIT_PERMANENT, EXIT_UNEXPECTED, exit_code, one_line
-from pipelines.steps import STEPS
+from pipelines.runner import STEPS
 
 #: Airflow's default ``allowed_run_id_pattern``, capped: no quotes, spaces or slashes reach a path or a query.
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.~:+-]{1,250}$")
@@ -179,7 +179,7 @@ def _run(args: argparse.Namespace) -> int:
         Supervisor(settings).run(announce=lambda line: print(line, flush=True))
         return 0
     from pipelines.context import StepContext
-    from pipelines.steps import run_step
+    from pipelines.runner import run_step
 
     overrides = {k: _parse_value(v) for k, v in _pairs(args.set, "--set").items()}
     if overrides:

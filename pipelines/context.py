@@ -4,7 +4,7 @@
 earlier task's XCom, by ``--input NAME=URI`` on the CLI, or as a container argument) and the earlier steps whose
 summary (``result.json`` of the same run) it reads. The DAG's task inputs, the CLI's ``--help`` and its input
 check come from this table, and a step can read nothing else: :meth:`StepContext.require` and
-:meth:`StepContext.result_of` refuse an undeclared name, and :func:`pipelines.steps.run_step` refuses an undeclared
+:meth:`StepContext.result_of` refuse an undeclared name, and :func:`pipelines.runner.run_step` refuses an undeclared
 input.
 """
 

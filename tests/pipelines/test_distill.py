@@ -9,7 +9,7 @@ from conftest import tiny_settings
 
 from pipelines.context import StepContext
 from pipelines.datasets import write_parquet
-from pipelines.steps import run_step
+from pipelines.runner import run_step
 
 
 @pytest.fixture(scope="module")

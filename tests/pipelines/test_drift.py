@@ -7,7 +7,7 @@ import pytest
 from pipelines.context import StepContext
 from pipelines.drift import run
 from pipelines.reference import save_reference
-from pipelines.steps import run_step
+from pipelines.runner import run_step
 
 
 def _accepted(settings, name, df) -> str:

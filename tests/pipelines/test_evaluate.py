@@ -27,7 +27,7 @@ from pipelines.context import StepContext
 from pipelines.datasets import write_parquet
 from pipelines.errors import EXIT_PERMANENT, CorruptArtifact, exit_code
 from pipelines.evaluate import run
-from pipelines.steps import run_step
+from pipelines.runner import run_step
 
 
 @pytest.fixture

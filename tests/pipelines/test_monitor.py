@@ -73,7 +73,7 @@ def test_rerun_of_a_window_gives_the_same_summary(tmp_path):
     for i in range(3):
         _write_capture(settings, T0 + timedelta(minutes=i), [_row(i), _row(i + 10, status="error")], seq=i)
     from pipelines.context import StepContext
-    from pipelines.steps import run_step
+    from pipelines.runner import run_step
 
     def once(run_id: str) -> dict:
         ctx = StepContext("monitor", run_id, settings, params={"window_end": (T0 + timedelta(hours=1)).isoformat()})
@@ -184,7 +184,7 @@ def _captures_from(settings, frame: pd.DataFrame, when: datetime) -> None:
 def test_monitor_flags_a_shifted_window_and_joins_late_labels(make_settings, demo_frames, tmp_path):
     from pipelines.context import StepContext
     from pipelines.datasets import write_parquet
-    from pipelines.steps import run_step
+    from pipelines.runner import run_step
 
     settings = make_settings(registry__model_name=f"monitor-{tmp_path.name}", drift__mmd_permutations=30)
     version = _champion_with_eval(settings, demo_frames, tmp_path)

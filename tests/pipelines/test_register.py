@@ -18,7 +18,7 @@ from pipelines.datasets import write_parquet
 from pipelines.errors import ModelRejected
 from pipelines.register import find_version, run
 from pipelines.registry import read_audit
-from pipelines.steps import run_step
+from pipelines.runner import run_step
 from pipelines.tracking import configure, experiment_id
 
 

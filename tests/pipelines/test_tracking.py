@@ -5,7 +5,7 @@ import time
 from registry_doubles import make_registry_settings
 
 from pipelines.context import StepContext
-from pipelines.steps import run_step
+from pipelines.runner import run_step
 from pipelines.tracking import configure, parent_run_id, step_run
 
 

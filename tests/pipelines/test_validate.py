@@ -8,7 +8,7 @@ import pytest
 from pipelines import demo
 from pipelines.context import StepContext
 from pipelines.errors import DataValidationFailed
-from pipelines.steps import run_step
+from pipelines.runner import run_step
 from pipelines.validate import run
 
 

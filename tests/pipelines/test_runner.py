@@ -13,7 +13,7 @@ import pytest
 from registry_doubles import make_registry_settings
 
 from pipelines.context import StepContext, StepInput, StepSpec
-from pipelines.steps import STEPS, outcome_lines, run_step
+from pipelines.runner import STEPS, outcome_lines, run_step
 from pipelines.tracking import TAG_PIPELINE_RUN, TAG_STEP, configure, experiment_id
 
 
