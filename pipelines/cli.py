@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "serve",
         help="serve the champion with MLflow's scoring server behind a front that follows the alias (make serve)",
-        description="Serve models:/<registry.model_name>@champion on serving.host:serving.port; see pipelines/serve.py.",
+        description="Serve models:/<registry.model_name>@champion on serving.host:serving.port; see pipelines/model/serve.py.",
     )
     return parser
 
@@ -168,13 +168,13 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     settings = get_settings()
     if args.command == "demo-data":
-        from pipelines.demo import write_demo_batches
+        from pipelines.data.demo import write_demo_batches
 
         for uri in write_demo_batches(settings, args.only):
             print(uri)
         return 0
     if args.command == "serve":
-        from pipelines.serve import Supervisor
+        from pipelines.model.serve import Supervisor
 
         Supervisor(settings).run(announce=lambda line: print(line, flush=True))
         return 0

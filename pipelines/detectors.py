@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from pipelines.config import DriftSettings, Settings
-    from pipelines.reference import Reference
+    from pipelines.data.reference import Reference
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def capped_reference(ref: Reference, cap: int, seed: int) -> Reference:
 
 def encoder_for(ref: Reference, settings: Settings) -> str:
     """The encoder to embed the batch with: the one that built the reference (same embedding space)."""
-    from pipelines.encoders import resolve_model_path
+    from pipelines.model.encoders import resolve_model_path
 
     configured = settings.drift.encoder
     if not ref.encoder or ref.encoder == configured:

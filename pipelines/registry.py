@@ -45,8 +45,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pipelines.errors import PromotionRefused
+from pipelines.io.tracking import TAG_PIPELINE_RUN, configure
 from pipelines.report import compose_version_description, how_to_decide, report_part, status_line
-from pipelines.tracking import TAG_PIPELINE_RUN, configure
 
 if TYPE_CHECKING:
     from pipelines.config import Settings

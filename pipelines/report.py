@@ -264,7 +264,7 @@ def render_evaluation_report(summary: dict[str, Any]) -> str:
     """The full evaluation report in Markdown, from the evaluate step's summary.
 
     Args:
-        summary: the dict ``pipelines.evaluate.run`` returns.
+        summary: the dict ``pipelines.steps.evaluate.run`` returns.
 
     Returns:
         Markdown text.

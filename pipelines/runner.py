@@ -41,7 +41,7 @@ def run_step(ctx: StepContext) -> dict[str, Any]:
     result.setdefault("step", ctx.step)
     result["compute_s"] = round(time.perf_counter() - started, 3)
     if "mlflow" in sys.modules:
-        from pipelines.tracking import extend_parent_run, find_step_run
+        from pipelines.io.tracking import extend_parent_run, find_step_run
 
         if "mlflow_run_id" not in result:  # the step used MLflow: hand its run on, so the task can link to it
             found = find_step_run(ctx)

@@ -1,1 +1,2 @@
-"""Data files shipped with the package (read with :mod:`importlib.resources`): the demo vocabularies."""
+"""The data: batches, hold-out and golden set (``datasets``), the demo batches (``demo``, with the vocabularies
+shipped as ``demo_texts.json``, read with :mod:`importlib.resources`), and the drift reference (``reference``)."""

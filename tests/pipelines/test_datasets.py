@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from pipelines.config import get_settings
-from pipelines.datasets import holdout_share_for, split_holdout
+from pipelines.data.datasets import holdout_share_for, split_holdout
 
 
 def _batch(n: int, tag: str) -> pd.DataFrame:

@@ -53,9 +53,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines import detectors, report
-from pipelines.datasets import capture_root, read_captures
+from pipelines.data.datasets import capture_root, read_captures
+from pipelines.io.storage import basename, join
 from pipelines.registry import QUALITY_TAG
-from pipelines.storage import basename, join
 
 if TYPE_CHECKING:
     import numpy as np
@@ -106,7 +106,7 @@ def claim(settings: Settings, window_end: datetime) -> dict[str, Any]:
     Returns:
         ``window_id``, ``window_end``, ``cutoff``, ``after`` (the watermark it started from), ``files``, ``rerun``.
     """
-    from pipelines.storage import get_storage
+    from pipelines.io.storage import get_storage
 
     storage = get_storage(settings)
     wid = window_id(window_end)
@@ -213,7 +213,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
         ValueError: ``window_end`` is missing or not an ISO time.
     """
     from pipelines.champion import get_champion
-    from pipelines.storage import waiting_batches
+    from pipelines.io.storage import waiting_batches
 
     settings, mon = ctx.settings, ctx.settings.monitoring
     raw_end = ctx.params.get("window_end")
@@ -299,7 +299,7 @@ def _eval_reference(settings: Settings, champion: Champion) -> dict[str, Any] | 
     """The champion on its own evaluation set: probabilities, labels (for calibration and the confidence test)."""
     import numpy as np
 
-    from pipelines.datasets import read_table
+    from pipelines.data.datasets import read_table
 
     uri = champion.tags.get("train.eval_uri")
     if not uri:
@@ -326,8 +326,8 @@ def compare(settings: Settings, champion: Champion, ok: pd.DataFrame, tmp: Path)
     """The drift tests and the macro-F1 estimate for the window's successful rows."""
     import numpy as np
 
-    from pipelines.encoders import embed
-    from pipelines.reference import load_reference
+    from pipelines.data.reference import load_reference
+    from pipelines.model.encoders import embed
 
     cfg, mon = settings.drift, settings.monitoring
     ref_dir = champion.reference_dir
@@ -409,8 +409,8 @@ def join_labels(settings: Settings, ok: pd.DataFrame) -> dict[str, Any]:
 
     import pandas as pd
 
-    from pipelines.datasets import read_table
-    from pipelines.storage import get_storage
+    from pipelines.data.datasets import read_table
+    from pipelines.io.storage import get_storage
 
     text_col, label_col = settings.data.text_column, settings.data.label_column
     labelled: dict[str, str] = {}
@@ -492,7 +492,7 @@ def _history_row(summary: dict[str, Any]) -> dict[str, Any]:
 
 def history(settings: Settings) -> list[dict[str, Any]]:
     """Every window's figures so far, oldest first."""
-    from pipelines.storage import get_storage
+    from pipelines.io.storage import get_storage
 
     storage = get_storage(settings)
     rows = [
@@ -586,7 +586,7 @@ def _plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
 def _log_mlflow(ctx: StepContext, summary: dict[str, Any], markdown: str) -> None:
     import mlflow
 
-    from pipelines.tracking import step_run
+    from pipelines.io.tracking import step_run
 
     metrics = {"monitor.rows": summary["rows"], "monitor.requests": summary["system"]["requests"]}
     metrics["monitor.errors"] = summary["system"]["errors"]

@@ -702,7 +702,7 @@ def set_aside(settings: Settings, batch_uri: str, record: dict[str, Any], run_id
     picked it). Its attempts record is removed first, so moving the batch back into landing gives it fresh tries.
     """
     from pipelines.context import safe_run_id
-    from pipelines.validate import batch_id_of
+    from pipelines.steps.validate import batch_id_of
 
     storage = get_storage(settings)
     name = basename(batch_uri)

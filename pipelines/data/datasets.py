@@ -23,7 +23,7 @@ def read_table(uri: str, settings: Settings) -> pd.DataFrame:
     """Read a CSV or Parquet batch from storage into a DataFrame."""
     import pandas as pd
 
-    from pipelines.storage import get_storage
+    from pipelines.io.storage import get_storage
 
     data = get_storage(settings).read_bytes(uri)
     if uri.endswith(".parquet"):
@@ -32,7 +32,7 @@ def read_table(uri: str, settings: Settings) -> pd.DataFrame:
 
 
 def write_parquet(df: pd.DataFrame, uri: str, settings: Settings) -> str:
-    from pipelines.storage import get_storage
+    from pipelines.io.storage import get_storage
 
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
@@ -73,7 +73,7 @@ def split_holdout(
 
 
 def accepted_uris(settings: Settings) -> list[str]:
-    from pipelines.storage import get_storage
+    from pipelines.io.storage import get_storage
 
     return [u for u in get_storage(settings).list(settings.uri(settings.paths.accepted)) if u.endswith(".parquet")]
 
@@ -98,7 +98,7 @@ def accepted_rows(settings: Settings, exclude: set[str] | None = None) -> int:
     """Rows in the accepted batches (Parquet footers only), leaving out ``exclude``."""
     import pyarrow.parquet as pq
 
-    from pipelines.storage import get_storage
+    from pipelines.io.storage import get_storage
 
     storage = get_storage(settings)
     return sum(
@@ -114,7 +114,7 @@ def golden_uri(settings: Settings) -> str:
 
 def ensure_golden(settings: Settings, holdout: pd.DataFrame) -> pd.DataFrame:
     """The fixed golden evaluation set; created from ``holdout`` the first time, then never changed."""
-    from pipelines.storage import get_storage
+    from pipelines.io.storage import get_storage
 
     uri = golden_uri(settings)
     if get_storage(settings).exists(uri):
@@ -175,7 +175,7 @@ def read_captures(settings: Settings, files: list[str]) -> pd.DataFrame:
     """The claimed capture rows as one DataFrame (a row seen twice, by request id and row, counts once)."""
     import pandas as pd
 
-    from pipelines.storage import get_storage, join
+    from pipelines.io.storage import get_storage, join
 
     storage, root = get_storage(settings), capture_root(settings)
     frames = [

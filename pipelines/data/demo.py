@@ -24,7 +24,7 @@ from importlib import resources
 from typing import Any
 
 from pipelines.config import Settings
-from pipelines.storage import get_storage, join
+from pipelines.io.storage import get_storage, join
 
 _KEY = {"negative": "neg", "neutral": "neu", "positive": "pos"}
 

@@ -38,7 +38,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.storage import is_s3
+from pipelines.io.storage import is_s3
 
 if TYPE_CHECKING:
     from pipelines.config import Settings

@@ -45,8 +45,10 @@ from mlflow.exceptions import MlflowException
 from pipelines import report
 from pipelines.champion import find_bundle, tree_digest
 from pipelines.config import REPO_ROOT
-from pipelines.datasets import accepted_uris
+from pipelines.data.datasets import accepted_uris
 from pipelines.errors import ModelRejected
+from pipelines.io.storage import basename
+from pipelines.io.tracking import TAG_PIPELINE_RUN, configure, experiment_id, parent_run_id, run_url
 from pipelines.registry import (
     AUTO,
     CHALLENGER,
@@ -62,8 +64,6 @@ from pipelines.registry import (
     resolve_policy,
     supersede_older,
 )
-from pipelines.storage import basename
-from pipelines.tracking import TAG_PIPELINE_RUN, configure, experiment_id, parent_run_id, run_url
 
 if TYPE_CHECKING:
     from pipelines.config import Settings

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pipelines.datasets import (
+from pipelines.data.datasets import (
     capture_root,
     class_weights,
     label_ids,
@@ -40,8 +40,8 @@ from pipelines.datasets import (
     split_holdout,
     validation_split,
 )
-from pipelines.modeling import torch_logits
-from pipelines.storage import basename, get_storage
+from pipelines.io.storage import basename, get_storage
+from pipelines.model.modeling import torch_logits
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -32,7 +32,7 @@ def save_reference(
     """Embed a capped, seeded sample of ``df`` with the drift encoder and save it in ``out_dir``."""
     import numpy as np
 
-    from pipelines.encoders import embed
+    from pipelines.model.encoders import embed
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

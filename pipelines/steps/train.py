@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.datasets import class_weights, label_ids, validation_split
-from pipelines.modeling import load_base, load_classifier
+from pipelines.data.datasets import class_weights, label_ids, validation_split
+from pipelines.model.modeling import load_base, load_classifier
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -546,11 +546,11 @@ def select_rows(settings: Settings, action: str, new: pd.DataFrame, earlier: pd.
     """
     import pandas as pd
 
-    from pipelines.datasets import split_holdout
+    from pipelines.data.datasets import split_holdout
 
     _require_columns(new, settings)
     _require_columns(earlier, settings)
-    # Split before cleaning: a batch's hold-out share follows its row count as stored (pipelines.datasets).
+    # Split before cleaning: a batch's hold-out share follows its row count as stored (pipelines.data.datasets).
     new_train, new_holdout = (_clean(part, settings) for part in split_holdout(new, settings))
     earlier_train, earlier_holdout = (_clean(part, settings) for part in split_holdout(earlier, settings))
     if action == "retrain":
@@ -573,8 +573,8 @@ def unlearned_batches(settings: Settings, accepted_uri: str) -> list[str]:
     run's own batch is new, as before the tag existed).
     """
     from pipelines.champion import champion_version
-    from pipelines.datasets import accepted_uris
-    from pipelines.storage import basename
+    from pipelines.data.datasets import accepted_uris
+    from pipelines.io.storage import basename
 
     version = champion_version(settings)
     raw = (getattr(version, "tags", None) or {}).get(ACCEPTED_BATCHES_TAG) if version is not None else None
@@ -597,8 +597,8 @@ def _training_data(ctx: StepContext, action: str, accepted_uri: str) -> dict[str
     """Training rows and hold-out rows for ``action`` (a fine-tune's new rows include :func:`unlearned_batches`)."""
     import pandas as pd
 
-    from pipelines.datasets import load_accepted, read_table
-    from pipelines.storage import basename
+    from pipelines.data.datasets import load_accepted, read_table
+    from pipelines.io.storage import basename
 
     settings = ctx.settings
     catch_up = (
@@ -705,7 +705,7 @@ def _write_eval_set(settings: Settings, data: dict[str, Any], eval_uri: str) -> 
     """Write the evaluation set (the golden set plus the new hold-out rows, each text once); its row count."""
     import pandas as pd
 
-    from pipelines.datasets import ensure_golden, write_parquet
+    from pipelines.data.datasets import ensure_golden, write_parquet
 
     golden = ensure_golden(settings, data["holdout"])
     eval_df = pd.concat([golden, data["new_holdout"]], ignore_index=True)
@@ -728,8 +728,8 @@ def run(ctx: StepContext) -> dict[str, Any]:
     """
     import mlflow
 
-    from pipelines.reference import save_reference
-    from pipelines.tracking import step_run
+    from pipelines.data.reference import save_reference
+    from pipelines.io.tracking import step_run
 
     settings, cfg = ctx.settings, ctx.settings.train
     action = resolve_action(ctx)

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from pipelines.champion import Champion
     from pipelines.config import DriftSettings, Settings
     from pipelines.context import StepContext
-    from pipelines.reference import Reference
+    from pipelines.data.reference import Reference
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
 
     Args:
         ctx: the step context; input ``accepted_uri`` (a Parquet batch), optional input ``reference_uri``
-            (a folder written by :func:`pipelines.reference.save_reference`; default: the champion's).
+            (a folder written by :func:`pipelines.data.reference.save_reference`; default: the champion's).
 
     Returns:
         ``severity`` (none|moderate|severe), ``has_reference``, ``champion_version``, ``tests`` (each with
@@ -80,7 +80,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
         FileNotFoundError: the batch or the reference does not exist.
     """
     from pipelines.champion import get_champion
-    from pipelines.datasets import read_table
+    from pipelines.data.datasets import read_table
 
     settings, cfg = ctx.settings, ctx.settings.drift
     accepted_uri = ctx.require("accepted_uri")
@@ -119,8 +119,8 @@ def _compare(
 ) -> dict[str, Any]:
     import numpy as np
 
-    from pipelines.encoders import embed
-    from pipelines.reference import load_reference
+    from pipelines.data.reference import load_reference
+    from pipelines.model.encoders import embed
 
     settings, cfg = ctx.settings, ctx.settings.drift
     text_col, label_col = settings.data.text_column, settings.data.label_column
@@ -287,7 +287,7 @@ def _plots(
 def _log_mlflow(ctx: StepContext, summary: dict[str, Any], plot_dir: Path) -> None:
     import mlflow
 
-    from pipelines.tracking import step_run
+    from pipelines.io.tracking import step_run
 
     metrics = {}
     for name, test in summary["tests"].items():
