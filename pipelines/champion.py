@@ -39,6 +39,7 @@ import mlflow
 from pipelines.errors import CorruptArtifact
 from pipelines.io.tracking import configure
 from pipelines.registry import CHAMPION, TAG_BUNDLE_DIGEST, version_by_alias
+from pipelines.serving import OnnxPredictor
 
 if TYPE_CHECKING:
     from pipelines.config import Settings
@@ -114,7 +115,6 @@ def load_predictor(model_dir: str | Path, what: str = "the served model") -> Onn
     """
     # lazy: serving defines the pyfunc PythonModel, and with MLflow loaded its import logs a type-hint warning;
     # register, which imports this module for find_bundle and tree_digest, never builds a predictor
-    from pipelines.serving import OnnxPredictor
 
     try:
         return OnnxPredictor(find_bundle(model_dir))

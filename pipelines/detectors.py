@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from pipelines.model.encoders import resolve_model_path
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -84,8 +86,6 @@ def capped_reference(ref: Reference, cap: int, seed: int) -> Reference:
 
 def encoder_for(ref: Reference, settings: Settings) -> str:
     """The encoder to embed the batch with: the one that built the reference (same embedding space)."""
-    from pipelines.model.encoders import resolve_model_path
-
     configured = settings.drift.encoder
     if not ref.encoder or ref.encoder == configured:
         return configured

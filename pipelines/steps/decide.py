@@ -37,6 +37,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from pipelines.data.datasets import accepted_rows
+
 if TYPE_CHECKING:
     from pipelines.config import DecisionSettings, Settings
     from pipelines.context import StepContext
@@ -235,8 +237,6 @@ def _young_history(new_rows: int | None, history_rows: int | None, cfg: Any) -> 
 
 def _history_rows(ctx: StepContext, drift: dict[str, Any] | None) -> int | None:
     """Rows of the accepted batches other than this run's, or None when unknown."""
-    from pipelines.data.datasets import accepted_rows
-
     current = (drift or {}).get("accepted_uri") or ctx.get("accepted_uri")
     if not current:
         return None

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipelines.context import safe_run_id
 from pipelines.errors import BadInput, DataValidationFailed
 from pipelines.io.storage import basename, clear_attempts, join, resolve_batch
 
@@ -418,8 +419,6 @@ def _run_suite(
 
 
 def _safe(run_id: str) -> str:
-    from pipelines.context import safe_run_id
-
     return safe_run_id(run_id)
 
 
