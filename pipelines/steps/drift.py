@@ -33,6 +33,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines import detectors, report
+from pipelines.data.datasets import read_table
+from pipelines.data.reference import load_reference
+from pipelines.io.tracking import step_run
+from pipelines.model.encoders import embed
 from pipelines.registry import QUALITY_TAG
 
 if TYPE_CHECKING:
@@ -79,8 +83,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
         ValueError: a missing input, or a reference embedded with an encoder that is not available here.
         FileNotFoundError: the batch or the reference does not exist.
     """
-    from pipelines.champion import get_champion
-    from pipelines.data.datasets import read_table
+    from pipelines.champion import get_champion  # not at the top: pipelines.champion loads mlflow
 
     settings, cfg = ctx.settings, ctx.settings.drift
     accepted_uri = ctx.require("accepted_uri")
@@ -118,9 +121,6 @@ def _compare(
     ctx: StepContext, df: pd.DataFrame, champion: Champion | None, ref_dir: Path, base: dict[str, Any], tmp: Path
 ) -> dict[str, Any]:
     import numpy as np
-
-    from pipelines.data.reference import load_reference
-    from pipelines.model.encoders import embed
 
     settings, cfg = ctx.settings, ctx.settings.drift
     text_col, label_col = settings.data.text_column, settings.data.label_column
@@ -286,8 +286,6 @@ def _plots(
 
 def _log_mlflow(ctx: StepContext, summary: dict[str, Any], plot_dir: Path) -> None:
     import mlflow
-
-    from pipelines.io.tracking import step_run
 
     metrics = {}
     for name, test in summary["tests"].items():

@@ -53,8 +53,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines import detectors, report
-from pipelines.data.datasets import capture_root, read_captures
-from pipelines.io.storage import basename, join
+from pipelines.data.datasets import capture_root, read_captures, read_table
+from pipelines.data.reference import load_reference
+from pipelines.io.storage import basename, get_storage, join, waiting_batches
+from pipelines.io.tracking import step_run
+from pipelines.model.encoders import embed
 from pipelines.registry import QUALITY_TAG
 
 if TYPE_CHECKING:
@@ -106,8 +109,6 @@ def claim(settings: Settings, window_end: datetime) -> dict[str, Any]:
     Returns:
         ``window_id``, ``window_end``, ``cutoff``, ``after`` (the watermark it started from), ``files``, ``rerun``.
     """
-    from pipelines.io.storage import get_storage
-
     storage = get_storage(settings)
     wid = window_id(window_end)
     claim_uri = join(monitoring_root(settings), "windows", f"{wid}.json")
@@ -212,8 +213,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
     Raises:
         ValueError: ``window_end`` is missing or not an ISO time.
     """
-    from pipelines.champion import get_champion
-    from pipelines.io.storage import waiting_batches
+    from pipelines.champion import get_champion  # not at the top: pipelines.champion loads mlflow
 
     settings, mon = ctx.settings, ctx.settings.monitoring
     raw_end = ctx.params.get("window_end")
@@ -299,8 +299,6 @@ def _eval_reference(settings: Settings, champion: Champion) -> dict[str, Any] | 
     """The champion on its own evaluation set: probabilities, labels (for calibration and the confidence test)."""
     import numpy as np
 
-    from pipelines.data.datasets import read_table
-
     uri = champion.tags.get("train.eval_uri")
     if not uri:
         return None
@@ -325,9 +323,6 @@ def _eval_reference(settings: Settings, champion: Champion) -> dict[str, Any] | 
 def compare(settings: Settings, champion: Champion, ok: pd.DataFrame, tmp: Path) -> tuple[dict, dict]:
     """The drift tests and the macro-F1 estimate for the window's successful rows."""
     import numpy as np
-
-    from pipelines.data.reference import load_reference
-    from pipelines.model.encoders import embed
 
     cfg, mon = settings.drift, settings.monitoring
     ref_dir = champion.reference_dir
@@ -409,9 +404,6 @@ def join_labels(settings: Settings, ok: pd.DataFrame) -> dict[str, Any]:
 
     import pandas as pd
 
-    from pipelines.data.datasets import read_table
-    from pipelines.io.storage import get_storage
-
     text_col, label_col = settings.data.text_column, settings.data.label_column
     labelled: dict[str, str] = {}
     for uri in get_storage(settings).list(settings.uri(settings.paths.accepted)):
@@ -492,8 +484,6 @@ def _history_row(summary: dict[str, Any]) -> dict[str, Any]:
 
 def history(settings: Settings) -> list[dict[str, Any]]:
     """Every window's figures so far, oldest first."""
-    from pipelines.io.storage import get_storage
-
     storage = get_storage(settings)
     rows = [
         json.loads(storage.read_text(uri))
@@ -585,8 +575,6 @@ def _plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
 
 def _log_mlflow(ctx: StepContext, summary: dict[str, Any], markdown: str) -> None:
     import mlflow
-
-    from pipelines.io.tracking import step_run
 
     metrics = {"monitor.rows": summary["rows"], "monitor.requests": summary["system"]["requests"]}
     metrics["monitor.errors"] = summary["system"]["errors"]
