@@ -1,7 +1,7 @@
 """Benchmark the served artifact against the fp32 PyTorch model, on the real MiniLM and real reviews.
 
 MiniLM (the packaged ``minilm``) gets a fresh classification head and is fine-tuned on the ``train`` split of
-``../shared/data/drug_reviews.csv`` with the train step's own :func:`pipelines.train.fit`, for up to 10 epochs
+``../shared/data/drug_reviews.csv`` with the train step's own :func:`pipelines.steps.train.fit`, for up to 10 epochs
 (early stopping keeps the best). The train step's default of 4 epochs, tuned on the demo batches, stops this
 harder task at validation macro-F1 0.47 with most reviews near a decision boundary, where any rounding flips
 labels; at 10 it reaches 0.62. Then, on the ``test`` split (379 reviews) at batch 32 and ``--max-length``
@@ -11,7 +11,7 @@ tokens, it measures throughput, size and macro-F1 of:
 2. ONNX fp32, plain export;
 3. + int8 dynamic quantization of every MatMul and Gather (on the plain export);
 4. + the MatMuls named by ``compress.quantize_weight_only`` (default: every linear layer) made weight-only
-   int8 instead (see :func:`pipelines.compress.quantize`);
+   int8 instead (see :func:`pipelines.steps.compress.quantize`);
 5. + the nodes named by ``compress.quantize_exclude`` kept fp32 (row left out when that list is empty);
 6. + length-sorted batching at inference;
 7. asides, not served by default: full dynamic int8 with sorted batches (what weight-only costs in speed and
@@ -20,7 +20,7 @@ tokens, it measures throughput, size and macro-F1 of:
    compress settings, graph fusions only if ``compress.optimize_graph``, length-sorted batches, and attention-head
    pruning (``compress.prune_heads_share``, with the compress step's back-off);
 9. the served distilled student ("served int8 student", ``compress.distill``): a student keeping every other
-   encoder layer of the teacher (``--student-layers`` to choose), trained by :func:`pipelines.distill.distill` on the
+   encoder layer of the teacher (``--student-layers`` to choose), trained by :func:`pipelines.model.distill.distill` on the
    teacher's soft targets and the labels of the same training rows (its validation split is the teacher's), then
    the same pruning back-off (against its own fp32 labels), export and int8; and, aside, the same student with
    dynamic int8 everywhere (faster, but its labels depend on the batch, which the served configuration avoids).
@@ -108,11 +108,12 @@ def main() -> int:
     import torch
     from sklearn.metrics import f1_score
 
-    from pipelines import compress, distill, modeling
-    from pipelines.datasets import validation_split
-    from pipelines.modeling import load_base, load_classifier
+    from pipelines.data.datasets import validation_split
+    from pipelines.model import distill, modeling
+    from pipelines.model.modeling import load_base, load_classifier
     from pipelines.serving import OnnxPredictor
-    from pipelines.train import fit
+    from pipelines.steps import compress
+    from pipelines.steps.train import fit
 
     torch.manual_seed(0)
     df = pd.read_csv(DATA)

@@ -64,8 +64,8 @@ def _worker(rows: int, root: Path, encoder: str) -> dict:
     import resource
 
     from pipelines.context import StepContext
-    from pipelines.encoders import embed
-    from pipelines.steps import run_step
+    from pipelines.model.encoders import embed
+    from pipelines.runner import run_step
 
     settings = _settings(root, encoder)
     cfg = settings.drift
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({**empty, "skipped": f"missing {', '.join(missing)}"}))
         return 0
 
-    from pipelines.reference import save_reference
+    from pipelines.data.reference import save_reference
 
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-drift-") as tmp:

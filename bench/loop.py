@@ -62,7 +62,7 @@ def main() -> int:
         sys.path.insert(0, str(REPO / "tests"))
         from conftest import build_tiny_bert
 
-        from pipelines import demo
+        from pipelines.data import demo
 
         texts = [r["text"] for spec in demo.BATCHES for r in demo.generate(spec)]
         tiny = build_tiny_bert(work / "tiny", texts)
@@ -82,8 +82,8 @@ def main() -> int:
 
     prepare_airflow(work / "airflow")
     from pipelines.config import get_settings
-    from pipelines.demo import write_demo_batches
-    from pipelines.storage import join
+    from pipelines.data.demo import write_demo_batches
+    from pipelines.io.storage import join
 
     settings = get_settings()
     write_demo_batches(settings)

@@ -2,7 +2,7 @@
 
 The served model is, in order: ``--bundle DIR`` (an existing served bundle, e.g. a compressed MiniLM's
 ``artifacts/bundle``, saved again as a pyfunc model with this checkout's serving code by the compress step's own
-:func:`pipelines.compress.save_served_model`; nothing is trained), ``--model-uri``, the champion of the configured
+:func:`pipelines.steps.compress.save_served_model`; nothing is trained), ``--model-uri``, the champion of the configured
 registry, or a small stand-in built like the tests' (a one-layer ONNX graph and a word-level tokenizer): that one
 measures the capture path, not a transformer. A registered model serves the capture code it was saved with.
 Texts are drug reviews from ``../shared/data`` when present, else the demo batches.
@@ -53,7 +53,7 @@ def _texts() -> list[str]:
     path = REPO.parent / "shared" / "data" / "drug_reviews.csv"
     if path.is_file():
         return pd.read_csv(path)["text"].astype(str).tolist()
-    from pipelines import demo
+    from pipelines.data import demo
 
     return [row["text"] for spec in demo.BATCHES[:2] for row in demo.generate(spec)]
 
@@ -66,7 +66,7 @@ def _stand_in(tmp: Path) -> str:
     from tokenizers.models import WordLevel
     from tokenizers.pre_tokenizers import Whitespace
 
-    from pipelines.compress import save_served_model
+    from pipelines.steps.compress import save_served_model
 
     bundle = tmp / "bundle"
     (bundle / "tokenizer").mkdir(parents=True)
@@ -103,7 +103,7 @@ def _from_bundle(bundle: Path, tmp: Path) -> str:
     """A served model folder from an existing bundle (copies of what serving reads; fp32/ is left out)."""
     import shutil
 
-    from pipelines.compress import save_served_model
+    from pipelines.steps.compress import save_served_model
 
     copy = tmp / "bundle-from-arg" / "bundle"  # MLflow keeps the folder name under artifacts/
     copy.mkdir(parents=True)
@@ -154,7 +154,7 @@ def _serve(model_uri: str, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     base = {k: v for k, v in os.environ.items() if not k.startswith("MLOPS_SERVING__")}  # capture only as told
     env = {**base, **env, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
-    from pipelines.serve import serve_command
+    from pipelines.model.serve import serve_command
 
     proc = subprocess.Popen(
         serve_command(model_uri, port),
@@ -217,7 +217,7 @@ def _measure(url: str, texts: list[str], seconds: float, clients: int, offset: i
 
 def _stop(proc: subprocess.Popen) -> None:
     """SIGTERM to the server's group (the "on" server writes its last captures), then wait for every process."""
-    from pipelines.serve import group_alive
+    from pipelines.model.serve import group_alive
 
     try:
         os.killpg(proc.pid, signal.SIGTERM)

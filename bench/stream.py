@@ -13,7 +13,7 @@ side by side in the same run, with the product's own trainer and settings:
 - ``tfidf``: TF-IDF + class-balanced logistic regression, retrained on all data so far.
 
 The three transformer baselines share the first model (one retrain on the first batch) and train through
-:func:`pipelines.train.train_model` with the same hold-out and replay rules as the train step; they are scored in
+:func:`pipelines.steps.train.train_model` with the same hold-out and replay rules as the train step; they are scored in
 fp32 PyTorch. Compute is counted as training sample passes (rows x epochs actually run, head warm-up included).
 
 The public stream (needs ``../shared/data``; skipped without it): the drug reviews sorted by date in 4 batches, then
@@ -126,7 +126,7 @@ def demo_stream(rows: dict[str, int] | None = None) -> Stream:
     """The product's synthetic demo batches (no shared data needed), optionally cut to ``rows`` per batch name."""
     import pandas as pd
 
-    from pipelines import demo
+    from pipelines.data import demo
 
     stream = []
     for spec in demo.BATCHES:
@@ -192,7 +192,8 @@ class Baselines:
         self.tfidf: Any = None
 
     def _train(self, action: str, new: Any, earlier: Any, start: Path | None, out: Path) -> Step:
-        from pipelines import modeling, train
+        from pipelines.model import modeling
+        from pipelines.steps import train
 
         s = self.settings
         data = train.select_rows(s, action, new, earlier)
@@ -246,7 +247,7 @@ class Baselines:
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
 
-        from pipelines.datasets import split_holdout
+        from pipelines.data.datasets import split_holdout
 
         trainable = split_holdout(rows, self.settings)[0]
         self.tfidf = make_pipeline(
@@ -255,7 +256,7 @@ class Baselines:
         ).fit(trainable["text"].astype(str), trainable["label"].astype(str))
 
     def predict(self, name: str, texts: list[str]) -> Any:
-        from pipelines.modeling import load_classifier, torch_logits
+        from pipelines.model.modeling import load_classifier, torch_logits
 
         if name == "tfidf":
             return self.tfidf.predict(texts)
@@ -274,7 +275,7 @@ class Loop:
         self.promotions: list[tuple[int, str | None, str]] = []  # (batch, old version, new version)
 
     def land(self, name: str, batch: Any) -> str:
-        from pipelines.storage import get_storage, join
+        from pipelines.io.storage import get_storage, join
 
         s = self.settings
         uri = join(s.uri(s.paths.landing), f"{name}.csv")
@@ -296,7 +297,7 @@ class Loop:
         import mlflow
 
         from pipelines.champion import load_predictor
-        from pipelines.evaluate import predict
+        from pipelines.steps.evaluate import predict
 
         mlflow.set_tracking_uri(self.settings.mlflow.tracking_uri)
         uri = f"models:/{self.settings.registry.model_name}/{version}"
@@ -534,7 +535,7 @@ def _fingerprint(stream: Stream, settings: Any) -> str:
     h.update(
         json.dumps({"train": settings.train.model_dump(), "data": settings.data.model_dump()}, sort_keys=True).encode()
     )
-    for module in ("train.py", "datasets.py", "modeling.py", "decision.py"):
+    for module in ("steps/train.py", "data/datasets.py", "model/modeling.py", "model/decision.py"):
         h.update((REPO / "pipelines" / module).read_bytes())
     return h.hexdigest()
 

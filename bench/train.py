@@ -2,7 +2,7 @@
 
 Both runs start from the same base model with a fresh head (same seed) and train ``--steps`` optimiser steps
 on the ``train`` split of ``../shared/data/drug_reviews.csv`` (falling back to the demo reference batch when
-the data is absent) through :func:`pipelines.train.fit`:
+the data is absent) through :func:`pipelines.steps.train.fit`:
 
 - the train step's setup: dynamic padding (``DataCollatorWithPadding``) and length-grouped batches;
 - the plain setup: every row padded to ``train.max_length``, batches in random order.
@@ -38,15 +38,15 @@ def main() -> int:
     import pandas as pd
 
     from pipelines.config import get_settings
-    from pipelines.datasets import validation_split
-    from pipelines.modeling import load_base
-    from pipelines.train import device_and_precision, fit
+    from pipelines.data.datasets import validation_split
+    from pipelines.model.modeling import load_base
+    from pipelines.steps.train import device_and_precision, fit
 
     if DATA.is_file():
         df = pd.read_csv(DATA)
         df, source = df[df["split"] == "train"].reset_index(drop=True), "drug reviews (train split)"
     else:
-        from pipelines import demo
+        from pipelines.data import demo
 
         df, source = pd.DataFrame(demo.generate(demo.BATCHES[0])), "demo reference batch (shared data absent)"
     results = {}

@@ -1,7 +1,7 @@
 """Monitor predictions: rate each window of captured traffic; start the loop, or ask for labels, when it must act.
 
 Scheduled by ``monitoring.schedule`` (hourly by default) and triggered by hand. The ``monitor`` step claims the
-captures written since the last window exactly once (see ``pipelines/monitor.py``); a rerun of a window gives the
+captures written since the last window exactly once (see ``pipelines/steps/monitor.py``); a rerun of a window gives the
 same result. ``act`` with labelled batches waiting in landing triggers ``continuous_training`` with the evidence in
 its conf, under a run id made from the window, so one window never starts two runs; ``act`` without labels fails
 ``ask_for_labels`` with the reason.

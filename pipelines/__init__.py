@@ -14,8 +14,8 @@ _WHERE = {
     "Settings": "pipelines.config",
     "get_settings": "pipelines.config",
     "StepContext": "pipelines.context",
-    "STEPS": "pipelines.steps",
-    "run_step": "pipelines.steps",
+    "STEPS": "pipelines.runner",
+    "run_step": "pipelines.runner",
 }
 
 

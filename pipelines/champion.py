@@ -7,7 +7,7 @@ that must travel together, so that a rollback restores all of it:
     bundle/tokenizer/      the tokenizer
     bundle/labels.json     class names in logit order
     bundle/fp32/           the fp32 transformers weights the next fine-tune starts from
-    bundle/reference/      the drift reference (see pipelines.reference)
+    bundle/reference/      the drift reference (see pipelines.data.reference)
 
 The pipeline itself never unpickles a model: it scores the champion from ``bundle/`` (:meth:`Champion.predictor`,
 onnxruntime + the tokenizer + ``labels.json``). ``python_model.pkl`` beside it is only for ``mlflow models serve``.
@@ -37,8 +37,9 @@ from typing import TYPE_CHECKING, Any
 import mlflow
 
 from pipelines.errors import CorruptArtifact
+from pipelines.io.tracking import configure
 from pipelines.registry import CHAMPION, TAG_BUNDLE_DIGEST, version_by_alias
-from pipelines.tracking import configure
+from pipelines.serving import OnnxPredictor
 
 if TYPE_CHECKING:
     from pipelines.config import Settings
@@ -114,7 +115,6 @@ def load_predictor(model_dir: str | Path, what: str = "the served model") -> Onn
     """
     # lazy: serving defines the pyfunc PythonModel, and with MLflow loaded its import logs a type-hint warning;
     # register, which imports this module for find_bundle and tree_digest, never builds a predictor
-    from pipelines.serving import OnnxPredictor
 
     try:
         return OnnxPredictor(find_bundle(model_dir))

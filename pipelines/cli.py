@@ -24,10 +24,13 @@ import sys
 import traceback
 from typing import Any, NoReturn
 
+from pipelines import runner
 from pipelines.config import check_params, get_settings
-from pipelines.context import StepSpec
+from pipelines.context import StepContext, StepSpec
+from pipelines.data.demo import write_demo_batches
 from pipelines.errors import EXIT_PERMANENT, EXIT_UNEXPECTED, exit_code, one_line
-from pipelines.steps import STEPS
+from pipelines.model.serve import Supervisor
+from pipelines.runner import STEPS
 
 #: Airflow's default ``allowed_run_id_pattern``, capped: no quotes, spaces or slashes reach a path or a query.
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.~:+-]{1,250}$")
@@ -137,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "serve",
         help="serve the champion with MLflow's scoring server behind a front that follows the alias (make serve)",
-        description="Serve models:/<registry.model_name>@champion on serving.host:serving.port; see pipelines/serve.py.",
+        description="Serve models:/<registry.model_name>@champion on serving.host:serving.port; see pipelines/model/serve.py.",
     )
     return parser
 
@@ -168,19 +171,12 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     settings = get_settings()
     if args.command == "demo-data":
-        from pipelines.demo import write_demo_batches
-
         for uri in write_demo_batches(settings, args.only):
             print(uri)
         return 0
     if args.command == "serve":
-        from pipelines.serve import Supervisor
-
         Supervisor(settings).run(announce=lambda line: print(line, flush=True))
         return 0
-    from pipelines.context import StepContext
-    from pipelines.steps import run_step
-
     overrides = {k: _parse_value(v) for k, v in _pairs(args.set, "--set").items()}
     if overrides:
         settings = settings.with_overrides(overrides)
@@ -194,7 +190,7 @@ def _run(args: argparse.Namespace) -> int:
         mlflow_parent_run_id=args.mlflow_parent_run_id,
         dag_id=args.dag_id,
     )
-    result = run_step(ctx)
+    result = runner.run_step(ctx)  # an attribute lookup: tests replace run_step
     if args.result_file:
         from pathlib import Path
 

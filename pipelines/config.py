@@ -126,7 +126,7 @@ class DataSettings(_Section):
     holdout_share: Probability = Field(
         default=0.2, gt=0, lt=1, description="Share of every batch kept out of training, by a hash of its text."
     )
-    # A small batch holds out more, up to max_holdout_share (see pipelines.datasets). On the first drug-review batch
+    # A small batch holds out more, up to max_holdout_share (see pipelines.data.datasets). On the first drug-review batch
     # (245 rows, 76 % positive) the 20 % hold-out is 54 rows: two seeds of the same recipe scored 0.281 and 0.409
     # there against 0.296 for the majority class (below it; and +0.113 with the paired interval [-0.008, +0.232]),
     # so neither could be shown better than the majority class. Holding out 40 % (92 rows) left 152 training rows and gave
@@ -247,7 +247,7 @@ class TrainSettings(_Section):
         default=0.0, ge=0, le=1, description="Minority classes topped up toward the largest (0 off, 1 balanced)."
     )
     # A class predicted on fewer than this share of its training frequency on unseen texts (validation + hold-out,
-    # texts only) gets its decision bias raised until it is predicted at its training frequency (pipelines/decision.py).
+    # texts only) gets its decision bias raised until it is predicted at its training frequency (pipelines/model/decision.py).
     # On the first drug-review batch neutral (7 % of the training rows) was predicted for 0-1 % of later reviews, so
     # its recall was 0 on every later batch; see the README's stream section for the effect on the loop.
     decision_floor: float = Field(
@@ -327,7 +327,7 @@ class CompressSettings(_Section):
     )
     max_length: int = Field(default=256, gt=0)
     infer_batch_size: int = Field(default=32, gt=0)
-    # Distillation (pipelines/distill.py): a student made of a subset of the trained model's encoder layers learns
+    # Distillation (pipelines/model/distill.py): a student made of a subset of the trained model's encoder layers learns
     # the teacher's temperature-scaled soft targets plus the hard labels, then goes through the levels above with its
     # agreement measured against the teacher; when no student level agrees on distill_min_agreement, the teacher's
     # own levels are tried as without distillation. Off by default. Measured with bench/compress.py (MiniLM teacher
@@ -474,7 +474,7 @@ class DagSettings(_Section):
 
 
 class ServingSettings(_Section):
-    """``make serve`` (pipelines/serve.py) and prediction capture in the served model (pipelines/serving.py).
+    """``make serve`` (pipelines/model/serve.py) and prediction capture in the served model (pipelines/serving.py).
 
     The served model reads the capture keys from ``MLOPS_SERVING__*`` variables (it ships without this module);
     the serve supervisor exports them from these settings.
@@ -502,7 +502,7 @@ class ServingSettings(_Section):
 
 
 class MonitoringSettings(_Section):
-    """The ``monitor`` step and the ``monitor_predictions`` DAG (pipelines/monitor.py)."""
+    """The ``monitor`` step and the ``monitor_predictions`` DAG (pipelines/steps/monitor.py)."""
 
     schedule: str | None = Field(default="@hourly", description="The monitor_predictions DAG's schedule; null: manual.")
     settle_seconds: float = Field(

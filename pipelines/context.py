@@ -4,7 +4,7 @@
 earlier task's XCom, by ``--input NAME=URI`` on the CLI, or as a container argument) and the earlier steps whose
 summary (``result.json`` of the same run) it reads. The DAG's task inputs, the CLI's ``--help`` and its input
 check come from this table, and a step can read nothing else: :meth:`StepContext.require` and
-:meth:`StepContext.result_of` refuse an undeclared name, and :func:`pipelines.steps.run_step` refuses an undeclared
+:meth:`StepContext.result_of` refuse an undeclared name, and :func:`pipelines.runner.run_step` refuses an undeclared
 input.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 from pipelines import summaries
 from pipelines.config import Settings
-from pipelines.storage import Storage, get_storage, join
+from pipelines.io.storage import Storage, get_storage, join
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -59,13 +59,13 @@ _ACCEPTED = StepInput("accepted_uri", "validate.accepted_uri", doc="the accepted
 #: Every step, in the loop's order: its module, its inputs and the earlier results it reads.
 SPECS: dict[str, StepSpec] = {
     "validate": StepSpec(
-        "pipelines.validate",
+        "pipelines.steps.validate",
         "check a landing batch with Great Expectations; accept or quarantine it",
         inputs=(StepInput("batch_uri", "pick_batch", doc="a CSV or Parquet file in the landing folder"),),
         summary=summaries.ValidateSummary,
     ),
     "drift": StepSpec(
-        "pipelines.drift",
+        "pipelines.steps.drift",
         "compare an accepted batch with the champion's reference (alibi-detect)",
         inputs=(
             _ACCEPTED,
@@ -74,7 +74,7 @@ SPECS: dict[str, StepSpec] = {
         summary=summaries.DriftSummary,
     ),
     "decide": StepSpec(
-        "pipelines.decide",
+        "pipelines.steps.decide",
         "map the drift result and params to skip / fine_tune / retrain",
         inputs=(
             StepInput("drift_result_uri", None, required=False, doc="a drift result.json instead of this run's"),
@@ -85,7 +85,7 @@ SPECS: dict[str, StepSpec] = {
         summary=summaries.DecideSummary,
     ),
     "train": StepSpec(
-        "pipelines.train",
+        "pipelines.steps.train",
         "fine-tune or retrain the transformer classifier",
         inputs=(
             _ACCEPTED,
@@ -95,7 +95,7 @@ SPECS: dict[str, StepSpec] = {
         summary=summaries.TrainSummary,
     ),
     "compress": StepSpec(
-        "pipelines.compress",
+        "pipelines.steps.compress",
         "prune, export to ONNX, quantize; build the served pyfunc model",
         inputs=(
             StepInput("model_uri", "train.model_uri", doc="the trained fp32 model folder"),
@@ -105,7 +105,7 @@ SPECS: dict[str, StepSpec] = {
         summary=summaries.CompressSummary,
     ),
     "evaluate": StepSpec(
-        "pipelines.evaluate",
+        "pipelines.steps.evaluate",
         "gate the served candidate against floors, the champion and its slices",
         inputs=(
             StepInput("served_uri", "compress.served_uri", doc="the served model folder"),
@@ -114,19 +114,19 @@ SPECS: dict[str, StepSpec] = {
         summary=summaries.EvaluateSummary,
     ),
     "register": StepSpec(
-        "pipelines.register",
+        "pipelines.steps.register",
         "register the candidate as a model version and stage it as challenger",
         inputs=(StepInput("served_uri", "compress.served_uri", doc="the served model folder"),),
         reads=("validate", "drift", "decide", "train", "compress", "evaluate"),
         summary=summaries.RegisterSummary,
     ),
     "promote": StepSpec(
-        "pipelines.promote",
+        "pipelines.steps.promote",
         "apply a review decision or the auto policy to the challenger",
         summary=summaries.PromoteSummary,
     ),
     "monitor": StepSpec(
-        "pipelines.monitor",
+        "pipelines.steps.monitor",
         "rate one window of captured predictions (drift, estimated macro-F1, system figures)",
         summary=summaries.MonitorSummary,
     ),

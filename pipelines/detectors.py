@@ -8,11 +8,13 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from pipelines.model.encoders import resolve_model_path
+
 if TYPE_CHECKING:
     import numpy as np
 
     from pipelines.config import DriftSettings, Settings
-    from pipelines.reference import Reference
+    from pipelines.data.reference import Reference
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +59,16 @@ def rate(tests: dict[str, dict[str, Any]], cfg: DriftSettings) -> tuple[str, lis
             severe.append(f"{line} >= {cfg.quality_drop_severe})")
         else:
             moderate.append(f"{line} >= {cfg.quality_drop_moderate})")
-    if severe:
-        return "severe", severe + moderate
-    if moderate:
-        return "moderate", moderate
-    return "none", []
+    return worst_level([("severe", severe), ("moderate", moderate)], calm="none")
+
+
+def worst_level(levels: list[tuple[str, list[str]]], *, calm: str) -> tuple[str, list[str]]:
+    """The most serious level that has reasons (``levels`` are listed most serious first) and the reasons of it and
+    every level below it; ``(calm, [])`` when none has any. The drift and monitor ratings both end with it."""
+    for at, (level, reasons) in enumerate(levels):
+        if reasons:
+            return level, [reason for _, below in levels[at:] for reason in below]
+    return calm, []
 
 
 def capped_reference(ref: Reference, cap: int, seed: int) -> Reference:
@@ -79,8 +86,6 @@ def capped_reference(ref: Reference, cap: int, seed: int) -> Reference:
 
 def encoder_for(ref: Reference, settings: Settings) -> str:
     """The encoder to embed the batch with: the one that built the reference (same embedding space)."""
-    from pipelines.encoders import resolve_model_path
-
     configured = settings.drift.encoder
     if not ref.encoder or ref.encoder == configured:
         return configured

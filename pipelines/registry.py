@@ -45,8 +45,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pipelines.errors import PromotionRefused
+from pipelines.io.tracking import TAG_PIPELINE_RUN, configure
 from pipelines.report import compose_version_description, how_to_decide, report_part, status_line
-from pipelines.tracking import TAG_PIPELINE_RUN, configure
 
 if TYPE_CHECKING:
     from pipelines.config import Settings
@@ -123,6 +123,16 @@ def get_version(client: Any, name: str, version: str) -> Any:
         return client.get_model_version(name, version)
     except MlflowException as exc:
         raise ValueError(f"registered model {name!r} has no version {version!r} ({exc.error_code})") from None
+
+
+def _named_version(settings: Settings, version: Any, what: str) -> tuple[str, Any, Any]:
+    """(the version number, the registry client, the ``ModelVersion``) for a caller ``what`` that needs one; a
+    ValueError when ``version`` names none or it does not exist."""
+    v = parse_version(version)
+    if v is None:
+        raise ValueError(f"{what} needs a model version")
+    client = registry_client(settings)
+    return v, client, get_version(client, settings.registry.model_name, v)
 
 
 def version_by_alias(client: Any, name: str, alias: str) -> Any | None:
@@ -379,10 +389,7 @@ def review_state(settings: Settings, version: Any) -> str | None:
     Raises:
         ValueError: the version does not exist.
     """
-    v = parse_version(version)
-    if v is None:
-        raise ValueError("review_state needs a model version")
-    return read_review(settings, get_version(registry_client(settings), settings.registry.model_name, v))["state"]
+    return read_review(settings, _named_version(settings, version, "review_state")[2])["state"]
 
 
 def is_pending(settings: Settings, mv: Any, champion: str | None) -> bool:
@@ -407,77 +414,92 @@ def _auto_evidence(tags: dict[str, str]) -> str:
 
 
 # --- the champion moves --------------------------------------------------------------------------------------
-def _make_champion(
+def _already_done(
+    client: Any, settings: Settings, entries: list[dict[str, Any]], entry: dict[str, Any], version: str, current: Any
+) -> bool:
+    """Check a request seen before (same action and request id): True when it was applied in full; raises
+    PromotionRefused when it named another version, or was interrupted and the champion has moved since."""
+    name = settings.registry.model_name
+    action, request = entry["action"], entry.get("request")
+    if entry["version"] != version:
+        raise PromotionRefused(
+            f"request {request!r} already asked to {action} {name} version {entry['version']}, not {version}; "
+            "a different decision needs a new request id (param request_id)"
+        )
+    if _state(entry) == "done":
+        log.info("%s: request %s already applied (v%s -> v%s); nothing to do", action, request, entry["from"], version)
+        return True
+    if _state(entry) == "abandoned" or current not in {entry["from"], version}:
+        if _state(entry) != "abandoned":
+            _mark(client, settings, entries, entry, "abandoned")
+        raise PromotionRefused(
+            f"request {request!r} to {action} {name} version {version} was interrupted and the champion has "
+            f"since moved to v{current}; it is not applied (trigger a new request)"
+        )
+    return False
+
+
+def _request_move(
+    client: Any,
     settings: Settings,
-    version: str,
+    entries: list[dict[str, Any]],
+    current: Any,
+    *,
     action: str,
+    version: str,
     by: str,
     reason: str,
     when: str | None,
     request: str | None,
-    review: str | None = None,
-) -> dict[str, Any]:
-    client = registry_client(settings)
+) -> dict[str, Any] | None:
+    """Append a new audit entry for this move before the alias moves; None when the version is already champion
+    and recorded (only the stages are tidied then).
+
+    Raises:
+        ValueError: the version is not READY.
+    """
     name, reg = settings.registry.model_name, settings.registry
-    entries = read_audit(settings)
-    current = alias_version(client, name, CHAMPION)
-    entry = _done_before(entries, action, request)
-    resumed = entry is not None
-    if entry is not None:  # the same request again: never a second move
-        if entry["version"] != version:
-            raise PromotionRefused(
-                f"request {request!r} already asked to {action} {name} version {entry['version']}, not {version}; "
-                "a different decision needs a new request id (param request_id)"
-            )
-        if _state(entry) == "done":
-            log.info(
-                "%s: request %s already applied (v%s -> v%s); nothing to do", action, request, entry["from"], version
-            )
-            return {"champion_before": entry["from"], "champion_after": version, "changed": False}
-        if _state(entry) == "abandoned" or current not in {entry["from"], version}:
-            if _state(entry) != "abandoned":
-                _mark(client, settings, entries, entry, "abandoned")
-            raise PromotionRefused(
-                f"request {request!r} to {action} {name} version {version} was interrupted and the champion has "
-                f"since moved to v{current}; it is not applied (trigger a new request)"
-            )
-        by = entry.get("by") or by
-        log.info("%s: finishing interrupted request %s (v%s -> v%s)", action, request, entry["from"], version)
-    else:
-        mv = get_version(client, name, version)
-        if str(mv.status) not in {"READY", "ModelVersionStatus.READY"}:
-            raise ValueError(f"{name} version {version} is {mv.status}, not READY; it cannot become champion")
-        last = _last_move(entries)
-        if current == version and last is not None and last.get("to") == version:
-            entry = None  # already champion and recorded: only tidy the stages below
-        else:
-            entry = {
-                "action": action,
-                "version": version,
-                "from": current if current != version else (last or {}).get("to"),
-                "to": version,
-                "when": _now(when),
-                "by": by,
-                "why": reason,
-                "comment": (mv.tags or {}).get(reg.review_comment_tag) or None,
-                "request": request,
-                "evidence": version_url(settings, version),
-                "state": "requested",
-            }
-            _append(client, settings, entries, entry)  # recorded before the alias moves
-    # A resumed request changed the champion even when its alias move landed before the crash.
-    changed = current != version or (resumed and entry["from"] != version)
+    mv = get_version(client, name, version)
+    if str(mv.status) not in {"READY", "ModelVersionStatus.READY"}:
+        raise ValueError(f"{name} version {version} is {mv.status}, not READY; it cannot become champion")
+    last = _last_move(entries)
+    if current == version and last is not None and last.get("to") == version:
+        return None
+    entry = {
+        "action": action,
+        "version": version,
+        "from": current if current != version else (last or {}).get("to"),
+        "to": version,
+        "when": _now(when),
+        "by": by,
+        "why": reason,
+        "comment": (mv.tags or {}).get(reg.review_comment_tag) or None,
+        "request": request,
+        "evidence": version_url(settings, version),
+        "state": "requested",
+    }
+    _append(client, settings, entries, entry)  # recorded before the alias moves
+    return entry
+
+
+def _move_alias(client: Any, name: str, version: str, current: Any) -> None:
+    """Point ``champion`` at ``version``, mirror the stages (exactly one Production version, the champion) and drop
+    the ``challenger`` alias if it pointed at it."""
     if current != version:
         client.set_registered_model_alias(name, CHAMPION, version)  # one call: the alias moves atomically
-    # Mirror the stages: exactly one Production version, the champion.
     mirror_stage(client, name, version, "Production")
     for other in client.search_model_versions(f"name='{name}'"):
         if str(other.version) != version and other.current_stage == "Production":
             mirror_stage(client, name, str(other.version), "Archived")
     if alias_version(client, name, CHALLENGER) == version:
         client.delete_registered_model_alias(name, CHALLENGER)
-    if entry is None:
-        return {"champion_before": current, "champion_after": version, "changed": False}
+
+
+def _record_review(
+    client: Any, settings: Settings, version: str, entry: dict[str, Any], by: str, review: str | None
+) -> None:
+    """Tag the new champion with the review that made it (unless one is recorded) and when it became champion."""
+    name, reg = settings.registry.model_name, settings.registry
     tags = get_version(client, name, version).tags or {}
     if review and not tags.get(reg.review_tag):
         record = {reg.review_tag: review, reg.review_by_tag: by, REVIEW_AT_TAG: entry["when"]}
@@ -485,10 +507,16 @@ def _make_champion(
             record.update({reg.review_by_tag: PIPELINE_REVIEWER, REVIEW_EVIDENCE_TAG: _auto_evidence(tags)})
         for key, value in record.items():
             client.set_model_version_tag(name, version, key, value)
-    elif action == "promote" and not tags.get(REVIEW_AT_TAG):
+    elif entry["action"] == "promote" and not tags.get(REVIEW_AT_TAG):
         client.set_model_version_tag(name, version, REVIEW_AT_TAG, entry["when"])  # when the approval took effect
     client.set_model_version_tag(name, version, "mlops.champion_since", entry["when"])
-    _mark(client, settings, entries, entry, "done")
+
+
+def _describe_move(
+    client: Any, settings: Settings, version: str, entry: dict[str, Any], by: str, reason: str, review: str | None
+) -> None:
+    """Rewrite the status line of the new champion and of the one it replaced."""
+    action, request = entry["action"], entry.get("request")
     at = f"on {entry['when']} (UTC)"
     if action == "rollback":
         _set_status(
@@ -520,6 +548,50 @@ def _make_champion(
             "archived",
             f"champion until {entry['when']} (UTC); {verb} by version {version} ({action} by {by}).",
         )
+
+
+def _make_champion(
+    settings: Settings,
+    version: str,
+    action: str,
+    by: str,
+    reason: str,
+    when: str | None,
+    request: str | None,
+    review: str | None = None,
+) -> dict[str, Any]:
+    client = registry_client(settings)
+    name = settings.registry.model_name
+    entries = read_audit(settings)
+    current = alias_version(client, name, CHAMPION)
+    entry = _done_before(entries, action, request)
+    resumed = entry is not None
+    if entry is not None:  # the same request again: never a second move
+        if _already_done(client, settings, entries, entry, version, current):
+            return {"champion_before": entry["from"], "champion_after": version, "changed": False}
+        by = entry.get("by") or by
+        log.info("%s: finishing interrupted request %s (v%s -> v%s)", action, request, entry["from"], version)
+    else:
+        entry = _request_move(
+            client,
+            settings,
+            entries,
+            current,
+            action=action,
+            version=version,
+            by=by,
+            reason=reason,
+            when=when,
+            request=request,
+        )
+    # A resumed request changed the champion even when its alias move landed before the crash.
+    changed = current != version or (resumed and entry["from"] != version)
+    _move_alias(client, name, version, current)
+    if entry is None:  # already champion and recorded: only the stages were tidied
+        return {"champion_before": current, "champion_after": version, "changed": False}
+    _record_review(client, settings, version, entry, by, review)
+    _mark(client, settings, entries, entry, "done")
+    _describe_move(client, settings, version, entry, by, reason, review)
     log.info("%s: %s v%s -> v%s by %s: %s", action, name, entry["from"], version, by, reason)
     return {"champion_before": entry["from"], "champion_after": version, "changed": changed}
 
@@ -556,12 +628,8 @@ def promote(
         ValueError: the version does not exist, is not READY, or was rejected by a reviewer.
         PromotionRefused: ``review=auto`` for a version whose gates asked for a human, or a conflicting request.
     """
-    v = parse_version(version)
-    if v is None:
-        raise ValueError("promote needs a model version")
-    client = registry_client(settings)
+    v, client, mv = _named_version(settings, version, "promote")
     name, reg = settings.registry.model_name, settings.registry
-    mv = get_version(client, name, v)
     if read_review(settings, mv)["state"] == REJECTED and alias_version(client, name, CHAMPION) != v:
         raise ValueError(
             f"{name} version {v} was rejected (tag {reg.review_tag}=rejected); remove or change that tag in the "
@@ -597,12 +665,8 @@ def reject(
     Raises:
         ValueError: the version does not exist or is the champion (use promote or rollback to replace it).
     """
-    v = parse_version(version)
-    if v is None:
-        raise ValueError("reject needs a model version")
-    client = registry_client(settings)
+    v, client, mv = _named_version(settings, version, "reject")
     name, reg = settings.registry.model_name, settings.registry
-    mv = get_version(client, name, v)
     champion = alias_version(client, name, CHAMPION)
     entries = read_audit(settings)
     entry = _done_before(entries, "reject", request)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
@@ -263,7 +264,7 @@ def render_evaluation_report(summary: dict[str, Any]) -> str:
     """The full evaluation report in Markdown, from the evaluate step's summary.
 
     Args:
-        summary: the dict ``pipelines.evaluate.run`` returns.
+        summary: the dict ``pipelines.steps.evaluate.run`` returns.
 
     Returns:
         Markdown text.
@@ -355,6 +356,8 @@ def render_review_description(
     compress: dict[str, Any] | None = None,
     max_chars: int = MAX_DESCRIPTION_CHARS,
     review_by_tag: str = "review_by",
+    figures_run_id: str | None = None,
+    status_detail: str | None = None,
 ) -> str:
     """The model version description a reviewer decides on, within MLflow's description size limit.
 
@@ -375,6 +378,8 @@ def render_review_description(
             ``agreement_ci`` and ``levels_tried`` are shown when present.
         max_chars: the size limit; the least important sections are dropped first to fit.
         review_by_tag: the tag naming the reviewer (``review_by``).
+        figures_run_id: the evaluate step's MLflow run, whose figures are then shown inline.
+        status_detail: the status line's text after "awaiting review" (default: staged by run ``run_id``).
 
     Returns:
         Markdown text of at most ``max_chars`` characters.
@@ -390,6 +395,7 @@ def render_review_description(
         run_url=run_url,
         compress=compress,
         max_chars=max_chars - HEAD_BUDGET,
+        figures_run_id=figures_run_id,
     )
     how = how_to_decide(
         policy=policy,
@@ -398,7 +404,7 @@ def render_review_description(
         review_by_tag=review_by_tag,
         review_comment_tag=review_comment_tag,
     )
-    status = status_line("awaiting review", f"staged as the challenger by pipeline run `{run_id}`.")
+    status = status_line("awaiting review", status_detail or f"staged as the challenger by pipeline run `{run_id}`.")
     return compose_version_description(model_name, version, status, report, how=how, max_chars=max_chars)
 
 
@@ -472,8 +478,6 @@ def figure_section(figures: dict[str, str] | None, run_id: str | None) -> list[s
     """The evaluation figures as images served by the MLflow server from the evaluate run (or nothing)."""
     if not figures or not run_id:
         return []
-    from urllib.parse import quote
-
     images = [
         f"![{name.replace('_', ' ')}](get-artifact?path={quote('evaluation/' + Path(uri).name)}&run_uuid={run_id})"
         for name, uri in figures.items()
@@ -481,25 +485,8 @@ def figure_section(figures: dict[str, str] | None, run_id: str | None) -> list[s
     return ["## Figures", "", " ".join(images)]
 
 
-def render_report_body(
-    *,
-    model_name: str,
-    run_id: str,
-    evaluate: dict[str, Any],
-    validate: dict[str, Any] | None,
-    drift: dict[str, Any] | None,
-    decide: dict[str, Any] | None,
-    train: dict[str, Any] | None,
-    run_url: str | None = None,
-    compress: dict[str, Any] | None = None,
-    max_chars: int = MAX_DESCRIPTION_CHARS - HEAD_BUDGET,
-    figures_run_id: str | None = None,
-) -> str:
-    """The evaluation report part of a version description (starts with :data:`REPORT_HEADING`), within
-    ``max_chars``: the least important sections are dropped first to fit.
-
-    With ``figures_run_id`` (the evaluate step's MLflow run), the evaluation figures are shown inline, served by
-    the MLflow server from that run's ``evaluation/`` artifacts (a link relative to the UI, so any host works)."""
+def _head_section(evaluate: dict[str, Any], run_id: str, run_url: str | None) -> list[str]:
+    """The heading, the outcome in one sentence, then the baseline warning and the review reasons if any."""
     m = evaluate["metrics"]
     if not evaluate["passed"]:
         outcome = "gates FAILED"
@@ -520,7 +507,10 @@ def render_report_body(
         head += ["", warning]
     if review := review_section(evaluate):
         head += ["", *review]
+    return head
 
+
+def _decision_section(decide: dict[str, Any] | None, train: dict[str, Any] | None) -> list[str]:
     decision = ["## Decision", ""]
     if decide:
         decision.append(f"Action **{decide.get('action')}** (drift severity {decide.get('severity')}).")
@@ -530,7 +520,10 @@ def render_report_body(
         decision.append("No decide result for this run.")
     if train:
         decision.append(f"- trained from: {train.get('base', '–')}")
+    return decision
 
+
+def _data_section(validate: dict[str, Any] | None, drift: dict[str, Any] | None) -> list[str]:
     data = ["## Data and drift", ""]
     if validate:
         data.append(
@@ -554,17 +547,50 @@ def render_report_body(
         ]
         if rows:
             data += ["", _table(["test", "statistic", "p-value", "threshold", "drifted"], rows)]
+    return data
 
+
+def _gates_section(evaluate: dict[str, Any]) -> list[str]:
     gates = ["## Gates", "", _table(GATE_HEADER, gate_rows(evaluate["gates"]))]
     if evaluate.get("failures"):
         gates += ["", "Failures:", ""] + [f"- {f}" for f in evaluate["failures"]]
+    return gates
+
+
+def _budgets_section(evaluate: dict[str, Any]) -> list[str]:
     lat, size = evaluate["gates"].get("latency_p95_ms", {}), evaluate["gates"].get("size_mb", {})
-    budgets = [
+    return [
         "## Size and latency",
         "",
         f"- latency p95 (batch 1): {_f(lat.get('value'), 1)} ms of {_f(lat.get('threshold'), 1)} ms budget",
         f"- size: {_f(size.get('value'), 2)} MB of {_f(size.get('threshold'), 1)} MB budget",
     ]
+
+
+def render_report_body(
+    *,
+    model_name: str,
+    run_id: str,
+    evaluate: dict[str, Any],
+    validate: dict[str, Any] | None,
+    drift: dict[str, Any] | None,
+    decide: dict[str, Any] | None,
+    train: dict[str, Any] | None,
+    run_url: str | None = None,
+    compress: dict[str, Any] | None = None,
+    max_chars: int = MAX_DESCRIPTION_CHARS - HEAD_BUDGET,
+    figures_run_id: str | None = None,
+) -> str:
+    """The evaluation report part of a version description (starts with :data:`REPORT_HEADING`), within
+    ``max_chars``: the least important sections are dropped first to fit.
+
+    With ``figures_run_id`` (the evaluate step's MLflow run), the evaluation figures are shown inline, served by
+    the MLflow server from that run's ``evaluation/`` artifacts (a link relative to the UI, so any host works)."""
+    head = _head_section(evaluate, run_id, run_url)
+    decision = _decision_section(decide, train)
+    data = _data_section(validate, drift)
+    gates = _gates_section(evaluate)
+    budgets = _budgets_section(evaluate)
     slices = ["## Slices", ""]
     slices.append(slice_table(evaluate["gates"].get("slices", {})) or "No slice column in the evaluation set.")
     confusion = ["## Confusion matrix", "", confusion_tables(evaluate["confusion"])]
@@ -584,12 +610,20 @@ def render_report_body(
 
 # --- figures ------------------------------------------------------------------------------------------------
 def _pyplot() -> Any:
-    import matplotlib
+    import matplotlib  # heavy, and only the figure writers need it
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write ``fig`` as a PNG at 90 dpi cropped to its content, close it (a long run keeps no figure open) and
+    return ``path``; the drift and monitor plots use it."""
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    _pyplot().close(fig)
+    return path
 
 
 def confusion_figure(path: Path, labels: Sequence[str], candidate: np.ndarray, champion: np.ndarray | None) -> Path:

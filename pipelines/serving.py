@@ -13,7 +13,7 @@ settings they mirror: ``MLOPS_SERVING__CAPTURE_URI`` (a folder or ``s3://`` pref
 ``MLOPS_SERVING__CAPTURE_SHARE``, ``MLOPS_SERVING__CAPTURE_TEXTS``, ``MLOPS_SERVING__CAPTURE_QUEUE_SIZE``,
 ``MLOPS_SERVING__CAPTURE_FLUSH_ROWS``, ``MLOPS_SERVING__CAPTURE_FLUSH_SECONDS``, plus
 ``MLOPS_STORAGE__S3_ENDPOINT_URL`` / ``MLOPS_STORAGE__S3_REGION`` for S3 and ``MLOPS_SERVED_MODEL_VERSION`` (the
-registry version, stamped on every record). ``make serve`` (:mod:`pipelines.serve`) sets them from the settings.
+registry version, stamped on every record). ``make serve`` (:mod:`pipelines.model.serve`) sets them from the settings.
 
 A prediction never waits for the sink and never fails because of it: the request thread only appends one tuple of
 references to a bounded buffer (a full buffer drops the request's rows and counts them); a background thread takes

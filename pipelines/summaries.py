@@ -1,7 +1,7 @@
 """The summary each step returns (its ``result.json`` and the Airflow task's XCom), as typed dicts.
 
 Keys that other tasks read are required; the rest are documented and type-checked when present.
-:func:`check` runs on every summary before it is written (:func:`pipelines.steps.run_step`), so a step that drops
+:func:`check` runs on every summary before it is written (:func:`pipelines.runner.run_step`), so a step that drops
 or mistypes a key fails at once, naming the step and the key, instead of a later task failing on a missing value. (No ``from __future__ import annotations`` here: TypedDict
 reads ``NotRequired`` from evaluated annotations.)
 """

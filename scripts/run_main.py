@@ -55,8 +55,8 @@ def main() -> int:
     _tee_output(log_file)
     prepare_airflow(REPO / "var" / "airflow")
     from pipelines.config import get_settings
-    from pipelines.demo import write_demo_batches
-    from pipelines.storage import get_storage, join
+    from pipelines.data.demo import write_demo_batches
+    from pipelines.io.storage import get_storage, join
 
     settings = get_settings()
     storage = get_storage(settings)

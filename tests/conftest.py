@@ -82,7 +82,7 @@ def demo_frames():
     """The demo batches as DataFrames, by name (generated in memory)."""
     import pandas as pd
 
-    from pipelines import demo
+    from pipelines.data import demo
 
     return {spec.name: pd.DataFrame(demo.generate(spec)) for spec in demo.BATCHES}
 

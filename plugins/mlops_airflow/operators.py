@@ -57,7 +57,7 @@ class RunStepOperator(BaseOperator):
     """Run the product step ``step`` with templated ``inputs``.
 
     Args:
-        step: a name from ``pipelines.steps.STEPS``.
+        step: a name from ``pipelines.runner.STEPS``.
         inputs: upstream URIs by name (templated); by default the XCom pulls the step declares
             (:func:`step_inputs`), so a DAG wires a step without naming its inputs.
         step_params: extra step params (templated); merged over the run's form params.
@@ -97,7 +97,7 @@ class RunStepOperator(BaseOperator):
         """
         from pipelines.cli import check_inputs, check_run_id
         from pipelines.config import check_params
-        from pipelines.steps import STEPS
+        from pipelines.runner import STEPS
 
         if self.step not in STEPS:
             raise ValueError(f"task {self.task_id!r}: unknown step {self.step!r}; expected one of {list(STEPS)}")
@@ -147,7 +147,7 @@ class RunStepOperator(BaseOperator):
         self, context: Context, settings: Settings, params: dict[str, Any], inputs: dict[str, str]
     ) -> dict[str, Any]:
         from pipelines.context import StepContext
-        from pipelines.steps import run_step
+        from pipelines.runner import run_step
 
         ctx = StepContext(
             step=self.step,

@@ -249,8 +249,8 @@ class ChallengerReviewOperator(HITLOperator):
         from airflow.sdk.execution_time.hitl import upsert_hitl_detail
         from airflow.sdk.timezone import utcnow
 
+        from pipelines.io.tracking import configure
         from pipelines.registry import CHALLENGER, alias_version  # lazy: DAG files import this module
-        from pipelines.tracking import configure
 
         settings = _settings()
         name = settings.registry.model_name
@@ -350,7 +350,7 @@ class ChallengerReviewOperator(HITLOperator):
 
 def review_body(settings: Any, version: str, url: str) -> str:
     """The Markdown shown with the request in Required Actions: the numbers, the link, the two ways to decide."""
-    from pipelines.tracking import configure
+    from pipelines.io.tracking import configure
 
     reg = settings.registry
     tags = configure(settings).get_model_version(reg.model_name, version).tags or {}

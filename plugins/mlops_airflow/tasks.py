@@ -12,7 +12,7 @@ def pick_batch(params: dict[str, Any], run_id: str | None = None) -> str:
     """The batch this run processes: the ``batch_uri`` param, or the oldest waiting batch in landing.
 
     The param must name a CSV or Parquet file inside the landing prefix (see
-    :func:`pipelines.storage.resolve_batch`). With ``run_id``, each pick is counted per batch content; a waiting
+    :func:`pipelines.io.storage.resolve_batch`). With ``run_id``, each pick is counted per batch content; a waiting
     batch already picked by ``dag.batch_max_attempts`` runs (so each of them failed before it left landing) is set
     aside with a note, and the next one is taken. A batch named by the param is never set aside.
 
@@ -25,7 +25,7 @@ def pick_batch(params: dict[str, Any], run_id: str | None = None) -> str:
 
     from mlops_airflow.params import split_params
     from pipelines.config import ConfigError, get_settings
-    from pipelines.storage import batch_attempts, note_attempt, resolve_batch, set_aside, waiting_batches
+    from pipelines.io.storage import batch_attempts, note_attempt, resolve_batch, set_aside, waiting_batches
 
     # The form validates params at trigger time; this catches what reaches a run by another way, first.
     try:

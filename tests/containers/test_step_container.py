@@ -79,7 +79,7 @@ def image(docker_setup, client) -> str:
 def root(tmp_path) -> Path:
     """An artifact root on the host holding the demo batches; bind-mounted at the same path into containers."""
     from pipelines.config import get_settings
-    from pipelines.demo import write_demo_batches
+    from pipelines.data.demo import write_demo_batches
 
     art = tmp_path / "art"
     write_demo_batches(get_settings(paths__artifact_root=str(art)), only=[GOOD, BAD])

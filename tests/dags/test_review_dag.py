@@ -49,8 +49,8 @@ def env(tmp_path_factory):
 
 
 def _stage(settings, served, run_id: str) -> str:
-    from pipelines.register import _stage_challenger
-    from pipelines.tracking import TAG_PIPELINE_RUN, configure
+    from pipelines.io.tracking import TAG_PIPELINE_RUN, configure
+    from pipelines.steps.register import _stage_challenger
 
     v = add_version(settings, served)
     client = configure(settings)
@@ -60,7 +60,7 @@ def _stage(settings, served, run_id: str) -> str:
 
 
 def _tags(settings, version) -> dict[str, str]:
-    from pipelines.tracking import configure
+    from pipelines.io.tracking import configure
 
     return dict(configure(settings).get_model_version(MODEL, str(version)).tags)
 
@@ -124,7 +124,7 @@ def _in_thread(fn):
 
 
 def test_a_decision_in_mlflow_ends_the_wait_and_closes_the_airflow_request(env):
-    from pipelines.tracking import configure
+    from pipelines.io.tracking import configure
     from scripts.dag_runner import run_dag
 
     settings, served, _ = env

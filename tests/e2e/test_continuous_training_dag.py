@@ -51,7 +51,7 @@ def loop_env(tmp_path_factory, demo_frames, tiny_model_dir):
     )
     with dag_environment(env):
         from pipelines.config import get_settings
-        from pipelines.demo import write_demo_batches
+        from pipelines.data.demo import write_demo_batches
 
         settings = get_settings()
         write_demo_batches(settings)
@@ -59,7 +59,7 @@ def loop_env(tmp_path_factory, demo_frames, tiny_model_dir):
 
 
 def _landing(settings, name):
-    from pipelines.storage import join
+    from pipelines.io.storage import join
 
     return join(settings.uri(settings.paths.landing), name)
 
@@ -76,7 +76,7 @@ def _approve_when_waiting(settings, version: str, stop: threading.Event):
     from airflow.models.hitl import HITLDetail
     from airflow.utils.session import create_session
 
-    from pipelines.tracking import configure
+    from pipelines.io.tracking import configure
 
     while not stop.is_set():
         with create_session() as session:
@@ -94,7 +94,7 @@ def test_loop_end_to_end(loop_env):
     from scripts.dag_runner import run_dag
 
     settings = loop_env
-    from pipelines.storage import get_storage
+    from pipelines.io.storage import get_storage
 
     storage = get_storage(settings)
 
@@ -142,7 +142,7 @@ def test_loop_end_to_end(loop_env):
     assert nxt.results["register"]["superseded"] == [str(first)]
     assert nxt.results["request_review"]["superseded"] == [str(first)]
     from pipelines.champion import champion_version
-    from pipelines.tracking import configure
+    from pipelines.io.tracking import configure
 
     client = configure(settings)
     old = client.get_model_version(settings.registry.model_name, str(first))

@@ -42,7 +42,7 @@ def distill_env(tmp_path_factory, demo_frames, tiny_model_dir):
     )
     with dag_environment(env):
         from pipelines.config import get_settings
-        from pipelines.demo import write_demo_batches
+        from pipelines.data.demo import write_demo_batches
 
         settings = get_settings()
         write_demo_batches(settings)
@@ -50,7 +50,7 @@ def distill_env(tmp_path_factory, demo_frames, tiny_model_dir):
 
 
 def _landing(settings, name):
-    from pipelines.storage import join
+    from pipelines.io.storage import join
 
     return join(settings.uri(settings.paths.landing), name)
 

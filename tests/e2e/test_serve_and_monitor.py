@@ -73,12 +73,12 @@ def _register_champion(settings, drug_reviews, tmp_path: Path) -> str:
     the monitor reads: its evaluation set (the drug test split) and its macro-F1 there."""
     from registry_doubles import add_version, bow_bundle
 
-    from pipelines.compress import save_served_model
-    from pipelines.datasets import write_parquet
-    from pipelines.monitor import realised_macro_f1
-    from pipelines.reference import save_reference
+    from pipelines.data.datasets import write_parquet
+    from pipelines.data.reference import save_reference
+    from pipelines.io.tracking import configure
     from pipelines.serving import OnnxPredictor
-    from pipelines.tracking import configure
+    from pipelines.steps.compress import save_served_model
+    from pipelines.steps.monitor import realised_macro_f1
 
     train = drug_reviews[drug_reviews["split"] == "train"]
     test = drug_reviews[drug_reviews["split"] == "test"]
@@ -102,8 +102,8 @@ def test_served_tweets_window_is_flagged_and_starts_training(served_env, drug_re
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
 
-    from pipelines.datasets import capture_root, write_parquet
-    from pipelines.serve import Supervisor
+    from pipelines.data.datasets import capture_root, write_parquet
+    from pipelines.model.serve import Supervisor
     from scripts.dag_runner import run_dag
 
     settings = served_env

@@ -285,9 +285,9 @@ def corrupt(labels: np.ndarray, rate: float, seed: int, mask: np.ndarray | None 
 def register_champion(settings, served_dir: Path, run_name: str = "champion") -> str:
     """Register ``served_dir`` directly with the MLflow client and give it the champion alias; returns the version.
 
-    Independent of ``pipelines.register``, so the evaluate tests do not depend on it.
+    Independent of ``pipelines.steps.register``, so the evaluate tests do not depend on it.
     """
-    from pipelines.tracking import configure, experiment_id
+    from pipelines.io.tracking import configure, experiment_id
 
     client = configure(settings)
     exp = experiment_id(settings)
@@ -322,7 +322,7 @@ def add_version(settings, served_dir: Path, alias: str | None = None) -> str:
     stage); returns the version. For tests of the champion moves, which do not need the register step."""
     import warnings
 
-    from pipelines.tracking import configure, experiment_id
+    from pipelines.io.tracking import configure, experiment_id
 
     client = configure(settings)
     run = client.create_run(experiment_id(settings))
@@ -345,7 +345,7 @@ def add_version(settings, served_dir: Path, alias: str | None = None) -> str:
 
 def registry_state(settings) -> dict[str, Any]:
     """Aliases and stages of every version: ``{"champion": v, "challenger": v, "stages": {v: stage}}``."""
-    from pipelines.tracking import configure
+    from pipelines.io.tracking import configure
 
     client = configure(settings)
     name = settings.registry.model_name

@@ -5,9 +5,9 @@ import pytest
 from conftest import tiny_settings
 
 from pipelines.context import StepContext
-from pipelines.datasets import write_parquet
+from pipelines.data.datasets import write_parquet
 from pipelines.errors import ModelRejected
-from pipelines.steps import run_step
+from pipelines.runner import run_step
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,7 @@ def test_compress_served_predictions_match_fp32_labels(trained):
     import pandas as pd
 
     from pipelines.champion import find_bundle
-    from pipelines.modeling import load_classifier
+    from pipelines.model.modeling import load_classifier
     from pipelines.serving import OnnxPredictor
 
     settings, train = trained
@@ -115,7 +115,7 @@ def test_compress_served_predictions_match_fp32_labels(trained):
     eval_df = pd.read_parquet(train["eval_uri"])
     texts = eval_df["text"].tolist()[:64]
     model, tokenizer = load_classifier(train["model_uri"], settings)
-    from pipelines.modeling import torch_logits
+    from pipelines.model.modeling import torch_logits
 
     fp32 = torch_logits(model, tokenizer, texts, 64, 32).argmax(1)
     served = OnnxPredictor(find_bundle(result["served_uri"])).predict_proba(texts).argmax(1)
@@ -191,7 +191,7 @@ def test_compress_parity_failure_is_rejected(trained, prune):
 
 def _disagree_at(monkeypatch, levels):
     """Make the served graph of ``levels`` disagree with the fp32 model on every text (labels rotated)."""
-    from pipelines import compress
+    from pipelines.steps import compress
 
     original = compress._run_candidate
 
@@ -276,8 +276,8 @@ def test_compress_without_fp32_level_rejects_a_model_no_level_serves(trained, mo
 
 
 def test_compress_levels_setting_is_validated():
-    from pipelines.compress import LEVELS
     from pipelines.config import CompressSettings, ConfigError, get_settings
+    from pipelines.steps.compress import LEVELS
 
     assert CompressSettings().levels == list(LEVELS)
     assert get_settings(compress__levels=["int8", "fp32"]).compress.levels == ["int8", "fp32"]
@@ -292,7 +292,7 @@ def test_compress_levels_setting_is_validated():
 
 
 def test_wilson_interval():
-    from pipelines.compress import wilson_interval
+    from pipelines.steps.compress import wilson_interval
 
     low, high = wilson_interval(50, 100)
     assert round(low, 4) == 0.4038 and round(high, 4) == 0.5962
@@ -306,13 +306,13 @@ def test_agreement_sample_is_topped_up_with_training_rows(trained, tmp_path, cap
 
     import pandas as pd
 
-    from pipelines.compress import sample_texts
+    from pipelines.steps.compress import sample_texts
 
     settings, train = trained
     few = tmp_path / "eval_small.parquet"
     pd.read_parquet(train["eval_uri"]).head(20).to_parquet(few)
     ctx = StepContext(step="compress", run_id="run-11", settings=settings, inputs={"eval_uri": str(few)})
-    with caplog.at_level(logging.WARNING, logger="pipelines.compress"):
+    with caplog.at_level(logging.WARNING, logger="pipelines.steps.compress"):
         texts, counts = sample_texts(ctx)
     assert counts == {"held_out": 20, "train": 44} and len(texts) == 64
     assert "agreement measured on only 64 texts (20 held-out, 44 training rows)" in caplog.text
@@ -331,7 +331,7 @@ def test_compress_without_held_out_texts_says_where_to_get_them(trained, tmp_pat
 
 
 def test_heads_to_prune_keeps_one_head_per_layer():
-    from pipelines.compress import heads_to_prune
+    from pipelines.steps.compress import heads_to_prune
 
     scores = np.array([[0.1, 0.2, 0.3, 0.4], [5.0, 6.0, 7.0, 8.0]])
     assert heads_to_prune(scores, 0.5) == {0: [0, 1, 2], 1: [0]}
@@ -350,7 +350,7 @@ def test_texts_from_input_frame_without_text_column_names_it():
 
 def test_train_and_compress_on_s3_artifact_root(s3_endpoint, aws_env, tiny_model_dir, demo_frames, tmp_path):
     from pipelines.champion import find_bundle
-    from pipelines.storage import get_storage
+    from pipelines.io.storage import get_storage
 
     settings = tiny_settings(
         tmp_path,

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from pipelines.config import get_settings
-from pipelines.datasets import holdout_share_for, split_holdout
+from pipelines.data.datasets import holdout_share_for, split_holdout
 
 
 def _batch(n: int, tag: str) -> pd.DataFrame:
@@ -46,7 +46,7 @@ def test_each_batch_keeps_its_own_share_when_read_together():
 def test_oversample_tops_minority_classes_up_toward_the_largest(settings):
     import pandas as pd
 
-    from pipelines.datasets import oversample
+    from pipelines.data.datasets import oversample
 
     df = pd.DataFrame(
         {"text": [f"t{i}" for i in range(14)], "label": ["positive"] * 10 + ["neutral"] * 2 + ["negative"] * 2}

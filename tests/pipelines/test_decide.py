@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.context import StepContext
-from pipelines.decide import decide, run
+from pipelines.steps.decide import decide, run
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from conftest import tiny_settings
 
-from pipelines.decision import calibrate, collapsed_class_offsets, output_layer, predicted_shares
+from pipelines.model.decision import calibrate, collapsed_class_offsets, output_layer, predicted_shares
 
 
 def _logits(rng, n=400):
@@ -54,7 +54,7 @@ def test_two_collapsed_classes_are_both_raised():
 
 def test_calibrate_moves_the_output_bias_of_a_real_model(tmp_path, tiny_model_dir):
     torch = pytest.importorskip("torch")
-    from pipelines.modeling import load_base, torch_logits
+    from pipelines.model.modeling import load_base, torch_logits
 
     settings = tiny_settings(tmp_path, tiny_model_dir)
     model, tokenizer = load_base(settings)

@@ -1,6 +1,6 @@
 import pytest
 
-from pipelines import demo
+from pipelines.data import demo
 
 
 def test_demo_batches_are_deterministic_and_labelled(demo_frames):

@@ -8,8 +8,8 @@ import pytest
 from conftest import tiny_settings
 
 from pipelines.context import StepContext
-from pipelines.datasets import write_parquet
-from pipelines.steps import run_step
+from pipelines.data.datasets import write_parquet
+from pipelines.runner import run_step
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def _compress(settings, train, run_id):
 
 
 def test_default_layers_are_every_other_ending_with_the_top():
-    from pipelines.distill import default_layers
+    from pipelines.model.distill import default_layers
 
     assert default_layers(6) == [1, 3, 5] and default_layers(12) == [1, 3, 5, 7, 9, 11]
     assert default_layers(4) == [1, 3] and default_layers(3) == [0, 2] and default_layers(2) == [1]
@@ -47,7 +47,7 @@ def test_default_layers_are_every_other_ending_with_the_top():
 
 def test_student_layer_settings_are_checked(make_settings):
     from pipelines.config import ConfigError
-    from pipelines.distill import student_layers
+    from pipelines.model.distill import student_layers
 
     assert student_layers(make_settings(), 6) == [1, 3, 5]
     assert student_layers(make_settings(compress__distill_layers=[0, 5]), 6) == [0, 5]
@@ -62,8 +62,8 @@ def test_student_layer_settings_are_checked(make_settings):
 def test_student_keeps_the_chosen_teacher_layers(trained):
     import torch
 
-    from pipelines.distill import make_student
-    from pipelines.modeling import load_classifier
+    from pipelines.model.distill import make_student
+    from pipelines.model.modeling import load_classifier
 
     settings, train = trained
     teacher, tokenizer = load_classifier(train["model_uri"], settings)
@@ -84,10 +84,10 @@ def test_compress_serves_a_distilled_student(trained):
     import pandas as pd
 
     from pipelines.champion import find_bundle
-    from pipelines.datasets import capture_root
+    from pipelines.data.datasets import capture_root
+    from pipelines.io.storage import get_storage, join
     from pipelines.report import compression_section
     from pipelines.serving import capture_file_name
-    from pipelines.storage import get_storage, join
 
     settings, train = trained
     # Captured requests add unlabelled texts (soft targets only); a hash-only or failed row adds nothing.
@@ -131,7 +131,7 @@ def test_compress_serves_a_distilled_student(trained):
 
 
 def test_student_trained_without_the_evaluation_texts(trained, monkeypatch):
-    from pipelines import distill
+    from pipelines.model import distill
 
     settings, train = trained
     seen = {}
@@ -151,8 +151,8 @@ def test_student_trained_without_the_evaluation_texts(trained, monkeypatch):
 
 
 def test_teacher_served_when_no_student_level_agrees(trained, monkeypatch):
-    from pipelines import compress
     from pipelines.report import compression_section
+    from pipelines.steps import compress
 
     settings, train = trained
     original = compress._run_candidate

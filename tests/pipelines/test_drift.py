@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 
 from pipelines.context import StepContext
-from pipelines.drift import run
-from pipelines.reference import save_reference
-from pipelines.steps import run_step
+from pipelines.data.reference import save_reference
+from pipelines.runner import run_step
+from pipelines.steps.drift import run
 
 
 def _accepted(settings, name, df) -> str:
@@ -116,7 +116,7 @@ def _register_champion(settings, demo_frames, tmp_path, macro_f1):
     import mlflow
     import mlflow.pyfunc
 
-    from pipelines.tracking import configure, experiment_id
+    from pipelines.io.tracking import configure, experiment_id
 
     class AlwaysPositive(mlflow.pyfunc.PythonModel):
         """The served pyfunc's stand-in; drift must score the bundle, never unpickle this."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.encoders import PACKAGED_MINILM, embed, resolve_model_path
+from pipelines.model.encoders import PACKAGED_MINILM, embed, resolve_model_path
 
 TEXTS = [
     "the tablets worked well and the side effects were mild",

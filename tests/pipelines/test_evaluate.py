@@ -24,10 +24,10 @@ from registry_doubles import (
 )
 
 from pipelines.context import StepContext
-from pipelines.datasets import write_parquet
+from pipelines.data.datasets import write_parquet
 from pipelines.errors import EXIT_PERMANENT, CorruptArtifact, exit_code
-from pipelines.evaluate import run
-from pipelines.steps import run_step
+from pipelines.runner import run_step
+from pipelines.steps.evaluate import run
 
 
 @pytest.fixture
@@ -106,7 +106,7 @@ def test_evaluate_bootstrap_passes_and_logs_report(env, eval_set, tmp_path):
     assert Path(result["figures"]["reliability"]).is_file()
     assert json.loads(Path(result["report_uri"]).with_name("result.json").read_text())["passed"] is True
 
-    from pipelines.tracking import configure, experiment_id
+    from pipelines.io.tracking import configure, experiment_id
 
     client = configure(settings)
     runs = client.search_runs([experiment_id(settings)], "tags.`mlops.step` = 'evaluate'")
@@ -312,7 +312,7 @@ def test_slice_gate_fails_a_sure_regression_and_asks_a_human_about_a_doubtful_on
     import pandas as pd
 
     from pipelines.config import get_settings
-    from pipelines.evaluate import Predictions, gate_slices
+    from pipelines.steps.evaluate import Predictions, gate_slices
 
     labels = ["negative", "neutral", "positive"]
     y = np.array([labels[i % 3] for i in range(240)])
@@ -348,7 +348,7 @@ def test_majority_gate_needs_a_gain_worth_having_and_significant(n, found, outco
     import numpy as np
 
     from pipelines.config import get_settings
-    from pipelines.evaluate import Predictions, gate_majority
+    from pipelines.steps.evaluate import Predictions, gate_majority
 
     labels = ["negative", "neutral", "positive"]
     y = np.array(["positive"] * (n - n // 5) + ["negative"] * (n // 5))  # 80 % positive

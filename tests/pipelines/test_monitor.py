@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from registry_doubles import make_registry_settings
 
-from pipelines import monitor
 from pipelines.serving import capture_file_name
+from pipelines.steps import monitor
 
 T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
 
@@ -73,7 +73,7 @@ def test_rerun_of_a_window_gives_the_same_summary(tmp_path):
     for i in range(3):
         _write_capture(settings, T0 + timedelta(minutes=i), [_row(i), _row(i + 10, status="error")], seq=i)
     from pipelines.context import StepContext
-    from pipelines.steps import run_step
+    from pipelines.runner import run_step
 
     def once(run_id: str) -> dict:
         ctx = StepContext("monitor", run_id, settings, params={"window_end": (T0 + timedelta(hours=1)).isoformat()})
@@ -147,8 +147,8 @@ def test_estimate_is_within_tolerance_of_the_realised_score(labelled):
 def _champion_with_eval(settings, demo_frames, tmp_path) -> str:
     from test_drift import _register_champion
 
-    from pipelines.datasets import write_parquet
-    from pipelines.tracking import configure
+    from pipelines.data.datasets import write_parquet
+    from pipelines.io.tracking import configure
 
     version = _register_champion(settings, demo_frames, tmp_path, macro_f1=0.9)
     eval_uri = str(tmp_path / "eval.parquet")
@@ -183,8 +183,8 @@ def _captures_from(settings, frame: pd.DataFrame, when: datetime) -> None:
 
 def test_monitor_flags_a_shifted_window_and_joins_late_labels(make_settings, demo_frames, tmp_path):
     from pipelines.context import StepContext
-    from pipelines.datasets import write_parquet
-    from pipelines.steps import run_step
+    from pipelines.data.datasets import write_parquet
+    from pipelines.runner import run_step
 
     settings = make_settings(registry__model_name=f"monitor-{tmp_path.name}", drift__mmd_permutations=30)
     version = _champion_with_eval(settings, demo_frames, tmp_path)
@@ -208,7 +208,7 @@ def test_monitor_flags_a_shifted_window_and_joins_late_labels(make_settings, dem
     assert "**ACT**" in md and "estimated (CBPE" in md
     import mlflow
 
-    from pipelines.tracking import configure
+    from pipelines.io.tracking import configure
 
     configure(settings)
     run = mlflow.get_run(second["mlflow_run_id"])

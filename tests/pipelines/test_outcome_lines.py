@@ -1,6 +1,6 @@
-"""What each step's log says it decided and why (pipelines.steps.outcome_lines), from hand-written summaries."""
+"""What each step's log says it decided and why (pipelines.runner.outcome_lines), from hand-written summaries."""
 
-from pipelines.steps import outcome_lines
+from pipelines.runner import outcome_lines
 
 
 def test_decide_logs_the_action_and_each_reason():

@@ -6,9 +6,9 @@ import pytest
 from registry_doubles import add_version, make_registry_settings, registry_state, save_served
 
 from pipelines.context import StepContext
-from pipelines.promote import run
+from pipelines.io.tracking import configure
 from pipelines.registry import AUDIT_TAG, promote, read_audit, reject, review_state, rollback
-from pipelines.tracking import configure
+from pipelines.steps.promote import run
 
 
 @pytest.fixture

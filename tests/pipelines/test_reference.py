@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.reference import load_reference, save_reference
+from pipelines.data.reference import load_reference, save_reference
 
 
 @pytest.fixture

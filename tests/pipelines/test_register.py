@@ -14,12 +14,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
 from pipelines.context import StepContext
-from pipelines.datasets import write_parquet
+from pipelines.data.datasets import write_parquet
 from pipelines.errors import ModelRejected
-from pipelines.register import find_version, run
+from pipelines.io.tracking import configure, experiment_id
 from pipelines.registry import read_audit
-from pipelines.steps import run_step
-from pipelines.tracking import configure, experiment_id
+from pipelines.runner import run_step
+from pipelines.steps.register import find_version, run
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from mlflow import MlflowClient
 from registry_doubles import add_version, make_registry_settings, registry_state, save_served
 
 from pipelines.errors import PromotionRefused
+from pipelines.io.tracking import TAG_PIPELINE_RUN, configure
 from pipelines.registry import (
     AUTO,
     CHALLENGER,
@@ -34,7 +35,6 @@ from pipelines.registry import (
     version_by_alias,
 )
 from pipelines.report import REPORT_HEADING
-from pipelines.tracking import TAG_PIPELINE_RUN, configure
 
 NAME = "sentiment"
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from registry_doubles import add_version, make_registry_settings, registry_state, save_served
 
+from pipelines.io.tracking import TAG_PIPELINE_RUN, configure
 from pipelines.registry import SUPERSEDED, supersede, supersede_older
 from pipelines.review import PENDING, first_decision, record_response, review_status
-from pipelines.tracking import TAG_PIPELINE_RUN, configure
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def _tag(settings, version, **tags) -> None:
 
 def _staged(settings, served, run_id: str) -> str:
     """A version registered by pipeline run ``run_id`` and staged as the challenger (as register does)."""
-    from pipelines.register import _stage_challenger
+    from pipelines.steps.register import _stage_challenger
 
     v = add_version(settings, served)
     _tag(settings, v, **{TAG_PIPELINE_RUN: run_id})
@@ -168,7 +168,7 @@ def test_supersede_is_idempotent(settings, served):
 
 def test_a_late_stage_of_a_superseded_version_does_not_bring_it_back(settings, served):
     """Run A's register stages v1 after run B's v2 superseded it: v1 stays superseded and archived."""
-    from pipelines.register import _stage_challenger
+    from pipelines.steps.register import _stage_challenger
 
     v1 = add_version(settings, served)
     _tag(settings, v1, **{TAG_PIPELINE_RUN: "run-a"})

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from registry_doubles import add_version, make_registry_settings, onnx_bundle
 
-from pipelines.serve import Supervisor, server_env
+from pipelines.model.serve import Supervisor, server_env
 
 
 def _free_port() -> int:
@@ -40,7 +40,7 @@ def _served(tmp: Path, weights: list[float]) -> Path:
     import onnx
     from onnx import numpy_helper
 
-    from pipelines.compress import save_served_model
+    from pipelines.steps.compress import save_served_model
 
     bundle = onnx_bundle(tmp / "bundle", [-1.0, 0.0, 1.0])
     model = onnx.load(str(bundle / "model.onnx"))
@@ -77,7 +77,7 @@ def test_server_env_carries_capture_settings(tmp_path):
 
 @pytest.mark.slow  # two real scoring servers start (10-40 s on two shared cores)
 def test_serve_follows_the_alias_without_dropping_requests(tmp_path):
-    from pipelines.tracking import configure
+    from pipelines.io.tracking import configure
 
     backend = _free_pair()
     settings = make_registry_settings(

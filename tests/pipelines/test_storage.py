@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipelines.storage import Storage, join
+from pipelines.io.storage import Storage, join
 
 
 @pytest.fixture(params=["local", "s3"])

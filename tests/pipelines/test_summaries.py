@@ -44,7 +44,7 @@ def test_every_step_of_the_loop_declares_its_summary():
 
 def test_the_real_decide_step_writes_a_checked_summary(settings):
     from pipelines.context import StepContext
-    from pipelines.steps import run_step
+    from pipelines.runner import run_step
 
     out = run_step(StepContext(step="decide", run_id="r-sum", settings=settings, params={"force_action": "retrain"}))
     assert out["action"] == "retrain" and isinstance(out["reasons"], list)

@@ -5,8 +5,8 @@ import time
 from registry_doubles import make_registry_settings
 
 from pipelines.context import StepContext
-from pipelines.steps import run_step
-from pipelines.tracking import configure, parent_run_id, step_run
+from pipelines.io.tracking import configure, parent_run_id, step_run
+from pipelines.runner import run_step
 
 
 def test_the_parent_run_ends_after_its_last_step(tmp_path):
@@ -38,7 +38,7 @@ def test_a_moved_or_copied_store_finds_its_artifacts(tmp_path):
     import mlflow
     from registry_doubles import add_version
 
-    from pipelines import tracking
+    from pipelines.io import tracking
 
     model = tmp_path / "served"
     model.mkdir()
@@ -67,7 +67,7 @@ def test_a_moved_or_copied_store_finds_its_artifacts(tmp_path):
 def test_a_store_pointed_at_an_unrelated_folder_is_left_alone(tmp_path):
     from registry_doubles import add_version
 
-    from pipelines import tracking
+    from pipelines.io import tracking
 
     model = tmp_path / "served"
     model.mkdir()
@@ -87,7 +87,7 @@ def test_a_store_pointed_at_an_unrelated_folder_is_left_alone(tmp_path):
 def test_a_retried_step_reopens_its_run_and_another_pipeline_run_gets_its_own(tmp_path):
     import mlflow
 
-    from pipelines.tracking import TAG_PIPELINE_RUN, TAG_STEP, experiment_id
+    from pipelines.io.tracking import TAG_PIPELINE_RUN, TAG_STEP, experiment_id
 
     settings = make_registry_settings(tmp_path)
     ctx = StepContext(step="train", run_id="run-1", settings=settings, dag_id="continuous_training")
@@ -109,7 +109,7 @@ def test_a_retried_step_reopens_its_run_and_another_pipeline_run_gets_its_own(tm
 
 
 def test_find_step_run_prefers_the_steps_run_then_the_parent_and_run_url_links_to_it(tmp_path):
-    from pipelines.tracking import experiment_id, find_step_run, run_url
+    from pipelines.io.tracking import experiment_id, find_step_run, run_url
 
     settings = make_registry_settings(tmp_path)
     ctx = StepContext(step="evaluate", run_id="run-1", settings=settings)

@@ -5,8 +5,8 @@ import pytest
 from conftest import tiny_settings
 
 from pipelines.context import StepContext
-from pipelines.datasets import write_parquet
-from pipelines.steps import run_step
+from pipelines.data.datasets import write_parquet
+from pipelines.runner import run_step
 
 
 def _accept(settings, frame, name):
@@ -80,7 +80,7 @@ def test_train_retrain_learns_and_writes_outputs(retrained, demo_frames):
 
 
 def test_train_fine_tune_freezes_lower_layers(retrained, demo_frames):
-    from pipelines.datasets import split_holdout
+    from pipelines.data.datasets import split_holdout
 
     champion_settings, champion = retrained
     settings = champion_settings.with_overrides(
@@ -136,14 +136,14 @@ def test_train_without_action_names_the_fix(settings, demo_frames):
 def test_label_ids_unknown_label_names_it(settings):
     import pandas as pd
 
-    from pipelines.datasets import label_ids
+    from pipelines.data.datasets import label_ids
 
     with pytest.raises(ValueError, match=r"\['mixed'\].*data.labels"):
         label_ids(pd.DataFrame({"text": ["a", "b"], "label": ["positive", "mixed"]}), settings)
 
 
 def test_class_weights_balance_counts():
-    from pipelines.datasets import class_weights
+    from pipelines.data.datasets import class_weights
 
     assert class_weights([0, 0, 0, 1], 3) == [4 / 6, 2.0, 1.0]
 
@@ -151,9 +151,9 @@ def test_class_weights_balance_counts():
 def test_fit_stops_early_on_validation_macro_f1_and_restores_the_best_epoch(tmp_path, tiny_model_dir, demo_frames):
     """Validation labels that contradict the training labels: validation macro-F1 is best after the first epoch and
     falls as the model learns, so early stopping ends the run and the first epoch's weights come back."""
-    from pipelines.datasets import validation_split
-    from pipelines.modeling import load_base
-    from pipelines.train import fit
+    from pipelines.data.datasets import validation_split
+    from pipelines.model.modeling import load_base
+    from pipelines.steps.train import fit
 
     settings = tiny_settings(tmp_path, tiny_model_dir, train__early_stopping_patience=2)
     rows = demo_frames["batch_000_reference"].drop_duplicates(subset=["text"]).head(400)
@@ -176,7 +176,7 @@ def test_fit_stops_early_on_validation_macro_f1_and_restores_the_best_epoch(tmp_
 
 
 def test_epochs_follow_the_data_size(tmp_path, tiny_model_dir):
-    from pipelines.train import epochs_for
+    from pipelines.steps.train import epochs_for
 
     settings = tiny_settings(
         tmp_path,
@@ -197,9 +197,9 @@ def test_epochs_follow_the_data_size(tmp_path, tiny_model_dir):
 def test_head_warm_up_trains_only_the_head_and_restores_trainable_flags(tmp_path, tiny_model_dir, demo_frames):
     import torch
 
-    from pipelines.datasets import validation_split
-    from pipelines.modeling import load_base
-    from pipelines.train import warm_up_head
+    from pipelines.data.datasets import validation_split
+    from pipelines.model.modeling import load_base
+    from pipelines.steps.train import warm_up_head
 
     settings = tiny_settings(tmp_path, tiny_model_dir, train__head_warmup_epochs=1)
     rows = demo_frames["batch_000_reference"].drop_duplicates(subset=["text"]).head(200)
@@ -223,7 +223,7 @@ def _register_champion(settings, accepted_batches):
     """A registry with a champion whose data.accepted_batches tag lists ``accepted_batches`` (None: no tag)."""
     from mlflow import MlflowClient
 
-    from pipelines.tracking import configure
+    from pipelines.io.tracking import configure
 
     configure(settings)
     uri = settings.mlflow.tracking_uri
@@ -236,7 +236,7 @@ def _register_champion(settings, accepted_batches):
 
 
 def test_fine_tune_catches_up_on_batches_the_champion_has_not_learned(settings, demo_frames):
-    from pipelines.train import _training_data, unlearned_batches
+    from pipelines.steps.train import _training_data, unlearned_batches
 
     frames = list(demo_frames.values())
     first, held, current = (_accept(settings, frames[i], f"batch_00{i}") for i in range(3))
@@ -255,11 +255,11 @@ def test_fine_tune_catches_up_on_batches_the_champion_has_not_learned(settings, 
 
 
 def test_fine_tune_without_the_batches_tag_learns_the_new_batch_only(settings, demo_frames, caplog):
-    from pipelines.train import unlearned_batches
+    from pipelines.steps.train import unlearned_batches
 
     frames = list(demo_frames.values())
     uris = [_accept(settings, frames[i], f"batch_00{i}") for i in range(3)]
     _register_champion(settings, None)
-    with caplog.at_level("WARNING", logger="pipelines.train"):
+    with caplog.at_level("WARNING", logger="pipelines.steps.train"):
         assert unlearned_batches(settings, uris[2]) == []
     assert "no readable data.accepted_batches tag" in caplog.text

@@ -5,11 +5,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines import demo
 from pipelines.context import StepContext
+from pipelines.data import demo
 from pipelines.errors import DataValidationFailed
-from pipelines.steps import run_step
-from pipelines.validate import run
+from pipelines.runner import run_step
+from pipelines.steps.validate import run
 
 
 def _ctx(settings, batch_uri, run_id="r1"):

@@ -69,8 +69,8 @@ def store(tmp_path_factory):
 def staged(store, monkeypatch):
     """A new version of the module's model, staged as the challenger (each test decides on its own version)."""
     from pipelines.config import settings_env
-    from pipelines.register import _stage_challenger
-    from pipelines.tracking import TAG_PIPELINE_RUN, configure
+    from pipelines.io.tracking import TAG_PIPELINE_RUN, configure
+    from pipelines.steps.register import _stage_challenger
 
     settings, served = store
     for key, value in settings_env(settings).items():

@@ -34,7 +34,7 @@ def _register(settings, tmp: Path, tag_digest: bool = False) -> str:
     import mlflow
     from mlflow.pyfunc import PythonModel
 
-    from pipelines.tracking import configure, experiment_id
+    from pipelines.io.tracking import configure, experiment_id
 
     class Model(PythonModel):
         def predict(self, context, model_input, params=None):
@@ -143,11 +143,11 @@ def test_planted_pickle_with_forged_manifest_is_still_never_unpickled(cache_env)
     import pandas as pd
 
     from pipelines.champion import file_manifest
-    from pipelines.drift import _quality
+    from pipelines.steps.drift import _quality
 
     settings, tmp = cache_env
     version = _register(settings, tmp)
-    from pipelines.tracking import configure
+    from pipelines.io.tracking import configure
 
     configure(settings).set_model_version_tag(settings.registry.model_name, version, "eval.macro_f1", "0.9")
     entry = get_champion(settings).model_dir
@@ -197,7 +197,7 @@ def test_registry_digest_tag_is_checked_on_every_use(cache_env):
 
 def test_corrupt_registered_artifact_is_a_permanent_error(cache_env):
     """The registry's own copy does not match its digest tag: re-fetching cannot help, so no retry (exit 2)."""
-    from pipelines.tracking import configure
+    from pipelines.io.tracking import configure
 
     settings, tmp = cache_env
     version = _register(settings, tmp, tag_digest=True)

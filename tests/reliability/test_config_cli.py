@@ -249,7 +249,7 @@ def test_unexpected_error_keeps_its_traceback_and_exit_1(tmp_path, monkeypatch):
     from pipelines import cli
 
     monkeypatch.setenv("MLOPS_PATHS__ARTIFACT_ROOT", str(tmp_path / "var"))
-    monkeypatch.setattr("pipelines.steps.run_step", lambda ctx: (_ for _ in ()).throw(KeyError("bug")))
+    monkeypatch.setattr("pipelines.runner.run_step", lambda ctx: (_ for _ in ()).throw(KeyError("bug")))
     with pytest.raises(KeyError, match="bug"):
         cli.main(["decide", "--run-id", "r1"])
 
@@ -309,7 +309,7 @@ def test_local_runtime_transient_failure_is_retried(local_settings, monkeypatch)
     def unreachable(ctx):
         raise ServiceUnavailable("MLflow at http://mlflow:5000 did not answer")
 
-    monkeypatch.setattr("pipelines.steps.run_step", unreachable)
+    monkeypatch.setattr("pipelines.runner.run_step", unreachable)
     with pytest.raises(ServiceUnavailable) as exc:
         _operator(local_settings).execute(_context())
     assert not isinstance(exc.value, AirflowFailException)

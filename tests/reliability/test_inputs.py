@@ -20,12 +20,12 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from mlops_airflow import tasks
-from pipelines import demo
 from pipelines.config import get_settings
 from pipelines.context import StepContext
+from pipelines.data import demo
 from pipelines.errors import BadInput, DataValidationFailed
-from pipelines.storage import Storage, get_storage, resolve_batch
-from pipelines.validate import run as validate
+from pipelines.io.storage import Storage, get_storage, resolve_batch
+from pipelines.steps.validate import run as validate
 
 REPO = Path(__file__).resolve().parents[2]
 SUFFIX = "expected a .csv or .parquet file inside the landing prefix"
@@ -478,7 +478,7 @@ def test_fault_process_killed_during_quarantine_move_then_rerun(settings, tmp_pa
     uri = _land(settings, "killed.csv", b"")
     code = (
         "import os, signal, sys\n"
-        "from pipelines.storage import Storage\n"
+        "from pipelines.io.storage import Storage\n"
         "real = Storage.delete\n"
         "def delete(self, uri):\n"
         "    if '/landing/' in uri:\n"

@@ -22,7 +22,7 @@ from registry_doubles import add_version, make_registry_settings, registry_state
 import pipelines.registry as registry_mod  # noqa: E402
 from pipelines.context import StepContext  # noqa: E402
 from pipelines.errors import PromotionRefused  # noqa: E402
-from pipelines.promote import run  # noqa: E402
+from pipelines.io.tracking import configure  # noqa: E402
 from pipelines.registry import (  # noqa: E402
     promote,
     read_audit,
@@ -31,7 +31,7 @@ from pipelines.registry import (  # noqa: E402
     review_state,
     rollback,
 )
-from pipelines.tracking import configure  # noqa: E402
+from pipelines.steps.promote import run  # noqa: E402
 
 CEILING = (
     "param promotion='auto' is refused: registry.promotion is 'manual' and registry.allow_form_auto is false; "
@@ -155,7 +155,7 @@ def test_register_with_form_auto_under_manual_config_registers_nothing(settings,
 
     ctx = StepContext(step="evaluate", run_id="run-x", settings=settings)
     ctx.storage.write_text(ctx.output("result.json"), json.dumps({"passed": True, "metrics": {}}))
-    from pipelines.register import run as register
+    from pipelines.steps.register import run as register
 
     reg = StepContext(
         step="register",
@@ -490,7 +490,7 @@ def _register(settings, served, run_id):
 
 def test_register_race_on_the_same_run_keeps_one_version(evaluated, monkeypatch):
     """Both registers checked before either created (injected): the second deletes its own duplicate."""
-    import pipelines.register as register_mod
+    import pipelines.steps.register as register_mod
 
     settings, served = evaluated
     monkeypatch.setattr(register_mod, "find_version", lambda s, run_id: None)
@@ -506,7 +506,7 @@ def test_register_race_on_the_same_run_keeps_one_version(evaluated, monkeypatch)
 
 
 def test_concurrent_registers_of_the_same_run_in_threads_give_one_version(evaluated, monkeypatch):
-    import pipelines.register as register_mod
+    import pipelines.steps.register as register_mod
 
     settings, served = evaluated
     real_find = register_mod.find_version
@@ -545,8 +545,8 @@ def test_two_runs_staging_at_once_leave_the_challenger_on_the_newer(settings, se
     """Run A's alias write lands after run B's (a stale decision): A re-checks and gives the alias to B's newer
     version, so both agree whatever the order of their writes; B's staging superseded A's older version, which a
     late stage never brings back."""
-    from pipelines.register import _stage_challenger
-    from pipelines.tracking import TAG_PIPELINE_RUN
+    from pipelines.io.tracking import TAG_PIPELINE_RUN
+    from pipelines.steps.register import _stage_challenger
 
     v1 = add_version(settings, served)
     v2 = add_version(settings, served)

@@ -125,7 +125,7 @@ def stack(tmp_path_factory, demo_frames):
 
         home = prepare_airflow(root / "airflow")
         from pipelines.config import get_settings
-        from pipelines.demo import write_demo_batches
+        from pipelines.data.demo import write_demo_batches
 
         write_demo_batches(get_settings())
         server_env = dict(os.environ)

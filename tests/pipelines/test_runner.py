@@ -13,8 +13,8 @@ import pytest
 from registry_doubles import make_registry_settings
 
 from pipelines.context import StepContext, StepInput, StepSpec
-from pipelines.steps import STEPS, outcome_lines, run_step
-from pipelines.tracking import TAG_PIPELINE_RUN, TAG_STEP, configure, experiment_id
+from pipelines.io.tracking import TAG_PIPELINE_RUN, TAG_STEP, configure, experiment_id
+from pipelines.runner import STEPS, outcome_lines, run_step
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_run_step_hands_on_the_nested_mlflow_run_of_a_logging_step(settings, ste
         """
         import mlflow
 
-        from pipelines.tracking import step_run
+        from pipelines.io.tracking import step_run
 
         def run(ctx):
             with step_run(ctx):

@@ -161,7 +161,7 @@ def _baselines(settings: Settings, eval_df: pd.DataFrame) -> dict[str, Any]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    from pipelines.datasets import load_accepted, split_holdout
+    from pipelines.data.datasets import load_accepted, split_holdout
 
     text, label = settings.data.text_column, settings.data.label_column
     accepted = load_accepted(settings)
@@ -501,7 +501,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
         FileNotFoundError: the served folder or its bundle is missing.
         CorruptArtifact: the candidate's or the champion's bundle does not load.
     """
-    from pipelines.datasets import read_table
+    from pipelines.data.datasets import read_table
 
     s = ctx.settings
     labels = list(s.data.labels)
@@ -708,7 +708,7 @@ def _write_outputs(ctx: StepContext, summary: dict[str, Any], p: Predictions, te
     import pandas as pd
 
     from pipelines import report
-    from pipelines.datasets import write_parquet
+    from pipelines.data.datasets import write_parquet
 
     markdown = report.render_evaluation_report(summary)
     ctx.storage.write_text(summary["report_uri"], markdown)
@@ -726,7 +726,7 @@ def _log_to_mlflow(ctx: StepContext, summary: dict[str, Any], figures: dict[str,
     """Metrics, params, tags and the figures and report of the evaluate run (nested under the pipeline run)."""
     import mlflow
 
-    from pipelines.tracking import step_run
+    from pipelines.io.tracking import step_run
 
     metrics, gates = summary["metrics"], summary["gates"]
     with step_run(ctx):

@@ -17,7 +17,7 @@ The suite (:func:`build_suite`) is defined here in code from ``settings.validati
 A file that cannot be read as a table (not CSV, not UTF-8, empty, truncated inside a quoted field, a broken
 Parquet file) fails before GX runs, with the same :class:`~pipelines.errors.DataValidationFailed` and a JSON report.
 
-The batch reference goes through :func:`pipelines.storage.resolve_batch` first: it must name a CSV or Parquet
+The batch reference goes through :func:`pipelines.io.storage.resolve_batch` first: it must name a CSV or Parquet
 file inside the landing prefix. Messages name checks, columns and counts, never a cell's value or the header row;
 examples of failing values go into the report only.
 
@@ -50,8 +50,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipelines.context import safe_run_id
 from pipelines.errors import BadInput, DataValidationFailed
-from pipelines.storage import basename, clear_attempts, join, resolve_batch
+from pipelines.io.storage import basename, clear_attempts, join, resolve_batch
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -418,8 +419,6 @@ def _run_suite(
 
 
 def _safe(run_id: str) -> str:
-    from pipelines.context import safe_run_id
-
     return safe_run_id(run_id)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from pipelines import summaries
 from pipelines.context import SPECS, StepContext
 from pipelines.errors import BadInput
+from pipelines.io.tracking import extend_parent_run, find_step_run
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,6 @@ def run_step(ctx: StepContext) -> dict[str, Any]:
     result.setdefault("step", ctx.step)
     result["compute_s"] = round(time.perf_counter() - started, 3)
     if "mlflow" in sys.modules:
-        from pipelines.tracking import extend_parent_run, find_step_run
-
         if "mlflow_run_id" not in result:  # the step used MLflow: hand its run on, so the task can link to it
             found = find_step_run(ctx)
             if found:

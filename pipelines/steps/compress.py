@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.errors import ModelRejected
-from pipelines.modeling import encoded_batches, load_classifier, torch_logits
+from pipelines.model.modeling import encoded_batches, load_classifier, torch_logits
 
 if TYPE_CHECKING:
     from pipelines.config import CompressSettings, Settings
@@ -436,7 +436,7 @@ def sample_texts(ctx: StepContext) -> tuple[list[str], dict[str, int]]:
     Held-out texts first (the evaluation set, else accepted hold-out rows), up to ``compress.parity_sample_rows``;
     when they are fewer, accepted training rows top the sample up (``compress.agreement_train_rows``).
     """
-    from pipelines.datasets import load_accepted, read_table, split_holdout
+    from pipelines.data.datasets import load_accepted, read_table, split_holdout
 
     settings = ctx.settings
     cfg, text, seed = settings.compress, settings.data.text_column, settings.train.seed
@@ -849,7 +849,7 @@ def choose_level(job: Job) -> tuple[Attempt, list[Attempt]]:
 # --- distillation ----------------------------------------------------------------------------------
 def _eval_frame(ctx: StepContext) -> Any:
     """The labelled evaluation set (the train step's ``eval.parquet``), or None when there is none."""
-    from pipelines.datasets import read_table
+    from pipelines.data.datasets import read_table
 
     settings = ctx.settings
     eval_uri = ctx.get("eval_uri")
@@ -873,14 +873,14 @@ class Distilled:
 
 
 def prepare_student(ctx: StepContext, job: Job) -> Distilled:
-    """Distill a student from ``job.model`` (see :mod:`pipelines.distill`) and set up its levels' job: parity and
+    """Distill a student from ``job.model`` (see :mod:`pipelines.model.distill`) and set up its levels' job: parity and
     pruning against the student's own logits, agreement against the teacher on ``compress.distill_min_agreement``.
 
     Skipped (the teacher is then served as without distillation) only when there are no labelled training rows.
     """
     import numpy as np
 
-    from pipelines import distill
+    from pipelines.model import distill
 
     settings, cfg = ctx.settings, ctx.settings.compress
     text = settings.data.text_column
@@ -1188,7 +1188,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
         ModelRejected: the fp32 ONNX graph does not reproduce PyTorch, or no configured level agrees.
         ValueError: an input is missing or the model's labels differ from the settings.
     """
-    from pipelines.tracking import step_run
+    from pipelines.io.tracking import step_run
 
     served_uri = ctx.output("served")
     started = time.perf_counter()

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipelines.model.encoders import embed
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -31,8 +33,6 @@ def save_reference(
 ) -> Path:
     """Embed a capped, seeded sample of ``df`` with the drift encoder and save it in ``out_dir``."""
     import numpy as np
-
-    from pipelines.encoders import embed
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.encoders import resolve_model_path
+from pipelines.model.encoders import resolve_model_path
 
 if TYPE_CHECKING:
     from pipelines.config import Settings

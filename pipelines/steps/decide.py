@@ -1,6 +1,6 @@
 """Step ``decide``: map the drift result, the champion's quality drop and the amount of new data to an action.
 
-Policy (thresholds in ``settings.decision``; the severity rule itself lives in ``pipelines.drift``):
+Policy (thresholds in ``settings.decision``; the severity rule itself lives in ``pipelines.steps.drift``):
 
 0. A batch that validate found identical to an accepted one (``duplicate_of``) is skipped, whatever was asked.
 1. A run parameter ``force_action`` other than ``auto`` wins.
@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import json
 from typing import TYPE_CHECKING, Any
+
+from pipelines.data.datasets import accepted_rows
 
 if TYPE_CHECKING:
     from pipelines.config import DecisionSettings, Settings
@@ -235,8 +237,6 @@ def _young_history(new_rows: int | None, history_rows: int | None, cfg: Any) -> 
 
 def _history_rows(ctx: StepContext, drift: dict[str, Any] | None) -> int | None:
     """Rows of the accepted batches other than this run's, or None when unknown."""
-    from pipelines.datasets import accepted_rows
-
     current = (drift or {}).get("accepted_uri") or ctx.get("accepted_uri")
     if not current:
         return None

@@ -701,8 +701,8 @@ def set_aside(settings: Settings, batch_uri: str, record: dict[str, Any], run_id
     The folder is ``<set_aside>/<batch name>-<sha256[:8]>/``: the batch and ``note-<run_id>.json`` (the runs that
     picked it). Its attempts record is removed first, so moving the batch back into landing gives it fresh tries.
     """
-    from pipelines.context import safe_run_id
-    from pipelines.validate import batch_id_of
+    from pipelines.context import safe_run_id  # not at the top: pipelines.context imports this module
+    from pipelines.steps.validate import batch_id_of  # not at the top: the validate step imports this module
 
     storage = get_storage(settings)
     name = basename(batch_uri)

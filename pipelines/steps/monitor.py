@@ -52,10 +52,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines import detectors
-from pipelines.datasets import capture_root, read_captures
+from pipelines import detectors, report
+from pipelines.data.datasets import capture_root, read_captures, read_table
+from pipelines.data.reference import load_reference
+from pipelines.io.storage import basename, get_storage, join, waiting_batches
+from pipelines.io.tracking import step_run
+from pipelines.model.encoders import embed
 from pipelines.registry import QUALITY_TAG
-from pipelines.storage import basename, join
 
 if TYPE_CHECKING:
     import numpy as np
@@ -106,8 +109,6 @@ def claim(settings: Settings, window_end: datetime) -> dict[str, Any]:
     Returns:
         ``window_id``, ``window_end``, ``cutoff``, ``after`` (the watermark it started from), ``files``, ``rerun``.
     """
-    from pipelines.storage import get_storage
-
     storage = get_storage(settings)
     wid = window_id(window_end)
     claim_uri = join(monitoring_root(settings), "windows", f"{wid}.json")
@@ -212,8 +213,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
     Raises:
         ValueError: ``window_end`` is missing or not an ISO time.
     """
-    from pipelines.champion import get_champion
-    from pipelines.storage import waiting_batches
+    from pipelines.champion import get_champion  # not at the top: pipelines.champion loads mlflow
 
     settings, mon = ctx.settings, ctx.settings.monitoring
     raw_end = ctx.params.get("window_end")
@@ -299,8 +299,6 @@ def _eval_reference(settings: Settings, champion: Champion) -> dict[str, Any] | 
     """The champion on its own evaluation set: probabilities, labels (for calibration and the confidence test)."""
     import numpy as np
 
-    from pipelines.datasets import read_table
-
     uri = champion.tags.get("train.eval_uri")
     if not uri:
         return None
@@ -325,9 +323,6 @@ def _eval_reference(settings: Settings, champion: Champion) -> dict[str, Any] | 
 def compare(settings: Settings, champion: Champion, ok: pd.DataFrame, tmp: Path) -> tuple[dict, dict]:
     """The drift tests and the macro-F1 estimate for the window's successful rows."""
     import numpy as np
-
-    from pipelines.encoders import embed
-    from pipelines.reference import load_reference
 
     cfg, mon = settings.drift, settings.monitoring
     ref_dir = champion.reference_dir
@@ -409,9 +404,6 @@ def join_labels(settings: Settings, ok: pd.DataFrame) -> dict[str, Any]:
 
     import pandas as pd
 
-    from pipelines.datasets import read_table
-    from pipelines.storage import get_storage
-
     text_col, label_col = settings.data.text_column, settings.data.label_column
     labelled: dict[str, str] = {}
     for uri in get_storage(settings).list(settings.uri(settings.paths.accepted)):
@@ -470,11 +462,7 @@ def rate(tests: dict[str, Any], estimate: dict[str, Any], system: dict[str, Any]
     p95 = system.get("latency_p95_ms")
     if p95 is not None and p95 > mon.max_latency_p95_ms:
         warn.append(f"latency p95 {p95:.1f} ms > monitoring.max_latency_p95_ms={mon.max_latency_p95_ms}")
-    if act:
-        return "act", act + warn
-    if warn:
-        return "warn", warn
-    return "ok", []
+    return detectors.worst_level([("act", act), ("warn", warn)], calm="ok")
 
 
 # --- reporting -----------------------------------------------------------------------------------------
@@ -496,8 +484,6 @@ def _history_row(summary: dict[str, Any]) -> dict[str, Any]:
 
 def history(settings: Settings) -> list[dict[str, Any]]:
     """Every window's figures so far, oldest first."""
-    from pipelines.storage import get_storage
-
     storage = get_storage(settings)
     rows = [
         json.loads(storage.read_text(uri))
@@ -561,9 +547,7 @@ def _plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     ax.plot(x, [r.get("mmd") for r in rows], marker="o")
     ax.set_title("Input drift over time (squared MMD of embeddings)")
     ax.tick_params(axis="x", rotation=45)
-    paths.append(out / "drift_over_time.png")
-    fig.savefig(paths[-1], dpi=90, bbox_inches="tight")
-    plt.close(fig)
+    paths.append(report.save_figure(fig, out / "drift_over_time.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for key, name in (("estimated_f1", "estimated"), ("realised_f1", "realised"), ("baseline_f1", "baseline")):
@@ -571,9 +555,7 @@ def _plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     ax.set_title("Macro-F1: estimated (CBPE) vs realised")
     ax.legend()
     ax.tick_params(axis="x", rotation=45)
-    paths.append(out / "f1_estimated_vs_realised.png")
-    fig.savefig(paths[-1], dpi=90, bbox_inches="tight")
-    plt.close(fig)
+    paths.append(report.save_figure(fig, out / "f1_estimated_vs_realised.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4))
     classes = sorted({c for r in rows for c in (r.get("label_counts") or {})})
@@ -587,16 +569,12 @@ def _plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     ax.set_title("Predicted-label mix over time")
     ax.legend()
     ax.tick_params(axis="x", rotation=45)
-    paths.append(out / "label_mix_over_time.png")
-    fig.savefig(paths[-1], dpi=90, bbox_inches="tight")
-    plt.close(fig)
+    paths.append(report.save_figure(fig, out / "label_mix_over_time.png"))
     return paths
 
 
 def _log_mlflow(ctx: StepContext, summary: dict[str, Any], markdown: str) -> None:
     import mlflow
-
-    from pipelines.tracking import step_run
 
     metrics = {"monitor.rows": summary["rows"], "monitor.requests": summary["system"]["requests"]}
     metrics["monitor.errors"] = summary["system"]["errors"]

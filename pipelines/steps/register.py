@@ -45,8 +45,10 @@ from mlflow.exceptions import MlflowException
 from pipelines import report
 from pipelines.champion import find_bundle, tree_digest
 from pipelines.config import REPO_ROOT
-from pipelines.datasets import accepted_uris
+from pipelines.data.datasets import accepted_uris
 from pipelines.errors import ModelRejected
+from pipelines.io.storage import basename
+from pipelines.io.tracking import TAG_PIPELINE_RUN, configure, experiment_id, parent_run_id, run_url
 from pipelines.registry import (
     AUTO,
     CHALLENGER,
@@ -62,8 +64,6 @@ from pipelines.registry import (
     resolve_policy,
     supersede_older,
 )
-from pipelines.storage import basename
-from pipelines.tracking import TAG_PIPELINE_RUN, configure, experiment_id, parent_run_id, run_url
 
 if TYPE_CHECKING:
     from pipelines.config import Settings
@@ -281,6 +281,128 @@ def _logged_model(client: Any, ctx: StepContext, parent: str, served_dir: Path, 
     return model.model_id
 
 
+def _passed_evaluation(ctx: StepContext, evaluate: dict[str, Any] | None) -> dict[str, Any]:
+    """The evaluate result of this run, checked: present and passed."""
+    if evaluate is None:
+        raise ValueError(
+            f"register needs the evaluate result of run {ctx.run_id!r} ({ctx.run_uri}/evaluate/result.json); "
+            "run the evaluate step first"
+        )
+    if not evaluate.get("passed"):
+        raise ModelRejected(
+            f"candidate of run {ctx.run_id!r} failed evaluation; it is not registered",
+            failures=evaluate.get("failures"),
+            report_uri=evaluate.get("report_uri"),
+        )
+    return evaluate
+
+
+def _create_version(
+    client: Any, ctx: StepContext, parent: str, served_uri: str, evaluate: dict[str, Any]
+) -> tuple[Any, bool]:
+    """Upload the served folder and create this run's model version; returns the version kept (a concurrent
+    register of the same run may have won) and whether it is the one created here."""
+    s = ctx.settings
+    name = s.registry.model_name
+    with tempfile.TemporaryDirectory(prefix="mlops-register-") as tmp:
+        served_dir = ctx.storage.local_dir(
+            served_uri, tmp, what="served model folder", hint="run the compress step first"
+        )
+        digest = tree_digest(find_bundle(served_dir))  # every download of the version is checked against it
+        metrics = {
+            f"eval.{k}": float(v)
+            for k, v in evaluate["metrics"].items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+        model_id = _logged_model(client, ctx, parent, served_dir, metrics)
+    try:
+        client.create_registered_model(name, description=f"# {name}\n\nNo champion yet.\n")
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    mv = client.create_model_version(
+        name,
+        source=f"models:/{model_id}",
+        run_id=parent,
+        model_id=model_id,
+        tags={TAG_PIPELINE_RUN: ctx.run_id, TAG_BUNDLE_DIGEST: digest},
+    )
+    log.info("register: created %s version %s for run %s", name, mv.version, ctx.run_id)
+    kept = _settle_duplicates(client, s, ctx.run_id, mv)
+    return kept, str(kept.version) == str(mv.version)
+
+
+def _describe_once(
+    client: Any,
+    ctx: StepContext,
+    mv: Any,
+    results: dict[str, dict[str, Any] | None],
+    parent: str,
+    policy: str,
+) -> None:
+    """Write the version's review description, unless an earlier attempt already did (every move then rewrites
+    only its top)."""
+    s = ctx.settings
+    name, reg, version = s.registry.model_name, s.registry, str(mv.version)
+    if report.REPORT_HEADING in (mv.description or ""):
+        return
+    evaluate = results["evaluate"] or {}
+    when = _utc(mv.creation_timestamp)
+    description = report.render_review_description(
+        model_name=name,
+        version=version,
+        run_id=ctx.run_id,
+        evaluate=evaluate,
+        validate=results["validate"],
+        drift=results["drift"],
+        decide=results["decide"],
+        train=results["train"],
+        review_tag=reg.review_tag,
+        review_comment_tag=reg.review_comment_tag,
+        review_by_tag=reg.review_by_tag,
+        policy=policy,
+        run_url=run_url(s, parent),
+        compress=results["compress"],
+        figures_run_id=evaluate.get("mlflow_run_id"),
+        status_detail=f"registered {when} by pipeline run `{ctx.run_id}` and staged as the challenger "
+        f"(policy `{policy}`).",
+    )
+    client.update_model_version(name, version, description=description)
+
+
+def _auto_promote(
+    ctx: StepContext, version: str, evaluate: dict[str, Any], policy: str, *, fresh: bool, champion_before: str | None
+) -> bool:
+    """Promote at once under policy ``auto`` when no review is needed; returns whether it promoted."""
+    name = ctx.settings.registry.model_name
+    if policy == "auto" and evaluate.get("needs_review") and fresh:
+        log.warning(
+            "register: policy auto, but %s version %s needs a human review (%s); staged as the challenger",
+            name,
+            version,
+            "; ".join(evaluate.get("review_reasons") or []),
+        )
+        return False
+    if policy == "auto" and champion_before != version and fresh:
+        promote(
+            ctx.settings,
+            version,
+            by="policy:auto",
+            reason="promotion policy auto: every gate passed",
+            request=ctx.run_id,
+            review=AUTO,
+        )
+        return True
+    return False
+
+
+def _alias_of(client: Any, name: str, version: str) -> str | None:
+    """``champion`` or ``challenger`` when that alias points at ``version``, else None."""
+    if alias_version(client, name, CHAMPION) == version:
+        return CHAMPION
+    return CHALLENGER if alias_version(client, name, CHALLENGER) == version else None
+
+
 def run(ctx: StepContext) -> dict[str, Any]:
     """Register the served model of this run (once), describe it for review, and stage it as the challenger.
 
@@ -306,18 +428,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
     name, reg = s.registry.model_name, s.registry
     served_uri = ctx.require("served_uri")
     results = {k: ctx.result_of(k) for k in ("validate", "drift", "decide", "train", "compress", "evaluate")}
-    evaluate = results["evaluate"]
-    if evaluate is None:
-        raise ValueError(
-            f"register needs the evaluate result of run {ctx.run_id!r} ({ctx.run_uri}/evaluate/result.json); "
-            "run the evaluate step first"
-        )
-    if not evaluate.get("passed"):
-        raise ModelRejected(
-            f"candidate of run {ctx.run_id!r} failed evaluation; it is not registered",
-            failures=evaluate.get("failures"),
-            report_uri=evaluate.get("report_uri"),
-        )
+    evaluate = _passed_evaluation(ctx, results["evaluate"])
     policy = resolve_policy(s, ctx.params.get("promotion"))
 
     client = configure(s)
@@ -326,33 +437,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
     mv = find_version(s, ctx.run_id)
     created = mv is None
     if created:
-        with tempfile.TemporaryDirectory(prefix="mlops-register-") as tmp:
-            served_dir = ctx.storage.local_dir(
-                served_uri, tmp, what="served model folder", hint="run the compress step first"
-            )
-            digest = tree_digest(find_bundle(served_dir))  # every download of the version is checked against it
-            metrics = {
-                f"eval.{k}": float(v)
-                for k, v in evaluate["metrics"].items()
-                if isinstance(v, int | float) and not isinstance(v, bool)
-            }
-            model_id = _logged_model(client, ctx, parent, served_dir, metrics)
-        try:
-            client.create_registered_model(name, description=f"# {name}\n\nNo champion yet.\n")
-        except MlflowException as exc:
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-        mv = client.create_model_version(
-            name,
-            source=f"models:/{model_id}",
-            run_id=parent,
-            model_id=model_id,
-            tags={TAG_PIPELINE_RUN: ctx.run_id, TAG_BUNDLE_DIGEST: digest},
-        )
-        log.info("register: created %s version %s for run %s", name, mv.version, ctx.run_id)
-        kept = _settle_duplicates(client, s, ctx.run_id, mv)
-        created = str(kept.version) == str(mv.version)
-        mv = kept
+        mv, created = _create_version(client, ctx, parent, served_uri, evaluate)
     else:
         log.info("register: run %s already has %s version %s; reusing it", ctx.run_id, name, mv.version)
     version = str(mv.version)
@@ -360,33 +445,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
     for key, value in tags.items():
         if mv.tags.get(key) != value:
             _set_version_tag(client, name, version, key, value)
-    if report.REPORT_HEADING not in (mv.description or ""):  # described once; every move then rewrites its top
-        body = report.render_report_body(
-            model_name=name,
-            run_id=ctx.run_id,
-            evaluate=evaluate,
-            validate=results["validate"],
-            drift=results["drift"],
-            decide=results["decide"],
-            train=results["train"],
-            run_url=run_url(s, parent),
-            compress=results["compress"],
-            figures_run_id=evaluate.get("mlflow_run_id"),
-        )
-        when = _utc(mv.creation_timestamp)
-        status = report.status_line(
-            "awaiting review",
-            f"registered {when} by pipeline run `{ctx.run_id}` and staged as the challenger (policy `{policy}`).",
-        )
-        how = report.how_to_decide(
-            policy=policy,
-            needs_review=bool(evaluate.get("needs_review")),
-            review_tag=reg.review_tag,
-            review_by_tag=reg.review_by_tag,
-            review_comment_tag=reg.review_comment_tag,
-        )
-        description = report.compose_version_description(name, version, status, body, how=how)
-        client.update_model_version(name, version, description=description)
+    _describe_once(client, ctx, mv, results, parent, policy)
 
     champion_before = alias_version(client, name, CHAMPION)
     fresh = mv.current_stage in {"None", "Staging"} and not mv.tags.get(reg.review_tag)
@@ -394,30 +453,9 @@ def run(ctx: StepContext) -> dict[str, Any]:
     if fresh and champion_before != version:
         superseded = _stage_challenger(client, s, version)
     needs_review = bool(evaluate.get("needs_review"))
-    promoted = False
-    if policy == "auto" and needs_review and fresh:
-        log.warning(
-            "register: policy auto, but %s version %s needs a human review (%s); staged as the challenger",
-            name,
-            version,
-            "; ".join(evaluate.get("review_reasons") or []),
-        )
-    elif policy == "auto" and champion_before != version and fresh:
-        promote(
-            s,
-            version,
-            by="policy:auto",
-            reason="promotion policy auto: every gate passed",
-            request=ctx.run_id,
-            review=AUTO,
-        )
-        promoted = True
+    promoted = _auto_promote(ctx, version, evaluate, policy, fresh=fresh, champion_before=champion_before)
     refresh_model_description(s, client)  # it names the champion and the challenger
-    alias = (
-        CHAMPION
-        if alias_version(client, name, CHAMPION) == version
-        else (CHALLENGER if alias_version(client, name, CHALLENGER) == version else None)
-    )
+    alias = _alias_of(client, name, version)
     return {
         "model_name": name,
         "version": version,

@@ -31,8 +31,17 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pipelines.datasets import capture_root, class_weights, label_ids, read_captures, validation_split
-from pipelines.modeling import torch_logits
+from pipelines.data.datasets import (
+    capture_root,
+    class_weights,
+    label_ids,
+    load_accepted,
+    read_captures,
+    split_holdout,
+    validation_split,
+)
+from pipelines.io.storage import basename, get_storage
+from pipelines.model.modeling import torch_logits
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -120,8 +129,6 @@ def _clean(df: pd.DataFrame, text: str, label: str | None) -> pd.DataFrame:
 def captured_texts(settings: Settings, limit: int, exclude: set[str]) -> list[str]:
     """Up to ``limit`` texts from the newest capture files (served requests that returned a label), without the
     ``exclude`` texts; [] when there are none or captures keep hashes only."""
-    from pipelines.storage import basename, get_storage
-
     if limit <= 0:
         return []
     storage, root = get_storage(settings), capture_root(settings)
@@ -150,8 +157,6 @@ def transfer_set(settings: Settings, exclude: set[str]) -> tuple[pd.DataFrame, l
 
     Hold-out rows are never in it: they feed the evaluation set and the agreement sample.
     """
-    from pipelines.datasets import load_accepted, split_holdout
-
     text, label = settings.data.text_column, settings.data.label_column
     trainable = split_holdout(load_accepted(settings), settings)[0]
     if text not in trainable.columns or label not in trainable.columns:
@@ -252,8 +257,6 @@ def distill(
     student = make_student(teacher, layers)
     epochs = epochs_for(len(data.texts), settings)
     steps_per_epoch = math.ceil(len(data.texts) / settings.train.batch_size)
-    optimizer, schedule = _optimizer(settings, student, steps_per_epoch * epochs)
-    weight = _loss_weights(settings, data)
     log.info(
         "distill: student keeps encoder layers %s of %d; %d labelled + %d unlabelled texts (%d validation rows), "
         "%d epoch(s) of %d steps, T=%s, alpha=%s, lr %.1e; the teacher scored them in %.1fs",
@@ -269,6 +272,28 @@ def distill(
         cfg.distill_learning_rate,
         data.scoring_s,
     )
+    progress = _fit(settings, student, tokenizer, data, epochs, steps_per_epoch * epochs)
+    metrics = _metrics(data, progress, epochs)
+    log.info(
+        "distill: done in %.1fs (%d sample passes); best epoch %d: validation agreement %.3f, macro-F1 %.3f "
+        "(teacher %.3f)",
+        metrics["train_seconds"],
+        progress.passes,
+        progress.best_epoch,
+        metrics["val_agreement"],
+        metrics["val_macro_f1"],
+        metrics["teacher_val_macro_f1"],
+    )
+    return DistillResult(student, layers, n_teacher, metrics, progress.history)
+
+
+def _fit(settings: Settings, student: Any, tokenizer: Any, data: _Transfer, epochs: int, total_steps: int) -> _Progress:
+    """Train ``student`` for up to ``epochs`` epochs (``total_steps`` optimizer steps; early stopping in
+    :func:`_end_of_epoch`), then load the best epoch's weights into it and switch it to eval mode."""
+    import torch  # heavy: loaded only when a student is trained
+
+    optimizer, schedule = _optimizer(settings, student, total_steps)
+    weight = _loss_weights(settings, data)
     generator = torch.Generator().manual_seed(settings.train.seed)
     progress = _Progress()
     torch.set_grad_enabled(True)
@@ -284,18 +309,7 @@ def distill(
     if progress.best_state is not None:
         student.load_state_dict(progress.best_state)
     student.eval()
-    metrics = _metrics(data, progress, epochs)
-    log.info(
-        "distill: done in %.1fs (%d sample passes); best epoch %d: validation agreement %.3f, macro-F1 %.3f "
-        "(teacher %.3f)",
-        metrics["train_seconds"],
-        progress.passes,
-        progress.best_epoch,
-        metrics["val_agreement"],
-        metrics["val_macro_f1"],
-        metrics["teacher_val_macro_f1"],
-    )
-    return DistillResult(student, layers, n_teacher, metrics, progress.history)
+    return progress
 
 
 def _prepare(

@@ -94,7 +94,7 @@ def calibrate(
     """Raise the bias of ``model``'s collapsed classes in place (see the module docstring); return the offsets."""
     import torch  # heavy: seconds to import
 
-    from pipelines.modeling import encoded_batches
+    from pipelines.model.modeling import encoded_batches
 
     if floor <= 0 or not texts:
         return np.zeros(len(prior))

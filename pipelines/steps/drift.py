@@ -32,7 +32,11 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines import detectors
+from pipelines import detectors, report
+from pipelines.data.datasets import read_table
+from pipelines.data.reference import load_reference
+from pipelines.io.tracking import step_run
+from pipelines.model.encoders import embed
 from pipelines.registry import QUALITY_TAG
 
 if TYPE_CHECKING:
@@ -42,7 +46,7 @@ if TYPE_CHECKING:
     from pipelines.champion import Champion
     from pipelines.config import DriftSettings, Settings
     from pipelines.context import StepContext
-    from pipelines.reference import Reference
+    from pipelines.data.reference import Reference
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +72,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
 
     Args:
         ctx: the step context; input ``accepted_uri`` (a Parquet batch), optional input ``reference_uri``
-            (a folder written by :func:`pipelines.reference.save_reference`; default: the champion's).
+            (a folder written by :func:`pipelines.data.reference.save_reference`; default: the champion's).
 
     Returns:
         ``severity`` (none|moderate|severe), ``has_reference``, ``champion_version``, ``tests`` (each with
@@ -79,8 +83,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
         ValueError: a missing input, or a reference embedded with an encoder that is not available here.
         FileNotFoundError: the batch or the reference does not exist.
     """
-    from pipelines.champion import get_champion
-    from pipelines.datasets import read_table
+    from pipelines.champion import get_champion  # not at the top: pipelines.champion loads mlflow
 
     settings, cfg = ctx.settings, ctx.settings.drift
     accepted_uri = ctx.require("accepted_uri")
@@ -118,9 +121,6 @@ def _compare(
     ctx: StepContext, df: pd.DataFrame, champion: Champion | None, ref_dir: Path, base: dict[str, Any], tmp: Path
 ) -> dict[str, Any]:
     import numpy as np
-
-    from pipelines.encoders import embed
-    from pipelines.reference import load_reference
 
     settings, cfg = ctx.settings, ctx.settings.drift
     text_col, label_col = settings.data.text_column, settings.data.label_column
@@ -258,9 +258,7 @@ def _plots(
     ax.set_xlabel(f"PC1 ({pca.explained_variance_ratio_[0]:.0%})")
     ax.set_ylabel(f"PC2 ({pca.explained_variance_ratio_[1]:.0%})")
     ax.legend()
-    paths["embedding_pca"] = out / "embedding_pca.png"
-    fig.savefig(paths["embedding_pca"], dpi=90, bbox_inches="tight")
-    plt.close(fig)
+    paths["embedding_pca"] = report.save_figure(fig, out / "embedding_pca.png")
 
     classes = sorted(set(ref.labels) | set(labels) | set(settings.data.labels))
     ref_share = [ref.labels.count(c) / max(len(ref.labels), 1) for c in classes]
@@ -273,9 +271,7 @@ def _plots(
     ax.set_ylabel("share of rows")
     ax.set_title("Label mix")
     ax.legend()
-    paths["labels"] = out / "label_histogram.png"
-    fig.savefig(paths["labels"], dpi=90, bbox_inches="tight")
-    plt.close(fig)
+    paths["labels"] = report.save_figure(fig, out / "label_histogram.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     bins = np.histogram_bin_edges(np.concatenate([np.asarray(ref.lengths), lengths]), bins=40)
@@ -284,16 +280,12 @@ def _plots(
     ax.set_xlabel("characters")
     ax.set_title("Text length")
     ax.legend()
-    paths["lengths"] = out / "length_histogram.png"
-    fig.savefig(paths["lengths"], dpi=90, bbox_inches="tight")
-    plt.close(fig)
+    paths["lengths"] = report.save_figure(fig, out / "length_histogram.png")
     return paths
 
 
 def _log_mlflow(ctx: StepContext, summary: dict[str, Any], plot_dir: Path) -> None:
     import mlflow
-
-    from pipelines.tracking import step_run
 
     metrics = {}
     for name, test in summary["tests"].items():

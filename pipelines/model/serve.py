@@ -38,7 +38,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.storage import is_s3
+from pipelines.io.storage import is_s3
 
 if TYPE_CHECKING:
     from pipelines.config import Settings
@@ -180,7 +180,7 @@ class Supervisor:
 
     # --- the alias -----------------------------------------------------------------------------------
     def _alias_version(self) -> str | None:
-        from pipelines.champion import champion_version
+        from pipelines.champion import champion_version  # not at the top: pipelines.champion loads mlflow
 
         mv = champion_version(self.settings)
         return str(mv.version) if mv is not None else None

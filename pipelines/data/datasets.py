@@ -13,6 +13,8 @@ import hashlib
 import io
 from typing import TYPE_CHECKING
 
+from pipelines.io.storage import get_storage, join
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -23,8 +25,6 @@ def read_table(uri: str, settings: Settings) -> pd.DataFrame:
     """Read a CSV or Parquet batch from storage into a DataFrame."""
     import pandas as pd
 
-    from pipelines.storage import get_storage
-
     data = get_storage(settings).read_bytes(uri)
     if uri.endswith(".parquet"):
         return pd.read_parquet(io.BytesIO(data))
@@ -32,8 +32,6 @@ def read_table(uri: str, settings: Settings) -> pd.DataFrame:
 
 
 def write_parquet(df: pd.DataFrame, uri: str, settings: Settings) -> str:
-    from pipelines.storage import get_storage
-
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
     return get_storage(settings).write_bytes(uri, buf.getvalue())
@@ -73,8 +71,6 @@ def split_holdout(
 
 
 def accepted_uris(settings: Settings) -> list[str]:
-    from pipelines.storage import get_storage
-
     return [u for u in get_storage(settings).list(settings.uri(settings.paths.accepted)) if u.endswith(".parquet")]
 
 
@@ -98,8 +94,6 @@ def accepted_rows(settings: Settings, exclude: set[str] | None = None) -> int:
     """Rows in the accepted batches (Parquet footers only), leaving out ``exclude``."""
     import pyarrow.parquet as pq
 
-    from pipelines.storage import get_storage
-
     storage = get_storage(settings)
     return sum(
         pq.ParquetFile(io.BytesIO(storage.read_bytes(uri))).metadata.num_rows
@@ -114,8 +108,6 @@ def golden_uri(settings: Settings) -> str:
 
 def ensure_golden(settings: Settings, holdout: pd.DataFrame) -> pd.DataFrame:
     """The fixed golden evaluation set; created from ``holdout`` the first time, then never changed."""
-    from pipelines.storage import get_storage
-
     uri = golden_uri(settings)
     if get_storage(settings).exists(uri):
         return read_table(uri, settings)
@@ -194,8 +186,6 @@ def capture_root(settings: Settings) -> str:
 def read_captures(settings: Settings, files: list[str]) -> pd.DataFrame:
     """The claimed capture rows as one DataFrame (a row seen twice, by request id and row, counts once)."""
     import pandas as pd
-
-    from pipelines.storage import get_storage, join
 
     storage, root = get_storage(settings), capture_root(settings)
     frames = [

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.datasets import class_weights, label_ids, oversample, validation_split
-from pipelines.modeling import load_base, load_classifier
+from pipelines.data.datasets import class_weights, label_ids, oversample, validation_split
+from pipelines.model.modeling import load_base, load_classifier
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -482,7 +482,7 @@ def train_model(
 ) -> FitResult:
     """The product's training recipe on ``rows``: validation split, epochs from the data size, a head warm-up
     before a retrain, the full fit with early stopping, then decision offsets for a class the model never predicts
-    (:mod:`pipelines.decision`, on the validation texts plus ``unseen_texts``: the hold-out's texts, no labels).
+    (:mod:`pipelines.model.decision`, on the validation texts plus ``unseen_texts``: the hold-out's texts, no labels).
     Used by the train step and by ``bench/stream.py``.
 
     Returns:
@@ -520,10 +520,10 @@ def train_model(
 def _decision_offsets(
     settings: Settings, model: Any, tokenizer: Any, rows: pd.DataFrame, val_df: pd.DataFrame, unseen: list[str]
 ) -> Any:
-    """Raise the bias of a class the model never predicts on unseen texts (:func:`pipelines.decision.calibrate`)."""
+    """Raise the bias of a class the model never predicts on unseen texts (:func:`pipelines.model.decision.calibrate`)."""
     import numpy as np
 
-    from pipelines.decision import calibrate
+    from pipelines.model.decision import calibrate
 
     cfg, labels = settings.train, settings.data.labels
     prior = np.bincount(label_ids(rows, settings), minlength=len(labels)) / max(len(rows), 1)
@@ -579,11 +579,11 @@ def select_rows(settings: Settings, action: str, new: pd.DataFrame, earlier: pd.
     """
     import pandas as pd
 
-    from pipelines.datasets import split_holdout
+    from pipelines.data.datasets import split_holdout
 
     _require_columns(new, settings)
     _require_columns(earlier, settings)
-    # Split before cleaning: a batch's hold-out share follows its row count as stored (pipelines.datasets).
+    # Split before cleaning: a batch's hold-out share follows its row count as stored (pipelines.data.datasets).
     new_train, new_holdout = (_clean(part, settings) for part in split_holdout(new, settings))
     earlier_train, earlier_holdout = (_clean(part, settings) for part in split_holdout(earlier, settings))
     if action == "retrain":
@@ -606,8 +606,8 @@ def unlearned_batches(settings: Settings, accepted_uri: str) -> list[str]:
     run's own batch is new, as before the tag existed).
     """
     from pipelines.champion import champion_version
-    from pipelines.datasets import accepted_uris
-    from pipelines.storage import basename
+    from pipelines.data.datasets import accepted_uris
+    from pipelines.io.storage import basename
 
     version = champion_version(settings)
     raw = (getattr(version, "tags", None) or {}).get(ACCEPTED_BATCHES_TAG) if version is not None else None
@@ -630,8 +630,8 @@ def _training_data(ctx: StepContext, action: str, accepted_uri: str) -> dict[str
     """Training rows and hold-out rows for ``action`` (a fine-tune's new rows include :func:`unlearned_batches`)."""
     import pandas as pd
 
-    from pipelines.datasets import load_accepted, read_table
-    from pipelines.storage import basename
+    from pipelines.data.datasets import load_accepted, read_table
+    from pipelines.io.storage import basename
 
     settings = ctx.settings
     catch_up = (
@@ -738,7 +738,7 @@ def _write_eval_set(settings: Settings, data: dict[str, Any], eval_uri: str) -> 
     """Write the evaluation set (the golden set plus the new hold-out rows, each text once); its row count."""
     import pandas as pd
 
-    from pipelines.datasets import ensure_golden, write_parquet
+    from pipelines.data.datasets import ensure_golden, write_parquet
 
     golden = ensure_golden(settings, data["holdout"])
     eval_df = pd.concat([golden, data["new_holdout"]], ignore_index=True)
@@ -761,8 +761,8 @@ def run(ctx: StepContext) -> dict[str, Any]:
     """
     import mlflow
 
-    from pipelines.reference import save_reference
-    from pipelines.tracking import step_run
+    from pipelines.data.reference import save_reference
+    from pipelines.io.tracking import step_run
 
     settings, cfg = ctx.settings, ctx.settings.train
     action = resolve_action(ctx)
