@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -695,6 +696,16 @@ def clear_attempts(settings: Settings, source_hash: str) -> None:
     get_storage(settings).delete(_attempts_uri(settings, source_hash))
 
 
+def batch_id_of(uri: str) -> str:
+    """The batch id of a landing file: its name without extensions, made safe as a path segment."""
+    name = basename(uri)
+    stem = name.split(".", 1)[0] if not name.startswith(".") else name
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("_.")
+    if not cleaned:
+        raise BadInput(f"param batch_uri={uri!r} has no usable file name; expected e.g. landing/batch_007.csv")
+    return cleaned
+
+
 def set_aside(settings: Settings, batch_uri: str, record: dict[str, Any], run_id: str) -> str:
     """Move a batch that kept failing out of landing, with a note; returns its folder.
 
@@ -702,7 +713,6 @@ def set_aside(settings: Settings, batch_uri: str, record: dict[str, Any], run_id
     picked it). Its attempts record is removed first, so moving the batch back into landing gives it fresh tries.
     """
     from pipelines.context import safe_run_id  # not at the top: pipelines.context imports this module
-    from pipelines.steps.validate import batch_id_of  # not at the top: the validate step imports this module
 
     storage = get_storage(settings)
     name = basename(batch_uri)

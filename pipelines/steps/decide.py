@@ -51,8 +51,9 @@ def run(ctx: StepContext) -> dict[str, Any]:
     """Choose ``skip``, ``fine_tune`` or ``retrain`` for this run.
 
     Args:
-        ctx: the step context. Reads this run's drift and validate results (or inputs ``drift_result_uri`` /
-            ``validate_result_uri`` pointing at their ``result.json``); param ``force_action``
+        ctx: the step context. Reads this run's ``drift`` and ``validate`` results (or inputs
+            ``drift_result_uri`` / ``validate_result_uri`` pointing at their ``result.json``; optional input
+            ``accepted_uri``, the batch, when no drift result names it); param ``force_action``
             (auto|skip|fine_tune|retrain, default auto).
 
     Returns:

@@ -751,7 +751,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
     """Retrain or fine-tune on the accepted data; save the model, the drift reference and the evaluation set.
 
     Inputs: ``accepted_uri`` (the new batch); optional ``champion_model_uri`` (fp32 folder to fine-tune).
-    Params: ``action`` (else the decide step's result).
+    Params: ``action`` (else this run's ``decide`` result).
 
     Returns:
         action, model_uri, reference_uri, eval_uri, base, metrics, device, precision, rows.

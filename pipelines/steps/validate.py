@@ -51,8 +51,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.context import safe_run_id
-from pipelines.errors import BadInput, DataValidationFailed
-from pipelines.io.storage import basename, clear_attempts, join, resolve_batch
+from pipelines.errors import DataValidationFailed
+from pipelines.io.storage import basename, batch_id_of, clear_attempts, join, resolve_batch
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -78,16 +78,6 @@ BLANK_REGEX = r"\A\s*\Z"
 _DELIMITER_HINTS = (";", "\t", "|")
 _DOC_SKIP = re.compile(r"(^|/)static/fonts/|\.gif$")
 _QUOTED = re.compile(r"b?'[^']*'|b?\"[^\"]*\"")
-
-
-def batch_id_of(uri: str) -> str:
-    """The batch id of a landing file: its name without extensions, made safe as a path segment."""
-    name = basename(uri)
-    stem = name.split(".", 1)[0] if not name.startswith(".") else name
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("_.")
-    if not cleaned:
-        raise BadInput(f"param batch_uri={uri!r} has no usable file name; expected e.g. landing/batch_007.csv")
-    return cleaned
 
 
 def build_suite(settings: Settings) -> Any:

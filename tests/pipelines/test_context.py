@@ -8,7 +8,7 @@ import json
 import pytest
 from registry_doubles import make_registry_settings
 
-from pipelines.context import StepContext, safe_run_id
+from pipelines.context import SPECS, StepContext, safe_run_id
 
 
 @pytest.fixture
@@ -109,3 +109,20 @@ def test_with_step_changes_only_the_step_and_the_context_is_frozen(settings):
     assert dataclasses.replace(moved, step="drift") == ctx
     with pytest.raises(dataclasses.FrozenInstanceError):
         ctx.run_id = "other"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("step", sorted(SPECS))
+def test_each_step_module_documents_what_it_declares(step):
+    """A newcomer reads a step's inputs and the results it reads in ``pipelines/steps/<step>.py`` itself: the
+    docstring of its ``run`` names every input and every earlier result that SPECS declares for it."""
+    import ast
+    import importlib
+
+    spec = SPECS[step]
+    source = importlib.util.find_spec(spec.module).origin
+    tree = ast.parse(open(source, encoding="utf-8").read())
+    run = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "run")
+    doc = (ast.get_docstring(tree) or "") + "\n" + (ast.get_docstring(run) or "")
+    missing = [i.name for i in spec.inputs if f"``{i.name}``" not in doc]
+    missing += [r for r in spec.reads if f"``{r}``" not in doc]
+    assert not missing, f"{source}: run() docstring does not name {missing} (declared in SPECS[{step!r}])"
