@@ -8,6 +8,7 @@ Figures use the Agg backend and are written as PNG files.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -339,21 +340,28 @@ def render_evaluation_report(summary: dict[str, Any]) -> str:
 
 
 # --- the reviewer's description -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunResults:
+    """The step summaries of one pipeline run that a version's report shows (None: no such result)."""
+
+    evaluate: dict[str, Any]
+    validate: dict[str, Any] | None = None
+    drift: dict[str, Any] | None = None
+    decide: dict[str, Any] | None = None
+    train: dict[str, Any] | None = None
+    compress: dict[str, Any] | None = None
+
+
 def render_review_description(
     *,
     model_name: str,
     version: str | None,
     run_id: str,
-    evaluate: dict[str, Any],
-    validate: dict[str, Any] | None,
-    drift: dict[str, Any] | None,
-    decide: dict[str, Any] | None,
-    train: dict[str, Any] | None,
+    results: RunResults,
     review_tag: str,
     review_comment_tag: str,
     policy: str,
     run_url: str | None = None,
-    compress: dict[str, Any] | None = None,
     max_chars: int = MAX_DESCRIPTION_CHARS,
     review_by_tag: str = "review_by",
     figures_run_id: str | None = None,
@@ -365,17 +373,12 @@ def render_review_description(
         model_name: the registered model.
         version: the version number, when known.
         run_id: the pipeline run id.
-        evaluate: the evaluate summary.
-        validate: the validate summary, or None.
-        drift: the drift summary, or None.
-        decide: the decide summary, or None.
-        train: the train summary, or None.
+        results: the run's step summaries (evaluate; validate, drift, decide, train, compress when present:
+            compress's ``level``, ``agreement``, ``agreement_rows``, ``agreement_ci`` and ``levels_tried``).
         review_tag: the tag a reviewer sets (``review``).
         review_comment_tag: the optional comment tag.
         policy: the promotion policy in force (manual or auto).
         run_url: link to the pipeline's MLflow run.
-        compress: the compress summary, or None; its ``level``, ``agreement``, ``agreement_rows``,
-            ``agreement_ci`` and ``levels_tried`` are shown when present.
         max_chars: the size limit; the least important sections are dropped first to fit.
         review_by_tag: the tag naming the reviewer (``review_by``).
         figures_run_id: the evaluate step's MLflow run, whose figures are then shown inline.
@@ -387,19 +390,14 @@ def render_review_description(
     report = render_report_body(
         model_name=model_name,
         run_id=run_id,
-        evaluate=evaluate,
-        validate=validate,
-        drift=drift,
-        decide=decide,
-        train=train,
+        results=results,
         run_url=run_url,
-        compress=compress,
         max_chars=max_chars - HEAD_BUDGET,
         figures_run_id=figures_run_id,
     )
     how = how_to_decide(
         policy=policy,
-        needs_review=bool(evaluate.get("needs_review")),
+        needs_review=bool(results.evaluate.get("needs_review")),
         review_tag=review_tag,
         review_by_tag=review_by_tag,
         review_comment_tag=review_comment_tag,
@@ -571,13 +569,8 @@ def render_report_body(
     *,
     model_name: str,
     run_id: str,
-    evaluate: dict[str, Any],
-    validate: dict[str, Any] | None,
-    drift: dict[str, Any] | None,
-    decide: dict[str, Any] | None,
-    train: dict[str, Any] | None,
+    results: RunResults,
     run_url: str | None = None,
-    compress: dict[str, Any] | None = None,
     max_chars: int = MAX_DESCRIPTION_CHARS - HEAD_BUDGET,
     figures_run_id: str | None = None,
 ) -> str:
@@ -586,9 +579,10 @@ def render_report_body(
 
     With ``figures_run_id`` (the evaluate step's MLflow run), the evaluation figures are shown inline, served by
     the MLflow server from that run's ``evaluation/`` artifacts (a link relative to the UI, so any host works)."""
+    evaluate, compress = results.evaluate, results.compress
     head = _head_section(evaluate, run_id, run_url)
-    decision = _decision_section(decide, train)
-    data = _data_section(validate, drift)
+    decision = _decision_section(results.decide, results.train)
+    data = _data_section(results.validate, results.drift)
     gates = _gates_section(evaluate)
     budgets = _budgets_section(evaluate)
     slices = ["## Slices", ""]

@@ -323,7 +323,8 @@ def fit(
     """
     import torch
 
-    run = _make_trainer(settings, model, tokenizer, train_df, val_df, learning_rate, epochs, work_dir, optimized)
+    args = _training_args(settings, work_dir, learning_rate, epochs, optimized)
+    run = _make_trainer(settings, model, tokenizer, (train_df, val_df), args, optimized)
     torch.set_grad_enabled(True)  # in case a library switched autograd off process-wide
     initial = run.trainer.evaluate()
     log.info(
@@ -362,14 +363,12 @@ def _make_trainer(
     settings: Settings,
     model: Any,
     tokenizer: Any,
-    train_df: pd.DataFrame,
-    val_df: pd.DataFrame,
-    learning_rate: float,
-    epochs: float,
-    work_dir: str | Path,
+    frames: tuple[pd.DataFrame, pd.DataFrame],
+    args: Any,
     optimized: bool,
 ) -> _TrainerRun:
-    """The weighted Trainer with early stopping on validation macro-F1, a sample counter and progress logging."""
+    """The weighted Trainer on (train, validation) ``frames`` with ``args`` (:func:`_training_args`): early
+    stopping on validation macro-F1, a sample counter and progress logging."""
     from transformers import (
         DataCollatorWithPadding,
         EarlyStoppingCallback,
@@ -379,6 +378,7 @@ def _make_trainer(
     )
 
     cfg = settings.train
+    train_df, val_df = frames
     text, num_labels = settings.data.text_column, len(settings.data.labels)
     train_ids, val_ids = label_ids(train_df, settings), label_ids(val_df, settings)
     train_ds = encode(tokenizer, train_df[text].astype(str).tolist(), train_ids, cfg.max_length, not optimized)
@@ -391,7 +391,7 @@ def _make_trainer(
     weights = class_weights(train_ids, num_labels) if cfg.class_weighted else None
     trainer = _weighted_trainer_class()(
         model=model,
-        args=_training_args(settings, work_dir, learning_rate, epochs, optimized),
+        args=args,
         train_dataset=train_ds,
         eval_dataset=val_ds,
         data_collator=_CountingCollator(inner, counter),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipelines.report import compression_section, gate_rows, render_review_description, verdict
+from pipelines.report import RunResults, compression_section, gate_rows, render_review_description, verdict
 
 
 def _summary(**extra):
@@ -63,11 +63,7 @@ def test_review_description_flags_the_baseline_and_the_review_at_the_top():
         model_name="m",
         version="3",
         run_id="r",
-        evaluate=_summary(),
-        validate=None,
-        drift=None,
-        decide=None,
-        train=None,
+        results=RunResults(evaluate=_summary()),
         review_tag="review",
         review_comment_tag="review_comment",
         policy="auto",
@@ -88,11 +84,7 @@ def test_a_move_rewrites_the_top_and_keeps_the_report():
         model_name="m",
         version="3",
         run_id="r",
-        evaluate=_summary(),
-        validate=None,
-        drift=None,
-        decide=None,
-        train=None,
+        results=RunResults(evaluate=_summary()),
         review_tag="review",
         review_comment_tag="review_comment",
         policy="manual",
