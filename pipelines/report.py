@@ -518,7 +518,27 @@ def _decision_section(decide: dict[str, Any] | None, train: dict[str, Any] | Non
         decision.append("No decide result for this run.")
     if train:
         decision.append(f"- trained from: {train.get('base', '–')}")
+        decision += _training_lines(train.get("metrics") or {})
     return decision
+
+
+def _training_lines(m: dict[str, Any]) -> list[str]:
+    """The training cost, and the decision offsets when a class the model never predicted was raised."""
+    lines = []
+    if m.get("sample_passes") is not None:
+        lines.append(
+            f"- training: {_f(m.get('sample_passes'), 0)} sample passes, {_f(m.get('train_seconds'), 0)} s, "
+            f"best epoch {_f(m.get('best_epoch'), 0)} of {_f(m.get('epochs_run'), 0)} "
+            f"(validation macro-F1 {_f(m.get('val_macro_f1'))})"
+        )
+    raised = {k.removeprefix("decision_offset_"): v for k, v in m.items() if k.startswith("decision_offset_") and v}
+    if raised:
+        shown = ", ".join(f"{label} +{value:.2f}" for label, value in raised.items())
+        lines.append(
+            f"- decision offsets: {shown} (the model never predicted these classes on unseen texts; "
+            "their bias was raised to their training share, `train.decision_floor`)"
+        )
+    return lines
 
 
 def _data_section(validate: dict[str, Any] | None, drift: dict[str, Any] | None) -> list[str]:

@@ -103,3 +103,27 @@ def test_tables_have_a_header_separator_row_github_renders():
 
     lines = _table(["a", "b"], [[1, 2]]).splitlines()
     assert lines == ["| a | b |", "| --- | --- |", "| 1 | 2 |"]
+
+
+def test_the_decision_section_shows_training_cost_and_decision_offsets():
+    from pipelines.report import _decision_section
+
+    train = {
+        "base": "minilm",
+        "metrics": {
+            "sample_passes": 1032.0,
+            "train_seconds": 98.3,
+            "best_epoch": 4.0,
+            "epochs_run": 7.0,
+            "val_macro_f1": 0.4375,
+            "decision_offset_negative": 0.0,
+            "decision_offset_neutral": 0.416,
+            "decision_offset_positive": 0.0,
+        },
+    }
+    lines = _decision_section({"action": "retrain", "severity": "none", "reasons": ["bootstrap"]}, train)
+    assert "- training: 1032 sample passes, 98 s, best epoch 4 of 7 (validation macro-F1 0.438)" in lines
+    offsets = [line for line in lines if line.startswith("- decision offsets")]
+    assert offsets and "neutral +0.42" in offsets[0] and "negative" not in offsets[0]
+    quiet = _decision_section(None, {"base": "minilm", "metrics": {"decision_offset_neutral": 0.0}})
+    assert not [line for line in quiet if "decision offsets" in line or "training:" in line]
