@@ -22,6 +22,7 @@ import os
 import re
 import sys
 import traceback
+from pathlib import Path
 from typing import Any, NoReturn
 
 from pipelines import runner
@@ -192,8 +193,6 @@ def _run(args: argparse.Namespace) -> int:
     )
     result = runner.run_step(ctx)  # an attribute lookup: tests replace run_step
     if args.result_file:
-        from pathlib import Path
-
         Path(args.result_file).parent.mkdir(parents=True, exist_ok=True)
         Path(args.result_file).write_text(json.dumps(result, default=str))
     # The last stdout line is the summary: the docker runtime reads it back as the task's XCom.

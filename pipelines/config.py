@@ -14,11 +14,14 @@ CLI's debug switch, and what docker-compose and the container scripts read) and 
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -606,7 +609,6 @@ def _check_s3(uri: str) -> None:
 
 def _check_store_uri(value: str) -> str:
     """An MLflow tracking or registry URI with a scheme MLflow knows, a host for http(s), a file for sqlite."""
-    from urllib.parse import urlsplit
 
     uri = value.strip()
     if not uri:
@@ -653,7 +655,6 @@ def _setting_keys() -> dict[str, Any]:
 
 
 def _closest(key: str, candidates: list[str]) -> str:
-    import difflib
 
     match = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
     return f"; did you mean {match[0]!r}?" if match else ""
@@ -820,7 +821,6 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
     Unset (None) values are left out; the container then uses the same defaults.
     """
-    import json
 
     env: dict[str, str] = {}
     for section, values in settings.model_dump().items():

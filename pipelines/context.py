@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pipelines import summaries
@@ -234,6 +234,5 @@ class StepContext:
             raise ValueError(f"step {self.step!r} reads input {name!r} without declaring it in pipelines.context.SPECS")
 
     def with_step(self, step: str) -> StepContext:
-        from dataclasses import replace
 
         return replace(self, step=step)

@@ -72,7 +72,7 @@ def worst_level(levels: list[tuple[str, list[str]]], *, calm: str) -> tuple[str,
 
 
 def capped_reference(ref: Reference, cap: int, seed: int) -> Reference:
-    import numpy as np
+    import numpy as np  # heavy (numpy): imported when used
 
     n = len(ref.labels)
     if n <= cap:
@@ -102,7 +102,7 @@ def encoder_for(ref: Reference, settings: Settings) -> str:
 
 
 def subsample(x: np.ndarray, cap: int, seed: int) -> np.ndarray:
-    import numpy as np
+    import numpy as np  # heavy (numpy): imported when used
 
     if len(x) <= cap:
         return x
@@ -110,9 +110,9 @@ def subsample(x: np.ndarray, cap: int, seed: int) -> np.ndarray:
 
 
 def mmd(ref: np.ndarray, emb: np.ndarray, cfg: DriftSettings) -> dict[str, Any]:
-    import numpy as np
-    import torch
-    from alibi_detect.cd import MMDDrift
+    import numpy as np  # heavy (numpy): imported when used
+    import torch  # heavy (torch): imported when used
+    from alibi_detect.cd import MMDDrift  # heavy (alibi_detect): imported when used
 
     x_ref = subsample(ref.astype(np.float32), cfg.mmd_max_rows, cfg.seed)
     x = subsample(emb.astype(np.float32), cfg.mmd_max_rows, cfg.seed + 1)
@@ -136,8 +136,8 @@ def mmd(ref: np.ndarray, emb: np.ndarray, cfg: DriftSettings) -> dict[str, Any]:
 
 
 def ks_embedding(ref: np.ndarray, emb: np.ndarray, cfg: DriftSettings) -> dict[str, Any]:
-    import numpy as np
-    from alibi_detect.cd import KSDrift
+    import numpy as np  # heavy (numpy): imported when used
+    from alibi_detect.cd import KSDrift  # heavy (alibi_detect): imported when used
 
     data = KSDrift(ref, p_val=cfg.p_threshold, correction=cfg.ks_correction).predict(emb, drift_type="feature")["data"]
     p_values = np.asarray(data["p_val"], dtype=np.float64)
@@ -145,7 +145,7 @@ def ks_embedding(ref: np.ndarray, emb: np.ndarray, cfg: DriftSettings) -> dict[s
         threshold = cfg.p_threshold / len(p_values)
         drifted_mask = p_values < threshold
     else:  # fdr: Benjamini-Hochberg over the dimensions
-        from alibi_detect.utils.statstest import fdr
+        from alibi_detect.utils.statstest import fdr  # heavy (alibi_detect): imported when used
 
         any_drift, thresholds = fdr(p_values, q_val=cfg.p_threshold)
         # With discoveries fdr returns the cut-off; without, the per-rank line, whose smallest value is q / n.
@@ -167,8 +167,8 @@ def ks_embedding(ref: np.ndarray, emb: np.ndarray, cfg: DriftSettings) -> dict[s
 
 
 def label_mix(ref_labels: list[str], labels: list[str], cfg: DriftSettings) -> dict[str, Any]:
-    import numpy as np
-    from alibi_detect.cd import ChiSquareDrift
+    import numpy as np  # heavy (numpy): imported when used
+    from alibi_detect.cd import ChiSquareDrift  # heavy (alibi_detect): imported when used
 
     categories = sorted(set(ref_labels) | set(labels))
     ref_counts = {c: ref_labels.count(c) for c in categories}
@@ -197,8 +197,8 @@ def label_mix(ref_labels: list[str], labels: list[str], cfg: DriftSettings) -> d
 
 
 def length(ref_lengths: np.ndarray, lengths: np.ndarray, cfg: DriftSettings) -> dict[str, Any]:
-    import numpy as np
-    from alibi_detect.cd import KSDrift
+    import numpy as np  # heavy (numpy): imported when used
+    from alibi_detect.cd import KSDrift  # heavy (alibi_detect): imported when used
 
     x_ref = ref_lengths.astype(np.float32).reshape(-1, 1)
     data = KSDrift(x_ref, p_val=cfg.length_p_threshold).predict(lengths.astype(np.float32).reshape(-1, 1))["data"]

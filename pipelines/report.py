@@ -627,7 +627,7 @@ def _pyplot() -> Any:
     import matplotlib  # heavy, and only the figure writers need it
 
     matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy (matplotlib): imported when used
 
     return plt
 

@@ -68,8 +68,8 @@ class OnnxPredictor:
     def __init__(
         self, bundle_dir: str | Path, model_file: str = "model.onnx", threads: int = 0, sort_by_length: bool = True
     ) -> None:
-        import onnxruntime as ort
-        from tokenizers import Tokenizer
+        import onnxruntime as ort  # heavy (onnxruntime): imported when used
+        from tokenizers import Tokenizer  # heavy (tokenizers): imported when used
 
         bundle = Path(bundle_dir)
         config = json.loads((bundle / SERVING_CONFIG).read_text())
@@ -89,7 +89,7 @@ class OnnxPredictor:
 
     def predict_proba(self, texts: Sequence[str]) -> Any:
         """Softmax probabilities, float32 array of shape (len(texts), n_labels), in input order."""
-        import numpy as np
+        import numpy as np  # heavy (numpy): imported when used
 
         texts = [str(t) for t in texts]
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
@@ -126,7 +126,7 @@ class OnnxPredictor:
 
     def frame(self, probs: Any) -> Any:
         """The output DataFrame of :meth:`predict` from :meth:`predict_proba`'s array."""
-        import pandas as pd
+        import pandas as pd  # heavy (pandas): imported when used
 
         columns: dict[str, Any] = {"label": [self.labels[i] for i in probs.argmax(axis=1)] if len(probs) else []}
         for j, name in enumerate(self.labels):
@@ -141,8 +141,8 @@ def texts_from_input(model_input: Any, text_column: str = "text") -> list[str]:
     Raises:
         ValueError: no ``text`` column among several, or an array of more than one column.
     """
-    import numpy as np
-    import pandas as pd
+    import numpy as np  # heavy (numpy): imported when used
+    import pandas as pd  # heavy (pandas): imported when used
 
     if isinstance(model_input, (pd.DataFrame, dict)):
         columns = list(model_input.columns if isinstance(model_input, pd.DataFrame) else model_input.keys())
@@ -167,7 +167,7 @@ def ids_from_input(model_input: Any, id_column: str = "id") -> list[str | None] 
 
     A missing id (None, NaN, empty) is None: that row's capture falls back to its text's SHA-256.
     """
-    import pandas as pd
+    import pandas as pd  # heavy (pandas): imported when used
 
     if isinstance(model_input, pd.DataFrame) and id_column in model_input.columns:
         values = model_input[id_column].tolist()
@@ -259,8 +259,8 @@ class S3Sink:
     """Writes each capture file as one S3 object (a single PUT: visible only once complete)."""
 
     def __init__(self, uri: str, endpoint_url: str | None = None, region: str = "us-east-1") -> None:
-        import boto3
-        from botocore.config import Config
+        import boto3  # heavy (boto3): imported when used
+        from botocore.config import Config  # heavy (botocore): imported when used
 
         bucket, _, prefix = uri[len("s3://") :].partition("/")
         self.bucket, self.prefix = bucket, prefix.strip("/")

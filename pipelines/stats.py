@@ -158,7 +158,7 @@ def mcnemar_exact(y_true: Sequence[Any], candidate: Sequence[Any], reference: Se
     Returns:
         The discordant counts and the p-value (1.0 when no row is discordant).
     """
-    from scipy.stats import binomtest
+    from scipy.stats import binomtest  # heavy (scipy): imported when used
 
     t = np.asarray([str(v) for v in y_true])
     ok_a = np.asarray([str(v) for v in candidate]) == t

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 def read_table(uri: str, settings: Settings) -> pd.DataFrame:
     """Read a CSV or Parquet batch from storage into a DataFrame."""
-    import pandas as pd
+    import pandas as pd  # heavy (pandas): imported when used
 
     data = get_storage(settings).read_bytes(uri)
     if uri.endswith(".parquet"):
@@ -58,7 +58,7 @@ def split_holdout(
     ``df`` is one batch; each batch's share comes from its row count as given (before any cleaning), so a row
     lands on the same side every time its batch is read.
     """
-    import numpy as np
+    import numpy as np  # heavy (numpy): imported when used
 
     texts = df[settings.data.text_column].astype(str).tolist()
     if batch_column in df.columns and len(df):
@@ -76,7 +76,7 @@ def accepted_uris(settings: Settings) -> list[str]:
 
 def load_accepted(settings: Settings, exclude: set[str] | None = None) -> pd.DataFrame:
     """All accepted batches (in name order) as one frame with a ``batch_uri`` column."""
-    import pandas as pd
+    import pandas as pd  # heavy (pandas): imported when used
 
     frames = []
     for uri in accepted_uris(settings):
@@ -92,7 +92,7 @@ def load_accepted(settings: Settings, exclude: set[str] | None = None) -> pd.Dat
 
 def accepted_rows(settings: Settings, exclude: set[str] | None = None) -> int:
     """Rows in the accepted batches (Parquet footers only), leaving out ``exclude``."""
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # heavy (pyarrow): imported when used
 
     storage = get_storage(settings)
     return sum(
@@ -149,7 +149,7 @@ def oversample(df: pd.DataFrame, settings: Settings, share: float) -> pd.DataFra
     Every original row is kept; the extra rows are a seeded draw with replacement from the class's own rows, and the
     result is shuffled (seeded).
     """
-    import pandas as pd
+    import pandas as pd  # heavy (pandas): imported when used
 
     if share <= 0 or df.empty:
         return df
@@ -165,7 +165,7 @@ def oversample(df: pd.DataFrame, settings: Settings, share: float) -> pd.DataFra
 
 def validation_split(df: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Seeded split into (train, validation), stratified by label where every class has two rows or more."""
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import train_test_split  # heavy (sklearn): imported when used
 
     labels = df[settings.data.label_column].astype(str)
     n_val = max(1, round(len(df) * settings.train.validation_share))
@@ -185,7 +185,7 @@ def capture_root(settings: Settings) -> str:
 
 def read_captures(settings: Settings, files: list[str]) -> pd.DataFrame:
     """The claimed capture rows as one DataFrame (a row seen twice, by request id and row, counts once)."""
-    import pandas as pd
+    import pandas as pd  # heavy (pandas): imported when used
 
     storage, root = get_storage(settings), capture_root(settings)
     frames = [

@@ -32,7 +32,7 @@ def save_reference(
     settings: Settings, df: pd.DataFrame, out_dir: str | Path, meta: dict[str, Any] | None = None
 ) -> Path:
     """Embed a capped, seeded sample of ``df`` with the drift encoder and save it in ``out_dir``."""
-    import numpy as np
+    import numpy as np  # heavy (numpy): imported when used
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -59,7 +59,7 @@ def load_reference(ref_dir: str | Path) -> Reference:
     Raises:
         FileNotFoundError: the folder holds no reference.
     """
-    import numpy as np
+    import numpy as np  # heavy (numpy): imported when used
 
     ref_dir = Path(ref_dir)
     npz = ref_dir / "reference.npz"

@@ -153,8 +153,8 @@ class Storage:
     @property
     def s3(self) -> Any:
         if self._client is None:
-            import boto3
-            from botocore.config import Config
+            import boto3  # heavy (boto3): imported when used
+            from botocore.config import Config  # heavy (botocore): imported when used
 
             self._client = boto3.client(
                 "s3",
@@ -168,7 +168,7 @@ class Storage:
     def exists(self, uri: str) -> bool:
         if not is_s3(uri):
             return Path(uri).exists()
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import ClientError  # heavy (botocore): imported when used
 
         bucket, key = _split_s3(uri)
         try:
@@ -185,7 +185,7 @@ class Storage:
             if not path.is_file():
                 raise FileNotFoundError(f"no file at {uri!r}")
             return path.read_bytes()
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import ClientError  # heavy (botocore): imported when used
 
         bucket, key = _split_s3(uri)
         try:

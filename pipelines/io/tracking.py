@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,8 +26,8 @@ TAG_STEP = "mlops.step"
 
 def configure(settings: Settings) -> Any:
     """Point MLflow at the configured store and return an ``MlflowClient``."""
-    import mlflow
-    from mlflow import MlflowClient
+    import mlflow  # heavy (mlflow): imported when used
+    from mlflow import MlflowClient  # heavy (mlflow): imported when used
 
     uri = settings.mlflow.tracking_uri
     if uri.startswith("sqlite:///"):
@@ -68,7 +70,6 @@ def rebase_moved_store(settings: Settings, db: Path) -> int:
     (``file://`` and bare forms), once per process. A store on S3 or behind a server, and a setting that points at
     an unrelated folder, are left alone.
     """
-    import sqlite3
 
     location = settings.mlflow.artifact_location or settings.uri("mlruns")
     if location.startswith(("s3://", "mlflow-artifacts:")) or not db.is_file():
@@ -156,7 +157,7 @@ def parent_run_id(ctx: StepContext) -> str:
 @contextmanager
 def step_run(ctx: StepContext) -> Iterator[Any]:
     """Open (or reopen, on a retry) the nested MLflow run of ``ctx.step`` and make it active."""
-    import mlflow
+    import mlflow  # heavy (mlflow): imported when used
 
     client = configure(ctx.settings)
     parent = parent_run_id(ctx)
@@ -182,7 +183,6 @@ def step_run(ctx: StepContext) -> Iterator[Any]:
 def extend_parent_run(ctx: StepContext) -> None:
     """Stretch the parent run's end time to now, so that it spans every nested run (and the register step) in the
     MLflow UI's duration column; the parent is created finished at its first use, and each step moves its end."""
-    import time
 
     client = configure(ctx.settings)
     exp = client.get_experiment_by_name(ctx.settings.mlflow.experiment_name)

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.model.modeling import encoded_batches
+
 log = logging.getLogger(__name__)
 
 
@@ -93,8 +95,6 @@ def calibrate(
 ) -> np.ndarray:
     """Raise the bias of ``model``'s collapsed classes in place (see the module docstring); return the offsets."""
     import torch  # heavy: seconds to import
-
-    from pipelines.model.modeling import encoded_batches
 
     if floor <= 0 or not texts:
         return np.zeros(len(prior))

@@ -105,7 +105,7 @@ def encoder_layers(model: Any) -> Any:
 
 def make_student(teacher: Any, layers: list[int]) -> Any:
     """A copy of ``teacher`` with only the encoder ``layers`` (renumbered from 0), embeddings and head kept."""
-    import torch
+    import torch  # heavy (torch): imported when used
 
     student = copy.deepcopy(teacher)
     kept = [encoder_layers(student)[i] for i in layers]
@@ -176,7 +176,7 @@ def epochs_for(rows: int, settings: Settings) -> int:
 
 
 def _macro_f1(labels: Any, pred: Any) -> float:
-    from sklearn.metrics import f1_score
+    from sklearn.metrics import f1_score  # heavy (sklearn): imported when used
 
     return float(f1_score(labels, pred, average="macro", zero_division=0))
 
@@ -242,7 +242,7 @@ def distill(
     Raises:
         ValueError: too few labelled rows, a bad ``compress.distill_layers``, or not a BERT-like model.
     """
-    import torch
+    import torch  # heavy (torch): imported when used
 
     cfg = settings.compress
     n_teacher = len(encoder_layers(teacher))
@@ -316,8 +316,8 @@ def _prepare(
     settings: Settings, teacher: Any, tokenizer: Any, labelled: pd.DataFrame, unlabelled: list[str]
 ) -> _Transfer:
     """Split off the validation rows, tokenise the transfer set and score it (and the validation rows) by the teacher."""
-    import numpy as np
-    import torch
+    import numpy as np  # heavy (numpy): imported when used
+    import torch  # heavy (torch): imported when used
 
     cfg, tcfg = settings.compress, settings.train
     text = settings.data.text_column
@@ -350,8 +350,8 @@ def _prepare(
 
 def _optimizer(settings: Settings, student: Any, total_steps: int) -> tuple[Any, Any]:
     """AdamW (no decay on biases and norms) with a linear schedule and the train step's warm-up share."""
-    import torch
-    from transformers import get_linear_schedule_with_warmup
+    import torch  # heavy (torch): imported when used
+    from transformers import get_linear_schedule_with_warmup  # heavy (transformers): imported when used
 
     tcfg = settings.train
     decay = [p for n, p in student.named_parameters() if p.requires_grad and not _no_decay(n)]
@@ -365,7 +365,7 @@ def _optimizer(settings: Settings, student: Any, total_steps: int) -> tuple[Any,
 
 def _loss_weights(settings: Settings, data: _Transfer) -> Any:
     """The train step's balanced class weights over the labelled training rows, or None when turned off."""
-    import torch
+    import torch  # heavy (torch): imported when used
 
     if not settings.train.class_weighted:
         return None
@@ -387,8 +387,8 @@ def _train_epoch(
     epochs: int,
 ) -> None:
     """One pass over the transfer set in seeded random order: ``alpha * T^2 * KL + (1 - alpha) * CE`` per batch."""
-    import torch
-    import torch.nn.functional as F
+    import torch  # heavy (torch): imported when used
+    import torch.nn.functional as F  # heavy (torch): imported when used
 
     cfg, tcfg = settings.compress, settings.train
     T, alpha = cfg.distill_temperature, cfg.distill_alpha
@@ -454,7 +454,7 @@ def _end_of_epoch(
     settings: Settings, student: Any, tokenizer: Any, data: _Transfer, progress: _Progress, epoch: int, epochs: int
 ) -> bool:
     """Score the validation rows, keep the best epoch's weights; True when patience has run out."""
-    import numpy as np
+    import numpy as np  # heavy (numpy): imported when used
 
     cfg, tcfg = settings.compress, settings.train
     val_pred = torch_logits(student, tokenizer, data.val_texts, tcfg.max_length, cfg.infer_batch_size).argmax(1)
@@ -510,7 +510,7 @@ def _no_decay(name: str) -> bool:
 
 
 def _log_metrics(metrics: dict[str, float], step: int) -> None:
-    import mlflow
+    import mlflow  # heavy (mlflow): imported when used
 
     if mlflow.active_run() is not None:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)

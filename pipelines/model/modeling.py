@@ -68,7 +68,7 @@ def encoded_batches(
 
 def torch_logits(model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int) -> Any:
     """fp32 PyTorch logits (numpy), batched in input order with per-batch padding."""
-    import numpy as np
+    import numpy as np  # heavy (numpy): imported when used
     import torch  # heavy: seconds to import
 
     model.eval()

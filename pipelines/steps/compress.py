@@ -43,7 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipelines.data.datasets import load_accepted, read_table, split_holdout
 from pipelines.errors import ModelRejected
+from pipelines.io.tracking import step_run
+from pipelines.model import distill
 from pipelines.model.modeling import encoded_batches, load_classifier, torch_logits
 
 if TYPE_CHECKING:
@@ -65,8 +68,8 @@ def head_importance(model: Any, tokenizer: Any, texts: list[str], max_length: in
     """Importance of every attention head, shape (layers, heads): mean over tokens of the norm of the head's
     contribution to the attention output, i.e. ``||context_h|| * ||W_o[:, h]||`` (no gradients needed).
     """
-    import numpy as np
-    import torch
+    import numpy as np  # heavy (numpy): imported when used
+    import torch  # heavy (torch): imported when used
 
     layers = model.base_model.encoder.layer
     n_heads = model.config.num_attention_heads
@@ -99,7 +102,7 @@ def head_importance(model: Any, tokenizer: Any, texts: list[str], max_length: in
 
 def heads_to_prune(scores: Any, share: float) -> dict[int, list[int]]:
     """The lowest-scoring ``share`` of all heads, keeping at least one head per layer."""
-    import numpy as np
+    import numpy as np  # heavy (numpy): imported when used
 
     n_layers, n_heads = scores.shape
     budget = int(share * n_layers * n_heads)
@@ -116,8 +119,8 @@ def heads_to_prune(scores: Any, share: float) -> dict[int, list[int]]:
 
 def prune_magnitude(model: Any, sparsity: float) -> int:
     """Zero the globally smallest ``sparsity`` share of the encoder's Linear weights; return how many."""
-    import torch
-    from torch.nn.utils import prune
+    import torch  # heavy (torch): imported when used
+    from torch.nn.utils import prune  # heavy (torch): imported when used
 
     linears = [(m, "weight") for m in model.base_model.encoder.modules() if isinstance(m, torch.nn.Linear)]
     prune.global_unstructured(linears, pruning_method=prune.L1Unstructured, amount=sparsity)
@@ -129,7 +132,7 @@ def prune_magnitude(model: Any, sparsity: float) -> int:
 
 
 def _agreement(a: Any, b: Any) -> float:
-    import numpy as np
+    import numpy as np  # heavy (numpy): imported when used
 
     return float(np.mean(np.asarray(a) == np.asarray(b))) if len(a) else 1.0
 
@@ -184,7 +187,7 @@ def prune(
 # --- ONNX side -------------------------------------------------------------------------------------
 def export_onnx(model: Any, tokenizer: Any, texts: list[str], path: Path, opset: int, max_length: int) -> list[str]:
     """Export with dynamic batch and sequence axes (TorchScript-based exporter); return the input names."""
-    import torch
+    import torch  # heavy (torch): imported when used
 
     enc = tokenizer(texts[:2] or ["a", "b"], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     names = [k for k in _INPUTS if k in enc]
@@ -208,7 +211,10 @@ def export_onnx(model: Any, tokenizer: Any, texts: list[str], path: Path, opset:
 
 def optimize_graph(src: Path, dst: Path, model_type: str) -> dict[str, int]:
     """onnxruntime's transformer fusions (attention, layer norm, GELU); return the fused-op counts."""
-    from onnxruntime.transformers.optimizer import MODEL_TYPES, optimize_model
+    from onnxruntime.transformers.optimizer import (  # heavy (onnxruntime): imported when used
+        MODEL_TYPES,
+        optimize_model,
+    )
 
     kind = model_type if model_type in MODEL_TYPES else "bert"
     optimized = optimize_model(str(src), model_type=kind, num_heads=0, hidden_size=0)
@@ -250,9 +256,12 @@ def quantize(
     Returns:
         ``{"fp32": [...], "weight_only": [...]}``: the nodes kept fp32 and those made weight-only int8.
     """
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+    import onnx  # heavy (onnx): imported when used
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # heavy (onnxruntime): imported when used
+    from onnxruntime.quantization.matmul_nbits_quantizer import (  # heavy (onnxruntime): imported when used
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
 
     model = onnx.load(str(src))
     nodes, constants = model.graph.node, {init.name for init in model.graph.initializer}
@@ -298,8 +307,8 @@ def quantize(
 
 def onnx_logits(path: Path, tokenizer: Any, texts: list[str], max_length: int, batch_size: int) -> Any:
     """Logits of an ONNX graph on the same batches as :func:`torch_logits`."""
-    import numpy as np
-    import onnxruntime as ort
+    import numpy as np  # heavy (numpy): imported when used
+    import onnxruntime as ort  # heavy (onnxruntime): imported when used
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = {i.name for i in session.get_inputs()}
@@ -311,7 +320,7 @@ def onnx_logits(path: Path, tokenizer: Any, texts: list[str], max_length: int, b
 
 def latency(predictor: Any, texts: list[str]) -> dict[str, float]:
     """p50/p95 milliseconds per call at batch 1 and batch 32, and samples/s at batch 32."""
-    import numpy as np
+    import numpy as np  # heavy (numpy): imported when used
 
     def pct(times: list[float], q: float) -> float:
         return round(float(np.percentile(times, q)) * 1000, 2)
@@ -340,7 +349,7 @@ def latency(predictor: Any, texts: list[str]) -> dict[str, float]:
 # --- the served model ------------------------------------------------------------------------------
 def _serving_package(dst: Path) -> Path:
     """A minimal ``pipelines`` package holding only ``serving.py``, shipped as the model's code path."""
-    from pipelines import serving
+    from pipelines import serving  # pipelines.serving loads mlflow
 
     pkg = dst / "pipelines"
     pkg.mkdir(parents=True, exist_ok=True)
@@ -388,13 +397,13 @@ def _serving_files(bundle: Path, tokenizer: Any, fp32_dir: Path, settings: Setti
 
 def save_served_model(path: Path, bundle: Path, example_texts: list[str], scratch: Path) -> None:
     """Save the pyfunc model folder (signature, input example, the serving code) at ``path``."""
-    import mlflow
-    import pandas as pd
-    from mlflow.models import ModelSignature
-    from mlflow.types import ParamSchema, ParamSpec
-    from mlflow.types.utils import _infer_schema
+    import mlflow  # heavy (mlflow): imported when used
+    import pandas as pd  # heavy (pandas): imported when used
+    from mlflow.models import ModelSignature  # heavy (mlflow): imported when used
+    from mlflow.types import ParamSchema, ParamSpec  # heavy (mlflow): imported when used
+    from mlflow.types.utils import _infer_schema  # heavy (mlflow): imported when used
 
-    from pipelines.serving import OnnxPredictor, OnnxTextClassifier
+    from pipelines.serving import OnnxPredictor, OnnxTextClassifier  # pipelines.serving loads mlflow
 
     example = pd.DataFrame({"text": example_texts[:3]})
     # No input schema: MLflow would keep only the first column of an unnamed schema (an ``id`` column for the label
@@ -436,7 +445,6 @@ def sample_texts(ctx: StepContext) -> tuple[list[str], dict[str, int]]:
     Held-out texts first (the evaluation set, else accepted hold-out rows), up to ``compress.parity_sample_rows``;
     when they are fewer, accepted training rows top the sample up (``compress.agreement_train_rows``).
     """
-    from pipelines.data.datasets import load_accepted, read_table, split_holdout
 
     settings = ctx.settings
     cfg, text, seed = settings.compress, settings.data.text_column, settings.train.seed
@@ -687,8 +695,8 @@ def layer_sensitivity(job: Job, graph: Graph) -> list[dict[str, Any]]:
     """Quantize one encoder layer at a time (everything else fp32) and measure how far each moves the logits on
     the sample (at most ``_SENSITIVITY_ROWS`` texts); most sensitive first (labels flipped, then mean |logit diff|).
     """
-    import numpy as np
-    import onnx
+    import numpy as np  # heavy (numpy): imported when used
+    import onnx  # heavy (onnx): imported when used
 
     cfg = job.settings.compress
     nodes = onnx.load(str(graph.path), load_external_data=False).graph.node
@@ -760,9 +768,9 @@ LEVELS = tuple(_BUILDERS)
 
 def _run_candidate(level: str, probe: Path, graph: Path, texts: list[str]) -> tuple[Any, float]:
     """Labels of ``graph`` served as the pyfunc model serves it, and its median ms per call at batch 32."""
-    import numpy as np
+    import numpy as np  # heavy (numpy): imported when used
 
-    from pipelines.serving import OnnxPredictor
+    from pipelines.serving import OnnxPredictor  # pipelines.serving loads mlflow
 
     predictor = OnnxPredictor(probe, model_file=str(graph.resolve()))
     labels = predictor.predict_proba(texts).argmax(1)
@@ -849,7 +857,6 @@ def choose_level(job: Job) -> tuple[Attempt, list[Attempt]]:
 # --- distillation ----------------------------------------------------------------------------------
 def _eval_frame(ctx: StepContext) -> Any:
     """The labelled evaluation set (the train step's ``eval.parquet``), or None when there is none."""
-    from pipelines.data.datasets import read_table
 
     settings = ctx.settings
     eval_uri = ctx.get("eval_uri")
@@ -878,9 +885,7 @@ def prepare_student(ctx: StepContext, job: Job) -> Distilled:
 
     Skipped (the teacher is then served as without distillation) only when there are no labelled training rows.
     """
-    import numpy as np
-
-    from pipelines.model import distill
+    import numpy as np  # heavy (numpy): imported when used
 
     settings, cfg = ctx.settings, ctx.settings.compress
     text = settings.data.text_column
@@ -958,7 +963,7 @@ def choose_served(job: Job, distilled: Distilled | None) -> tuple[Job, Attempt, 
 
 def _teacher_ms_batch32(job: Job) -> float:
     """Median ms of the fp32 PyTorch teacher on one batch of 32 sample texts (3 calls after a warm-up)."""
-    import numpy as np
+    import numpy as np  # heavy (numpy): imported when used
 
     cfg = job.settings.compress
     batch = (job.texts * (1 + 32 // max(len(job.texts), 1)))[:32]
@@ -976,10 +981,10 @@ def distill_summary(
 ) -> dict[str, Any]:
     """What was served (teacher or student), its layers, size, speed and agreement with the teacher, and the
     teacher's and the served model's macro-F1 on the labelled evaluation set."""
-    import numpy as np
-    from sklearn.metrics import f1_score
+    import numpy as np  # heavy (numpy): imported when used
+    from sklearn.metrics import f1_score  # heavy (sklearn): imported when used
 
-    from pipelines.serving import OnnxPredictor
+    from pipelines.serving import OnnxPredictor  # pipelines.serving loads mlflow
 
     cfg = job.settings.compress
     info = dict(distilled.info)
@@ -1020,7 +1025,7 @@ def save(job: Job, chosen: Attempt, served_uri: str, storage: Any) -> tuple[dict
     Returns:
         (latency, sizes).
     """
-    from pipelines.serving import OnnxPredictor
+    from pipelines.serving import OnnxPredictor  # pipelines.serving loads mlflow
 
     candidate = chosen.candidate
     assert candidate is not None
@@ -1075,7 +1080,7 @@ def summarize(
 
 def log_to_mlflow(job: Job, summary: dict[str, Any]) -> None:
     """Parameters, metrics (the shipped level's and each tried level's) and ``compress.json`` on the step's run."""
-    import mlflow
+    import mlflow  # heavy (mlflow): imported when used
 
     cfg = job.settings.compress
     mlflow.log_params(
@@ -1144,7 +1149,7 @@ def log_to_mlflow(job: Job, summary: dict[str, Any]) -> None:
 
 def _log_distill(cfg: CompressSettings, summary: dict[str, Any]) -> None:
     """The distillation's parameters and figures, when ``compress.distill`` was on."""
-    import mlflow
+    import mlflow  # heavy (mlflow): imported when used
 
     distill = summary.get("distill") or {}
     if distill.get("enabled"):
@@ -1188,7 +1193,6 @@ def run(ctx: StepContext) -> dict[str, Any]:
         ModelRejected: the fp32 ONNX graph does not reproduce PyTorch, or no configured level agrees.
         ValueError: an input is missing or the model's labels differ from the settings.
     """
-    from pipelines.io.tracking import step_run
 
     served_uri = ctx.output("served")
     started = time.perf_counter()

@@ -120,7 +120,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
 def _compare(
     ctx: StepContext, df: pd.DataFrame, champion: Champion | None, ref_dir: Path, base: dict[str, Any], tmp: Path
 ) -> dict[str, Any]:
-    import numpy as np
+    import numpy as np  # heavy (numpy): imported when used
 
     settings, cfg = ctx.settings, ctx.settings.drift
     text_col, label_col = settings.data.text_column, settings.data.label_column
@@ -213,7 +213,7 @@ def _quality(champion: Champion | None, sample: pd.DataFrame, settings: Settings
     recorded = champion.metric(QUALITY_TAG)
     if recorded is None:
         return {**base, "skipped": f"champion version {champion.version} has no tag {QUALITY_TAG!r}"}
-    from sklearn.metrics import f1_score
+    from sklearn.metrics import f1_score  # heavy (sklearn): imported when used
 
     text_col, label_col = settings.data.text_column, settings.data.label_column
     # The bundle's ONNX graph, tokenizer and labels: never the pickled pyfunc (see pipelines.champion).
@@ -237,12 +237,12 @@ def _plots(
     ref: Reference, emb: np.ndarray, labels: list[str], lengths: np.ndarray, settings: Settings, out: Path
 ) -> dict[str, Path]:
     """PCA projection of reference vs batch embeddings, label shares, text lengths; PNG files in ``out``."""
-    import matplotlib
+    import matplotlib  # heavy (matplotlib): imported when used
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-    from sklearn.decomposition import PCA
+    import matplotlib.pyplot as plt  # heavy (matplotlib): imported when used
+    import numpy as np  # heavy (numpy): imported when used
+    from sklearn.decomposition import PCA  # heavy (sklearn): imported when used
 
     out.mkdir(parents=True, exist_ok=True)
     seed = settings.drift.seed
@@ -285,7 +285,7 @@ def _plots(
 
 
 def _log_mlflow(ctx: StepContext, summary: dict[str, Any], plot_dir: Path) -> None:
-    import mlflow
+    import mlflow  # heavy (mlflow): imported when used
 
     metrics = {}
     for name, test in summary["tests"].items():

@@ -39,6 +39,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from pipelines import report
+from pipelines.data.datasets import load_accepted, read_table, split_holdout, write_parquet
+from pipelines.io.tracking import step_run
+from pipelines.stats import NI_FAIL, NI_PASS, macro_f1, non_inferiority, paired_bootstrap
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -123,7 +128,7 @@ def predict(model: Any, texts: list[str], labels: list[str]) -> tuple[np.ndarray
     Raises:
         ValueError: the output lacks a ``label`` column, has the wrong length, or holds unknown labels.
     """
-    import pandas as pd
+    import pandas as pd  # heavy (pandas): imported when used
 
     out = model.predict(pd.DataFrame({"text": texts}))
     if not isinstance(out, pd.DataFrame) or "label" not in out.columns:
@@ -140,7 +145,7 @@ def predict(model: Any, texts: list[str], labels: list[str]) -> tuple[np.ndarray
 
 
 def _per_class(y: np.ndarray, pred: np.ndarray, labels: list[str]) -> dict[str, dict[str, float]]:
-    from sklearn.metrics import precision_recall_fscore_support
+    from sklearn.metrics import precision_recall_fscore_support  # heavy (sklearn): imported when used
 
     p, r, f, s = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
     return {
@@ -150,18 +155,16 @@ def _per_class(y: np.ndarray, pred: np.ndarray, labels: list[str]) -> dict[str, 
 
 
 def _confusion(y: np.ndarray, pred: np.ndarray, labels: list[str]) -> np.ndarray:
-    from sklearn.metrics import confusion_matrix
+    from sklearn.metrics import confusion_matrix  # heavy (sklearn): imported when used
 
     return confusion_matrix(y, pred, labels=labels)
 
 
 def _baselines(settings: Settings, eval_df: pd.DataFrame) -> dict[str, Any]:
     """TF-IDF + class-balanced logistic regression and the majority class, trained on accepted non-hold-out rows."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-
-    from pipelines.data.datasets import load_accepted, split_holdout
+    from sklearn.feature_extraction.text import TfidfVectorizer  # heavy (sklearn): imported when used
+    from sklearn.linear_model import LogisticRegression  # heavy (sklearn): imported when used
+    from sklearn.pipeline import make_pipeline  # heavy (sklearn): imported when used
 
     text, label = settings.data.text_column, settings.data.label_column
     accepted = load_accepted(settings)
@@ -185,7 +188,7 @@ def _baselines(settings: Settings, eval_df: pd.DataFrame) -> dict[str, Any]:
 
 
 def _latency(model: Any, texts: list[str], settings: Settings) -> dict[str, Any]:
-    import pandas as pd
+    import pandas as pd  # heavy (pandas): imported when used
 
     g = settings.gates
     sample = (texts * (g.latency_sample_rows // max(len(texts), 1) + 1))[: g.latency_sample_rows]
@@ -201,7 +204,6 @@ def _latency(model: Any, texts: list[str], settings: Settings) -> dict[str, Any]
 
 # --- gates: one function each ------------------------------------------------------------------------------------
 def _bootstrap(y: np.ndarray, a: np.ndarray, b: np.ndarray, labels: list[str], g: GateSettings) -> BootstrapResult:
-    from pipelines.stats import paired_bootstrap
 
     return paired_bootstrap(y, a, b, labels, samples=g.bootstrap_samples, alpha=g.alpha, seed=g.seed)
 
@@ -326,7 +328,6 @@ def gate_baseline(p: Predictions, labels: list[str], g: GateSettings) -> Gate:
 def gate_non_inferiority(p: Predictions, labels: list[str], g: GateSettings) -> Gate:
     """Non-inferiority against the champion (:func:`pipelines.stats.non_inferiority`): pass, fail, or review when
     the interval straddles the margin (the evaluation set is too small to tell). Skipped with no champion."""
-    from pipelines.stats import NI_FAIL, NI_PASS, non_inferiority
 
     threshold, comparator = -g.noninferiority_margin or 0.0, "CI low ≥"
     if p.champion is None:
@@ -371,7 +372,6 @@ def gate_slices(eval_df: pd.DataFrame, p: Predictions, settings: Settings) -> Ga
     ``-slice_tolerance`` (a regression on that slice beyond doubt), ``review`` when only the point estimate does
     (a human looks at it; the slice is too small to tell), else ``pass``.
     """
-    from pipelines.stats import macro_f1, paired_bootstrap
 
     g, column = settings.gates, settings.data.slice_column
     name, threshold, comparator = "slices", -g.slice_tolerance, "Δ ≥"
@@ -501,7 +501,6 @@ def run(ctx: StepContext) -> dict[str, Any]:
         FileNotFoundError: the served folder or its bundle is missing.
         CorruptArtifact: the candidate's or the champion's bundle does not load.
     """
-    from pipelines.data.datasets import read_table
 
     s = ctx.settings
     labels = list(s.data.labels)
@@ -525,7 +524,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
 
 def _evaluate(ctx: StepContext, eval_df: pd.DataFrame, work: Path) -> dict[str, Any]:
     """Predict, score, gate, report and log: the parts below, top-down."""
-    from pipelines.champion import find_bundle
+    from pipelines.champion import find_bundle  # pipelines.champion loads mlflow
 
     s = ctx.settings
     texts = eval_df[s.data.text_column].astype(str).tolist()
@@ -562,7 +561,7 @@ def _predict_all(ctx: StepContext, served_dir: Path, eval_df: pd.DataFrame, work
     Both served models are loaded from their bundle (no pickle); one that does not load is a
     :class:`~pipelines.errors.CorruptArtifact`.
     """
-    from pipelines.champion import get_champion, load_predictor
+    from pipelines.champion import get_champion, load_predictor  # pipelines.champion loads mlflow
 
     s = ctx.settings
     labels = list(s.data.labels)
@@ -599,8 +598,6 @@ def _predict_all(ctx: StepContext, served_dir: Path, eval_df: pd.DataFrame, work
 # --- metrics -------------------------------------------------------------------------------------------------
 def _metrics(p: Predictions, labels: list[str]) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Scores of the candidate, champion, TF-IDF baseline and majority class, and the candidate's calibration."""
-    from pipelines import report
-    from pipelines.stats import macro_f1
 
     y, cand, champ, baseline = p.y, p.candidate, p.champion, p.baseline
     per_class = _per_class(y, cand, labels)
@@ -667,7 +664,6 @@ def _figures(
     folder: Path, p: Predictions, metrics: dict[str, Any], calib: dict[str, Any] | None, settings: Settings
 ) -> dict[str, Path]:
     """Confusion matrices, per-class bars, reliability diagram and the comparison with champion and baselines."""
-    from pipelines import report
 
     labels, y, per_class = list(settings.data.labels), p.y, metrics["per_class"]
     folder.mkdir()
@@ -705,10 +701,7 @@ def _figures(
 
 def _write_outputs(ctx: StepContext, summary: dict[str, Any], p: Predictions, texts: list[str], folder: Path) -> None:
     """The Markdown report (in storage and in ``folder`` for MLflow) and every model's predictions as Parquet."""
-    import pandas as pd
-
-    from pipelines import report
-    from pipelines.data.datasets import write_parquet
+    import pandas as pd  # heavy (pandas): imported when used
 
     markdown = report.render_evaluation_report(summary)
     ctx.storage.write_text(summary["report_uri"], markdown)
@@ -724,9 +717,7 @@ def _write_outputs(ctx: StepContext, summary: dict[str, Any], p: Predictions, te
 # --- MLflow ----------------------------------------------------------------------------------------------------
 def _log_to_mlflow(ctx: StepContext, summary: dict[str, Any], figures: dict[str, Path], report_md: Path) -> None:
     """Metrics, params, tags and the figures and report of the evaluate run (nested under the pipeline run)."""
-    import mlflow
-
-    from pipelines.io.tracking import step_run
+    import mlflow  # heavy (mlflow): imported when used
 
     metrics, gates = summary["metrics"], summary["gates"]
     with step_run(ctx):

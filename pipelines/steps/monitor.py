@@ -43,6 +43,7 @@ DAG then starts ``continuous_training`` with this summary as evidence, or fails 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -152,7 +153,7 @@ def _advance(storage: Any, uri: str, watermark: dict[str, Any], record: dict[str
 # --- the estimate --------------------------------------------------------------------------------------
 def expected_macro_f1(probs: np.ndarray, classes: list[str] | None = None) -> dict[str, Any]:
     """CBPE: macro-F1 expected from (calibrated) class probabilities, rows x classes; see the module doc."""
-    import numpy as np
+    import numpy as np  # heavy (numpy): imported when used
 
     probs = np.asarray(probs, dtype=np.float64)
     n, k = probs.shape
@@ -172,8 +173,8 @@ def expected_macro_f1(probs: np.ndarray, classes: list[str] | None = None) -> di
 
 def temperature(probs: np.ndarray, y: np.ndarray) -> float:
     """Temperature T minimising the NLL of softmax(log p / T) on labelled rows (temperature scaling)."""
-    import numpy as np
-    from scipy.optimize import minimize_scalar
+    import numpy as np  # heavy (numpy): imported when used
+    from scipy.optimize import minimize_scalar  # heavy (scipy): imported when used
 
     logp = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1.0))
 
@@ -187,7 +188,7 @@ def temperature(probs: np.ndarray, y: np.ndarray) -> float:
 
 
 def calibrate(probs: np.ndarray, t: float) -> np.ndarray:
-    import numpy as np
+    import numpy as np  # heavy (numpy): imported when used
 
     z = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1.0)) / t
     z = z - z.max(axis=1, keepdims=True)
@@ -197,7 +198,7 @@ def calibrate(probs: np.ndarray, t: float) -> np.ndarray:
 
 def realised_macro_f1(y_true: list[str], y_pred: list[str]) -> float:
     """Macro-F1 over the classes present in the labels (as the drift step's quality test)."""
-    from sklearn.metrics import f1_score
+    from sklearn.metrics import f1_score  # heavy (sklearn): imported when used
 
     return float(f1_score(y_true, y_pred, labels=sorted(set(y_true)), average="macro", zero_division=0))
 
@@ -270,7 +271,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
 
 
 def system_figures(df: pd.DataFrame) -> dict[str, Any]:
-    import numpy as np
+    import numpy as np  # heavy (numpy): imported when used
 
     if not len(df):
         return {
@@ -297,7 +298,7 @@ def system_figures(df: pd.DataFrame) -> dict[str, Any]:
 
 def _eval_reference(settings: Settings, champion: Champion) -> dict[str, Any] | None:
     """The champion on its own evaluation set: probabilities, labels (for calibration and the confidence test)."""
-    import numpy as np
+    import numpy as np  # heavy (numpy): imported when used
 
     uri = champion.tags.get("train.eval_uri")
     if not uri:
@@ -322,7 +323,7 @@ def _eval_reference(settings: Settings, champion: Champion) -> dict[str, Any] | 
 
 def compare(settings: Settings, champion: Champion, ok: pd.DataFrame, tmp: Path) -> tuple[dict, dict]:
     """The drift tests and the macro-F1 estimate for the window's successful rows."""
-    import numpy as np
+    import numpy as np  # heavy (numpy): imported when used
 
     cfg, mon = settings.drift, settings.monitoring
     ref_dir = champion.reference_dir
@@ -380,8 +381,8 @@ def compare(settings: Settings, champion: Champion, ok: pd.DataFrame, tmp: Path)
 
 
 def _confidence(ref_conf: np.ndarray, conf: np.ndarray, p_threshold: float) -> dict[str, Any]:
-    import numpy as np
-    from alibi_detect.cd import KSDrift
+    import numpy as np  # heavy (numpy): imported when used
+    from alibi_detect.cd import KSDrift  # heavy (alibi_detect): imported when used
 
     data = KSDrift(ref_conf.astype(np.float32).reshape(-1, 1), p_val=p_threshold).predict(
         conf.astype(np.float32).reshape(-1, 1)
@@ -400,9 +401,8 @@ def _confidence(ref_conf: np.ndarray, conf: np.ndarray, p_threshold: float) -> d
 
 def join_labels(settings: Settings, ok: pd.DataFrame) -> dict[str, Any]:
     """Realised macro-F1 of the captured rows whose labels landed since (accepted batches matched by id or text)."""
-    import hashlib
 
-    import pandas as pd
+    import pandas as pd  # heavy (pandas): imported when used
 
     text_col, label_col = settings.data.text_column, settings.data.label_column
     labelled: dict[str, str] = {}
@@ -535,10 +535,10 @@ def render_markdown(summary: dict[str, Any]) -> str:
 
 
 def _plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
-    import matplotlib
+    import matplotlib  # heavy (matplotlib): imported when used
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy (matplotlib): imported when used
 
     out.mkdir(parents=True, exist_ok=True)
     x = [r["window_end"][:16] for r in rows]
@@ -574,7 +574,7 @@ def _plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
 
 
 def _log_mlflow(ctx: StepContext, summary: dict[str, Any], markdown: str) -> None:
-    import mlflow
+    import mlflow  # heavy (mlflow): imported when used
 
     metrics = {"monitor.rows": summary["rows"], "monitor.requests": summary["system"]["requests"]}
     metrics["monitor.errors"] = summary["system"]["errors"]

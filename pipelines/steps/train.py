@@ -20,13 +20,29 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.data.datasets import class_weights, label_ids, oversample, validation_split
+from pipelines.data.datasets import (
+    accepted_uris,
+    class_weights,
+    ensure_golden,
+    label_ids,
+    load_accepted,
+    oversample,
+    read_table,
+    split_holdout,
+    validation_split,
+    write_parquet,
+)
+from pipelines.data.reference import save_reference
+from pipelines.io.storage import basename
+from pipelines.io.tracking import step_run
+from pipelines.model.decision import calibrate
 from pipelines.model.modeling import load_base, load_classifier
 
 if TYPE_CHECKING:
@@ -86,7 +102,7 @@ def encode(
 # --- model -----------------------------------------------------------------------------------------
 def device_and_precision() -> tuple[str, str]:
     """(``cuda``|``cpu``, ``bf16``|``fp16``|``fp32``): bf16 autocast where the GPU supports it, else fp16."""
-    import torch
+    import torch  # heavy (torch): imported when used
 
     if torch.cuda.is_available():
         return "cuda", "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -126,8 +142,8 @@ def freeze_lower_layers(model: Any, n_layers: int) -> list[str]:
 
 # --- the Trainer setup -----------------------------------------------------------------------------
 def _weighted_trainer_class() -> type:
-    import torch
-    from transformers import Trainer
+    import torch  # heavy (torch): imported when used
+    from transformers import Trainer  # heavy (transformers): imported when used
 
     class WeightedTrainer(Trainer):
         """A Trainer whose loss is cross-entropy weighted per class (``class_weights``, or unweighted)."""
@@ -150,7 +166,7 @@ def _weighted_trainer_class() -> type:
 
 
 def _progress_callback(history: list[dict[str, float]], counter: dict[str, float]) -> Any:
-    from transformers import TrainerCallback
+    from transformers import TrainerCallback  # heavy (transformers): imported when used
 
     class Progress(TrainerCallback):
         """Logs step, loss and samples/s every ``logging_steps``; times pure training (no eval, no saving)."""
@@ -203,15 +219,15 @@ def _is_number(v: Any) -> bool:
 
 
 def _log_mlflow_metrics(metrics: dict[str, float], step: int | None = None) -> None:
-    import mlflow
+    import mlflow  # heavy (mlflow): imported when used
 
     if mlflow.active_run() is not None:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
 
 def _compute_metrics(eval_pred: Any) -> dict[str, float]:
-    import numpy as np
-    from sklearn.metrics import accuracy_score, f1_score
+    import numpy as np  # heavy (numpy): imported when used
+    from sklearn.metrics import accuracy_score, f1_score  # heavy (sklearn): imported when used
 
     logits, labels = eval_pred
     pred = np.asarray(logits).argmax(-1)
@@ -236,7 +252,6 @@ class _CountingCollator:
 
 def epochs_for(rows: int, settings: Settings, action: str) -> float:
     """Epochs for ``rows`` training rows: about ``target_sample_passes`` rows seen, within [min_epochs, cap]."""
-    import math
 
     cfg = settings.train
     if action == "fine_tune":
@@ -251,7 +266,7 @@ def epochs_for(rows: int, settings: Settings, action: str) -> float:
 
 
 def _training_args(settings: Settings, work_dir: str | Path, learning_rate: float, epochs: float, optimized: bool):
-    from transformers import TrainingArguments
+    from transformers import TrainingArguments  # heavy (transformers): imported when used
 
     cfg = settings.train
     device, precision = device_and_precision()
@@ -321,7 +336,7 @@ def fit(
         The best model (by validation macro-F1), final metrics (``sample_passes``: training rows actually fed,
         i.e. rows x epochs run; ``best_epoch``), the logged history, device and precision.
     """
-    import torch
+    import torch  # heavy (torch): imported when used
 
     args = _training_args(settings, work_dir, learning_rate, epochs, optimized)
     run = _make_trainer(settings, model, tokenizer, (train_df, val_df), args, optimized)
@@ -369,7 +384,7 @@ def _make_trainer(
 ) -> _TrainerRun:
     """The weighted Trainer on (train, validation) ``frames`` with ``args`` (:func:`_training_args`): early
     stopping on validation macro-F1, a sample counter and progress logging."""
-    from transformers import (
+    from transformers import (  # heavy (transformers): imported when used
         DataCollatorWithPadding,
         EarlyStoppingCallback,
         PrinterCallback,
@@ -521,9 +536,7 @@ def _decision_offsets(
     settings: Settings, model: Any, tokenizer: Any, rows: pd.DataFrame, val_df: pd.DataFrame, unseen: list[str]
 ) -> Any:
     """Raise the bias of a class the model never predicts on unseen texts (:func:`pipelines.model.decision.calibrate`)."""
-    import numpy as np
-
-    from pipelines.model.decision import calibrate
+    import numpy as np  # heavy (numpy): imported when used
 
     cfg, labels = settings.train, settings.data.labels
     prior = np.bincount(label_ids(rows, settings), minlength=len(labels)) / max(len(rows), 1)
@@ -577,9 +590,7 @@ def select_rows(settings: Settings, action: str, new: pd.DataFrame, earlier: pd.
     ``retrain``: every trainable (non-hold-out) row so far. ``fine_tune``: the new batch's trainable rows plus a
     seeded sample of ``train.replay_ratio`` earlier rows per new row.
     """
-    import pandas as pd
-
-    from pipelines.data.datasets import split_holdout
+    import pandas as pd  # heavy (pandas): imported when used
 
     _require_columns(new, settings)
     _require_columns(earlier, settings)
@@ -605,9 +616,7 @@ def unlearned_batches(settings: Settings, accepted_uri: str) -> list[str]:
     when it was (its own included). [] without a champion, or when the tag is absent or unreadable (then only the
     run's own batch is new, as before the tag existed).
     """
-    from pipelines.champion import champion_version
-    from pipelines.data.datasets import accepted_uris
-    from pipelines.io.storage import basename
+    from pipelines.champion import champion_version  # pipelines.champion loads mlflow
 
     version = champion_version(settings)
     raw = (getattr(version, "tags", None) or {}).get(ACCEPTED_BATCHES_TAG) if version is not None else None
@@ -628,10 +637,7 @@ def unlearned_batches(settings: Settings, accepted_uri: str) -> list[str]:
 
 def _training_data(ctx: StepContext, action: str, accepted_uri: str) -> dict[str, Any]:
     """Training rows and hold-out rows for ``action`` (a fine-tune's new rows include :func:`unlearned_batches`)."""
-    import pandas as pd
-
-    from pipelines.data.datasets import load_accepted, read_table
-    from pipelines.io.storage import basename
+    import pandas as pd  # heavy (pandas): imported when used
 
     settings = ctx.settings
     catch_up = (
@@ -671,7 +677,7 @@ def _start_model(ctx: StepContext, action: str, scratch: Path) -> tuple[Any, Any
         path = ctx.storage.local_dir(uri, scratch)
         base = uri
     else:
-        from pipelines.champion import get_champion
+        from pipelines.champion import get_champion  # pipelines.champion loads mlflow
 
         champion = get_champion(settings)
         if champion is None:
@@ -686,10 +692,10 @@ def _start_model(ctx: StepContext, action: str, scratch: Path) -> tuple[Any, Any
 
 
 def _plot_history(history: list[dict[str, float]], title: str) -> Any:
-    import matplotlib
+    import matplotlib  # heavy (matplotlib): imported when used
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy (matplotlib): imported when used
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     train = [h for h in history if "loss" in h]
@@ -710,7 +716,7 @@ def _plot_history(history: list[dict[str, float]], title: str) -> Any:
 
 
 def _close(fig: Any) -> None:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy (matplotlib): imported when used
 
     plt.close(fig)
 
@@ -736,9 +742,7 @@ def _params(cfg: TrainSettings, action: str, base: str, data: dict[str, Any]) ->
 
 def _write_eval_set(settings: Settings, data: dict[str, Any], eval_uri: str) -> int:
     """Write the evaluation set (the golden set plus the new hold-out rows, each text once); its row count."""
-    import pandas as pd
-
-    from pipelines.data.datasets import ensure_golden, write_parquet
+    import pandas as pd  # heavy (pandas): imported when used
 
     golden = ensure_golden(settings, data["holdout"])
     eval_df = pd.concat([golden, data["new_holdout"]], ignore_index=True)
@@ -759,10 +763,7 @@ def run(ctx: StepContext) -> dict[str, Any]:
     Raises:
         ValueError: the action is skip or unknown, fine_tune has no champion, or there are no trainable rows.
     """
-    import mlflow
-
-    from pipelines.data.reference import save_reference
-    from pipelines.io.tracking import step_run
+    import mlflow  # heavy (mlflow): imported when used
 
     settings, cfg = ctx.settings, ctx.settings.train
     action = resolve_action(ctx)

@@ -47,6 +47,7 @@ import logging
 import re
 import tempfile
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,7 +90,7 @@ def build_suite(settings: Settings) -> Any:
     Returns:
         A ``great_expectations.ExpectationSuite`` named :data:`SUITE_NAME`.
     """
-    import great_expectations as gx
+    import great_expectations as gx  # heavy (great_expectations): imported when used
 
     v, d = settings.validation, settings.data
     E = gx.expectations
@@ -313,7 +314,7 @@ def _prior_outcome(ctx: StepContext, batch_uri: str, report_uri: str) -> dict[st
 
 def _read_table(data: bytes, uri: str) -> tuple[pd.DataFrame | None, list[str], list[str]]:
     """Parse the raw bytes into (frame or None, failures, notes); an unreadable file gives (None, [reason], [])."""
-    import pandas as pd
+    import pandas as pd  # heavy (pandas): imported when used
 
     name = basename(uri)
     if not data:
@@ -368,9 +369,11 @@ def _run_suite(
     ctx: StepContext, df: pd.DataFrame, docs_dir: Path
 ) -> tuple[list[str], list[list[str]], dict[str, Any], str | None]:
     """Run the suite in an ephemeral GX context; returns (failures, their examples, GX result dict, docs page)."""
-    import great_expectations as gx
-    from great_expectations.core.run_identifier import RunIdentifier
-    from great_expectations.data_context.types.base import ProgressBarsConfig
+    import great_expectations as gx  # heavy (great_expectations): imported when used
+    from great_expectations.core.run_identifier import RunIdentifier  # heavy (great_expectations): imported when used
+    from great_expectations.data_context.types.base import (
+        ProgressBarsConfig,  # heavy (great_expectations): imported when used
+    )
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
@@ -396,8 +399,6 @@ def _run_suite(
     )
     run_time = None
     if ctx.partition:
-        from datetime import datetime
-
         run_time = datetime.fromisoformat(ctx.partition)
     result = checkpoint.run(
         batch_parameters={"dataframe": df}, run_id=RunIdentifier(run_name=_safe(ctx.run_id), run_time=run_time)
