@@ -256,12 +256,10 @@ def quantize(
     Returns:
         ``{"fp32": [...], "weight_only": [...]}``: the nodes kept fp32 and those made weight-only int8.
     """
-    import onnx  # heavy (onnx): imported when used
-    from onnxruntime.quantization import QuantType, quantize_dynamic  # heavy (onnxruntime): imported when used
-    from onnxruntime.quantization.matmul_nbits_quantizer import (  # heavy (onnxruntime): imported when used
-        DefaultWeightOnlyQuantConfig,
-        MatMulNBitsQuantizer,
-    )
+    # heavy (onnx, onnxruntime): imported when used
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     model = onnx.load(str(src))
     nodes, constants = model.graph.node, {init.name for init in model.graph.initializer}

@@ -1,6 +1,6 @@
 """Step ``decide``: map the drift result, the champion's quality drop and the amount of new data to an action.
 
-Policy (thresholds in ``settings.decision``; the severity rule itself lives in ``pipelines.steps.drift``):
+Policy (thresholds in ``settings.decision``; the severity rule itself lives in ``pipelines.detectors``):
 
 0. A batch that validate found identical to an accepted one (``duplicate_of``) is skipped, whatever was asked.
 1. A run parameter ``force_action`` other than ``auto`` wins.
