@@ -249,8 +249,8 @@ class TrainSettings(_Section):
     oversample: float = Field(
         default=0.0, ge=0, le=1, description="Minority classes topped up toward the largest (0 off, 1 balanced)."
     )
-    # A class predicted on fewer than this share of its training frequency on unseen texts (validation + hold-out,
-    # texts only) gets its decision bias raised until it is predicted at its training frequency (pipelines/model/decision.py).
+    # A rare class (training share < 1/k) predicted on fewer than this share of its training frequency on unseen texts
+    # (validation + hold-out, texts only) gets its decision bias raised to its training frequency (model/decision.py).
     # On the first drug-review batch neutral (7 % of the training rows) was predicted for 0-1 % of later reviews, so
     # its recall was 0 on every later batch; see the README's stream section for the effect on the loop.
     decision_floor: float = Field(

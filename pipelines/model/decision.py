@@ -8,7 +8,12 @@ figures; a practitioner moves the decision threshold. The rule here:
 
 - Measure the predicted share of each class on texts the model did not learn from (the validation split and the
   hold-out, **texts only**: no label is read, so the evaluation stays label-blind).
-- A class predicted on fewer than ``train.decision_floor`` x its share of the training labels is *collapsed*.
+- A *rare* class (a training share below 1 / number of classes) predicted on fewer than ``train.decision_floor``
+  x its share of the training labels is *collapsed*. Common classes are never raised: on the public stream the
+  driverless fine-tune under-predicted neutral, 74 % of its training rows (0.25 of unseen texts), and raising it
+  (+3.18) made the model answer neutral to every coachella tweet, 13.2 macro-F1 against 31.2 without the offset.
+  That is matching the training prior, which a shifting label mix punishes; a rare class the model never predicts
+  is the failure this repairs.
   Raise its bias by the smallest amount that makes it predicted on its training share of those texts (a quantile
   of its decision margin), then look again (raising one class takes rows from the others); at most one round per
   class.
@@ -43,7 +48,8 @@ def collapsed_class_offsets(logits: np.ndarray, prior: np.ndarray, floor: float)
     Args:
         logits: (rows, classes) scores on texts the model did not learn from.
         prior: each class's share of the training labels (0 for a class absent from them: never raised).
-        floor: a class predicted on fewer than ``floor * prior`` of the rows is raised; 0 turns the rule off.
+        floor: a rare class (``prior`` below 1 / classes) predicted on fewer than ``floor * prior`` of the rows is
+            raised; 0 turns the rule off.
 
     Returns:
         Offsets to add to the logits (zeros when nothing is collapsed).
@@ -58,7 +64,7 @@ def collapsed_class_offsets(logits: np.ndarray, prior: np.ndarray, floor: float)
         shares = predicted_shares(logits, offsets)
         ratio = np.full(k, np.inf)
         for c in range(k):
-            if prior[c] > 0 and c not in raised:
+            if 0 < prior[c] < 1 / k and c not in raised:
                 ratio[c] = shares[c] / prior[c]
         c = int(ratio.argmin())
         if ratio[c] >= floor:

@@ -37,6 +37,17 @@ def test_nothing_moves_when_every_class_is_predicted_or_the_rule_is_off():
     assert not collapsed_class_offsets(np.zeros((0, 3)), prior, floor=0.5).any()
 
 
+def test_a_common_class_that_is_under_predicted_is_left_alone():
+    """A class with most of the training labels, predicted on a third of the unseen texts: matching the prior there
+    would bet on the next batch having the same label mix, so only rare classes are raised."""
+    rng = np.random.default_rng(4)
+    z = rng.normal(size=(600, 3))
+    z[:, 1] -= 0.6
+    prior = np.array([0.12, 0.74, 0.14])
+    assert predicted_shares(z, np.zeros(3))[1] < 0.5 * prior[1]
+    assert not collapsed_class_offsets(z, prior, floor=0.5).any()
+
+
 def test_a_class_absent_from_the_training_labels_is_never_raised():
     logits = _logits(np.random.default_rng(2))
     assert not collapsed_class_offsets(logits, np.array([0.5, 0.0, 0.5]), floor=0.5).any()
