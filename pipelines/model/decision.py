@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.model.modeling import encoded_batches
+from pipelines.model.modeling import torch_logits
 
 log = logging.getLogger(__name__)
 
@@ -105,17 +105,11 @@ def calibrate(
     if floor <= 0 or not texts:
         return np.zeros(len(prior))
     layer = output_layer(model)
-    device = layer.bias.device
-    model.eval()
-    chunks = []
-    with torch.inference_mode():
-        for enc in encoded_batches(tokenizer, texts, max_length, 32):
-            chunks.append(model(**{k: v.to(device) for k, v in enc.items()}).logits.float().cpu().numpy())
-    logits = np.concatenate(chunks)
+    logits = torch_logits(model, tokenizer, texts, max_length, 32)
     offsets = collapsed_class_offsets(logits, prior, floor)
     if offsets.any():
         with torch.no_grad():
-            layer.bias.add_(torch.as_tensor(offsets, dtype=layer.bias.dtype, device=device))
+            layer.bias.add_(torch.as_tensor(offsets, dtype=layer.bias.dtype, device=layer.bias.device))
         log.info(
             "decision offsets %s on %d unseen texts: predicted shares %s -> %s (training shares %s)",
             np.round(offsets, 3).tolist(),

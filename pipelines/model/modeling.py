@@ -67,13 +67,14 @@ def encoded_batches(
 
 
 def torch_logits(model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int) -> Any:
-    """fp32 PyTorch logits (numpy), batched in input order with per-batch padding."""
+    """fp32 PyTorch logits (numpy), batched in input order with per-batch padding, on the model's device."""
     import numpy as np  # heavy (numpy): imported when used
     import torch  # heavy: seconds to import
 
     model.eval()
+    device = next(model.parameters()).device
     out = []
     with torch.inference_mode():
         for enc in encoded_batches(tokenizer, texts, max_length, batch_size):
-            out.append(model(**enc).logits.float().numpy())
+            out.append(model(**{k: v.to(device) for k, v in enc.items()}).logits.float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.config.num_labels), dtype=np.float32)
