@@ -10,6 +10,7 @@ input.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field, replace
@@ -145,10 +146,16 @@ def spec(step: str) -> StepSpec:
 
 
 def safe_run_id(run_id: str) -> str:
-    """Make an Airflow run id (``manual__2026-01-01T00:00:00+00:00``) safe as a path segment."""
+    """Make an Airflow run id (``manual__2026-01-01T00:00:00+00:00``) safe as a path segment.
+
+    An id that had to be changed gets a short hash of the original, so two ids that clean to the same text
+    (``a:b`` and ``a_b``) never share a run folder.
+    """
     cleaned = _SAFE.sub("_", run_id).strip("_.")
     if not cleaned:
         raise ValueError(f"run_id={run_id!r} has no usable characters; expected letters, digits, '.', '_' or '-'")
+    if cleaned != run_id:
+        cleaned += "-" + hashlib.sha256(run_id.encode()).hexdigest()[:8]
     return cleaned
 
 

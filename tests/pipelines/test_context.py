@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 from registry_doubles import make_registry_settings
@@ -17,13 +18,21 @@ def settings(tmp_path):
 
 
 def test_safe_run_id_airflow_run_id_becomes_one_path_segment():
-    assert safe_run_id("manual__2026-01-01T00:00:00+00:00") == "manual__2026-01-01T00_00_00_00_00"
+    cleaned = safe_run_id("manual__2026-01-01T00:00:00+00:00")
+    assert re.fullmatch(r"manual__2026-01-01T00_00_00_00_00-[0-9a-f]{8}", cleaned)
     assert safe_run_id("cli-run.1") == "cli-run.1"
 
 
 def test_safe_run_id_traversal_stays_inside_the_runs_folder():
-    assert safe_run_id("../../etc/passwd") == "etc_passwd"
-    assert safe_run_id("a/../b") == "a_.._b"
+    for run_id, prefix in (("../../etc/passwd", "etc_passwd-"), ("a/../b", "a_.._b-")):
+        cleaned = safe_run_id(run_id)
+        assert cleaned.startswith(prefix) and "/" not in cleaned
+
+
+def test_safe_run_id_ids_that_clean_alike_get_distinct_folders():
+    ids = ["a:b", "a_b", "a+b", "a/b", "a__b"]
+    assert len({safe_run_id(i) for i in ids}) == len(ids)
+    assert safe_run_id("a_b") == "a_b"  # an id that is already safe is kept as it is
 
 
 @pytest.mark.parametrize("run_id", ["", "///", "..", " :+ "])
@@ -35,7 +44,8 @@ def test_safe_run_id_without_usable_characters_is_refused(run_id):
 def test_context_paths_are_keyed_by_run_and_step(settings, tmp_path):
     ctx = StepContext(step="drift", run_id="scheduled__2026-02-01T00:00:00+00:00", settings=settings)
     runs = f"{tmp_path}/var/runs"
-    assert ctx.run_uri == f"{runs}/scheduled__2026-02-01T00_00_00_00_00"
+    assert ctx.run_uri == f"{runs}/{safe_run_id(ctx.run_id)}"
+    assert ctx.run_uri.startswith(f"{runs}/scheduled__2026-02-01T00_00_00_00_00-")
     assert ctx.step_uri == f"{ctx.run_uri}/drift"
     assert ctx.output("report.html") == f"{ctx.run_uri}/drift/report.html"
 
