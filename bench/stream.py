@@ -23,7 +23,9 @@ any other column gives one batch per value (``--values`` picks and orders them),
 
 The loop has no reviewer here. A challenger that the gates hold for review (inconclusive, below the TF-IDF
 baseline) stays the challenger and counts as not promoted; the run ends at once (the review would happen in the
-``review_challenger`` DAG, which the benchmark does not run), and the next batch's challenger supersedes it.
+``review_challenger`` DAG, which the benchmark does not run), and the next batch's challenger supersedes it. Each
+held challenger is also scored on the next batch beside the champion that stayed (``held_challengers``): what an
+approving reviewer would have changed there; the loop's own figures never count it.
 
     .venv/bin/python bench/stream.py            # the public stream, MiniLM: an hour or more on 2 CPU cores
     .venv/bin/python bench/stream.py --quick    # the synthetic demo stream, a tiny BERT: about a minute
@@ -273,6 +275,7 @@ class Loop:
         self.settings = settings
         self.champions: list[str] = []  # version after each batch ('' for none)
         self.promotions: list[tuple[int, str | None, str]] = []  # (batch, old version, new version)
+        self.held: list[tuple[int, str]] = []  # (batch, version staged for a review nobody gives)
 
     def land(self, name: str, batch: Any) -> str:
         from pipelines.io.storage import get_storage, join
@@ -328,6 +331,7 @@ class Loop:
         )
         if results.get("register", {}).get("held_for_review"):
             step.state = "held"  # staged for a human; nobody reviews in a benchmark
+            self.held.append((t, str(results["register"]["version"])))
         elif evaluation and not evaluation.get("passed"):
             step.state = "rejected"
         elif out.state == "success":
@@ -467,7 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     loop = Loop(settings)
     regressions: list[dict[str, Any]] = []
-    loop_s = run_loop(stream, loop, policies["loop"], regressions, labels) if "loop" in chosen else 0.0
+    held: list[dict[str, Any]] = []
+    loop_s = run_loop(stream, loop, policies["loop"], regressions, labels, held) if "loop" in chosen else 0.0
     wanted = [p for p in chosen if p != "loop"]
     if wanted:  # after the loop, so that a baselines.json written meanwhile by another run can be reused
         fingerprint = _fingerprint(stream, settings)
@@ -480,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
             run_baselines(stream, Baselines(settings, work / "baselines"), policies, wanted, labels)
         _save_baselines(work / "baselines.json", fingerprint, policies, wanted)
     total_s = time.perf_counter() - started
-    return report(stream, chosen, policies, loop, regressions, loop_s, total_s, labels)
+    return report(stream, chosen, policies, loop, regressions, loop_s, total_s, labels, held)
 
 
 def run_baselines(stream: Stream, baselines: Baselines, policies: dict[str, Policy], wanted: list[str], labels) -> None:
@@ -498,8 +503,20 @@ def run_baselines(stream: Stream, baselines: Baselines, policies: dict[str, Poli
         baselines.learn(t, batch.assign(batch_uri=name), policies, wanted)
 
 
-def run_loop(stream: Stream, loop: Loop, policy: Policy, regressions: list[dict[str, Any]], labels) -> float:
-    """The product's DAG over the whole stream; returns the seconds spent in DAG runs."""
+def run_loop(
+    stream: Stream,
+    loop: Loop,
+    policy: Policy,
+    regressions: list[dict[str, Any]],
+    labels,
+    held: list[dict[str, Any]] | None = None,
+) -> float:
+    """The product's DAG over the whole stream; returns the seconds spent in DAG runs.
+
+    ``regressions`` receives each promotion's paired comparison on the next batch; ``held``, each challenger staged
+    for a review (which nobody gives here) scored on the next batch against the champion that stayed: what an
+    approving reviewer would have changed there (the loop's own figures do not count it).
+    """
     loop_s = 0.0
     for t, (name, batch) in enumerate(stream):
         if t > 0:  # score the champion in service on data it has not seen
@@ -510,6 +527,19 @@ def run_loop(stream: Stream, loop: Loop, policy: Policy, regressions: list[dict[
             for when, old, new in loop.promotions:
                 if when == t - 1 and old:
                     regressions.append(_regression(y, pred, loop.predict(old, texts), old, new, labels, name))
+            for when, staged in loop.held:
+                if when == t - 1 and version and held is not None:
+                    staged_pred = loop.predict(staged, texts)
+                    entry = _regression(y, staged_pred, pred, version, staged, labels, name)
+                    entry["f1"] = {
+                        version: policy.scores[-1]["macro_f1"],
+                        staged: score(y, staged_pred, labels)["macro_f1"],
+                    }
+                    held.append(entry)
+                    log(
+                        f"loop, batch {t + 1}/{len(stream)} {name}: held challenger v{staged} (not reviewed) would "
+                        f"have scored {100 * entry['f1'][staged]:.1f}"
+                    )
             shown = f"{100 * policy.scores[-1]['macro_f1']:.1f}" if version else "- (no champion)"
             log(f"loop, batch {t + 1}/{len(stream)} {name}: champion v{version or '-'} next-batch macro-F1 {shown}")
         log(f"loop, batch {t + 1}/{len(stream)} {name}: DAG run")
@@ -586,8 +616,10 @@ def report(
     loop_s: float,
     total_s: float,
     labels: list[str],
+    held: list[dict[str, Any]] | None = None,
 ) -> int:
     """Print the per-batch table and the summary; the last line is the JSON object."""
+    held = held or []
     names = [n for n, _ in stream]
     width = max(len(n) for n in names) + 2
     print()
@@ -618,6 +650,12 @@ def report(
                     f"promotion v{r['old']} -> v{r['new']}, on {r['batch']}: macro-F1 diff {100 * r['diff']:+.1f} "
                     f"points, 95 % CI [{100 * r['ci'][0]:+.1f}, {100 * r['ci'][1]:+.1f}]: {flag}"
                 )
+        for h in held:
+            print(
+                f"held challenger v{h['new']} (staged for a review nobody gave), on {h['batch']}: "
+                f"{100 * h['f1'][h['new']]:.1f} against champion v{h['old']}'s {100 * h['f1'][h['old']]:.1f}, diff "
+                f"{100 * h['diff']:+.1f} points, 95 % CI [{100 * h['ci'][0]:+.1f}, {100 * h['ci'][1]:+.1f}]"
+            )
     passes = {p: policies[p].passes for p in chosen}
     print()
     print("Training compute (sample passes): " + ", ".join(f"{p} {v:.0f}" for p, v in passes.items() if p != "tfidf"))
@@ -640,6 +678,18 @@ def report(
         "sample_passes": {p: round(v) for p, v in passes.items()},
         "loop_actions": [s.action for s in policies["loop"].steps] if "loop" in chosen else [],
         "loop_champion_after": loop.champions,
+        # challengers held for a review: what approving each would have changed on the next batch (not in loop_f1)
+        "held_challengers": [
+            {
+                "batch": h["batch"],
+                "version": h["new"],
+                "champion": h["old"],
+                "f1": round(100 * h["f1"][h["new"]], 2),
+                "champion_f1": round(100 * h["f1"][h["old"]], 2),
+                "diff_ci": [round(100 * c, 1) for c in h["ci"]],
+            }
+            for h in held
+        ],
         "per_batch_f1": {p: [round(100 * s["macro_f1"], 2) if s else None for s in policies[p].scores] for p in chosen},
         "loop_champion_recall": [s["recall"] if s else None for s in policies["loop"].scores]
         if "loop" in chosen

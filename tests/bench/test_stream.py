@@ -87,3 +87,67 @@ def test_stream_quick_runs_the_real_loop_and_prints_the_figures(tmp_path):
     assert 0 < out["loop_compute_share"] <= 1.5
     assert out["sample_passes"]["always_retrain"] > out["sample_passes"]["never"] > 0
     assert "Next-batch macro-F1" in proc.stdout and "The loop, batch by batch" in proc.stdout
+
+
+class _StandInLoop:
+    """The Loop's interface with fixed answers: version 1 promoted on batch 1, version 2 held on batch 2."""
+
+    def __init__(self, answers):
+        self.answers = answers  # version -> label it always answers
+        self.champions: list[str] = []
+        self.promotions: list[tuple[int, str | None, str]] = []
+        self.held: list[tuple[int, str]] = []
+
+    def learn(self, t, name, batch):
+        if t == 0:
+            self.champions.append("1")
+            self.promotions.append((0, None, "1"))
+            return stream.Step(action="retrain", promoted=True, state="ok")
+        if t == 1:
+            self.held.append((1, "2"))
+        self.champions.append("1")
+        return stream.Step(action="fine_tune", state="held" if t == 1 else "ok")
+
+    def predict(self, version, texts):
+        import numpy as np
+
+        return np.array([self.answers[version]] * len(texts))
+
+
+def test_a_held_challenger_is_scored_on_the_next_batch_beside_the_champion_but_not_counted(capsys):
+    import pandas as pd
+
+    labels = ["negative", "positive"]
+    batch = pd.DataFrame({"text": [f"t{i}" for i in range(40)], "label": ["positive"] * 30 + ["negative"] * 10})
+    loop = _StandInLoop({"1": "negative", "2": "positive"})  # the held v2 answers the majority: better on macro-F1
+    policy, regressions, held = stream.Policy("loop"), [], []
+    stream.run_loop([("a", batch), ("b", batch), ("c", batch)], loop, policy, regressions, labels, held)
+
+    assert [h["batch"] for h in held] == ["c"] and held[0]["old"] == "1" and held[0]["new"] == "2"
+    assert held[0]["f1"]["2"] > held[0]["f1"]["1"] and held[0]["diff"] > 0 and held[0]["ci"][0] > 0
+    # the loop is scored with its champion only
+    assert [round(s["macro_f1"], 4) for s in policy.scores] == [round(held[0]["f1"]["1"], 4)] * 2
+    stream.report(
+        [("a", batch), ("b", batch), ("c", batch)],
+        ["loop"],
+        {"loop": policy},
+        loop,
+        regressions,
+        1.0,
+        1.0,
+        labels,
+        held,
+    )
+    out = capsys.readouterr().out
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["held_challengers"] == [
+        {
+            "batch": "c",
+            "version": "2",
+            "champion": "1",
+            "f1": round(100 * held[0]["f1"]["2"], 2),
+            "champion_f1": round(100 * held[0]["f1"]["1"], 2),
+            "diff_ci": [round(100 * c, 1) for c in held[0]["ci"]],
+        }
+    ]
+    assert "held challenger v2 (staged for a review nobody gave), on c" in out
