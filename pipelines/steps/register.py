@@ -160,7 +160,15 @@ def _stage_challenger(client: Any, settings: Settings, version: str) -> list[str
         target = str(max([*waiting, int(version)]))
         if alias_version(client, name, CHALLENGER) == target:
             break
-        client.set_registered_model_alias(name, CHALLENGER, target)
+        try:
+            client.set_registered_model_alias(name, CHALLENGER, target)
+        except MlflowException as exc:  # a concurrent register inserting the alias at once: not an upsert in SQL
+            log.warning(
+                "register: setting %s@%s -> %s raced another register (%s); re-reading", name, CHALLENGER, target, exc
+            )
+    else:
+        if alias_version(client, name, CHALLENGER) != target:
+            raise RuntimeError(f"register: could not set {name}@{CHALLENGER} to version {target} in 3 tries")
     return supersede_older(settings, target, client)
 
 

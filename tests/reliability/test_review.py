@@ -561,3 +561,26 @@ def test_two_runs_staging_at_once_leave_the_challenger_on_the_newer(settings, se
     assert state["challenger"] == v2
     assert state["stages"] == {v1: "Archived", v2: "Staging"}
     assert _tags(settings, v1)["review"] == "superseded"
+
+
+def test_a_register_whose_alias_write_races_another_still_stages_the_challenger(evaluated, monkeypatch):
+    """The SQL store inserts an alias (not an upsert): the racer that loses gets an IntegrityError, re-reads, and
+    finds the alias where it wanted it."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    settings, served = evaluated
+    real_set = MlflowClient.set_registered_model_alias
+    calls = []
+
+    def set_then_collide(self, name, alias, version):
+        calls.append(version)
+        real_set(self, name, alias, version)  # the other register's write lands first ...
+        if len(calls) == 1:
+            raise MlflowException("UNIQUE constraint failed: registered_model_aliases")  # ... and ours collides
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", set_then_collide)
+    result = _register(settings, served, "run-c")
+
+    assert result["version"] == "1" and calls == ["1"]
+    assert registry_state(settings)["challenger"] == "1"
