@@ -68,6 +68,8 @@ SUPERSEDED_BY_TAG = "superseded_by"
 #: Version tags written by register and read by the policy and the review wait: a version that needs a human
 #: review is never promoted by the policy.
 TAG_NEEDS_REVIEW = "eval.needs_review"
+#: "true" when every gate passed (the policy ``auto`` promotes only such a version); written by register.
+TAG_EVAL_PASSED = "eval.passed"
 #: The version's macro-F1 on its evaluation set: the baseline of the drift and monitor steps' quality checks.
 QUALITY_TAG = "eval.macro_f1"
 TAG_REVIEW_REASONS = "eval.review_reasons"
@@ -409,7 +411,7 @@ def is_pending(settings: Settings, mv: Any, champion: str | None) -> bool:
 
 def _auto_evidence(tags: dict[str, str]) -> str:
     """What the policy relied on: the gate tags the register step wrote."""
-    parts = [f"{k}={tags.get(k, '')}" for k in ("eval.passed", TAG_NEEDS_REVIEW, "eval.gates", "eval.report_uri")]
+    parts = [f"{k}={tags.get(k, '')}" for k in (TAG_EVAL_PASSED, TAG_NEEDS_REVIEW, "eval.gates", "eval.report_uri")]
     return "; ".join(parts)[:MAX_TEXT]
 
 
@@ -636,10 +638,10 @@ def promote(
             "MLflow UI before promoting it"
         )
     tags = mv.tags or {}
-    if review == AUTO and (tags.get(TAG_NEEDS_REVIEW) == "true" or tags.get("eval.passed") == "false"):
+    if review == AUTO and (tags.get(TAG_NEEDS_REVIEW) == "true" or tags.get(TAG_EVAL_PASSED) == "false"):
         raise PromotionRefused(
             f"{name} version {v} is not promoted by the auto policy: its gates asked for a human review "
-            f"({TAG_NEEDS_REVIEW}={tags.get(TAG_NEEDS_REVIEW)}, eval.passed={tags.get('eval.passed')})"
+            f"({TAG_NEEDS_REVIEW}={tags.get(TAG_NEEDS_REVIEW)}, {TAG_EVAL_PASSED}={tags.get(TAG_EVAL_PASSED)})"
         )
     if review == APPROVED and (not str(by).strip() or str(by).strip().lower() in {PIPELINE_REVIEWER, "policy:auto"}):
         raise PromotionRefused(f"param by={by!r} cannot approve {name} version {v}: name the person who decides")

@@ -17,6 +17,7 @@ from pipelines.registry import (
     CHALLENGER,
     CHAMPION,
     REJECTED,
+    TAG_EVAL_PASSED,
     TAG_NEEDS_REVIEW,
     alias_version,
     get_version,
@@ -86,7 +87,7 @@ def _auto_decision(
     decided = read_review(s, mv)
     comment = tags.get(s.registry.review_comment_tag)
     held = tags.get(TAG_NEEDS_REVIEW) == "true"  # the gates asked for a human: auto never approves it
-    if decided["state"] is None and policy == AUTO and tags.get("eval.passed") == "true" and not held:
+    if decided["state"] is None and policy == AUTO and tags.get(TAG_EVAL_PASSED) == "true" and not held:
         return _Decision("approve", "policy:auto", d.reason or "promotion policy auto: every gate passed", AUTO)
     if decided["state"] is not None:
         action = "approve" if decided["state"] == APPROVED else "reject"

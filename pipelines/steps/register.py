@@ -55,6 +55,7 @@ from pipelines.registry import (
     CHAMPION,
     MAX_TEXT,
     TAG_BUNDLE_DIGEST,
+    TAG_EVAL_PASSED,
     TAG_NEEDS_REVIEW,
     TAG_REVIEW_REASONS,
     alias_version,
@@ -216,7 +217,7 @@ def _lineage_tags(ctx: StepContext, results: dict[str, dict[str, Any] | None]) -
         "train.base": train.get("base", ""),
         "train.model_uri": train.get("model_uri", ""),
         "train.eval_uri": train.get("eval_uri", ""),
-        "eval.passed": str(bool(evaluate.get("passed"))).lower(),
+        TAG_EVAL_PASSED: str(bool(evaluate.get("passed"))).lower(),
         "eval.report_uri": evaluate.get("report_uri", ""),
         "eval.gates": {
             k: "skipped" if g.get("skipped") else report.gate_outcome(g)
