@@ -18,6 +18,7 @@ a batch and sets a batch aside after ``dag.batch_max_attempts`` runs, so one fai
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -406,7 +407,7 @@ class Storage:
         Local: the files are copied into a temporary sibling (``.tmp-<name>-new-<random>``); then the old folder is
         renamed away, the new one renamed in, and the old one removed. A failure while copying leaves the old folder
         as it was; a crash between the two renames leaves no folder at ``uri`` and the old one beside it as
-        ``.tmp-<name>-old-<random>``, never a folder that mixes both.
+        ``.tmp-<name>-old-<random>``, never a folder that mixes both (the next successful call removes it).
 
         S3 has no rename. The files are uploaded under a temporary sibling prefix (``.tmp-<name>-<random>/``), copied
         server-side under ``uri`` and checked by size; only then is every key under ``uri`` that the new folder does
@@ -468,6 +469,9 @@ class Storage:
             raise
         if had_old:
             shutil.rmtree(old, ignore_errors=True)
+        # an earlier call that crashed between its two renames left the old folder beside: this one replaced it
+        for stale in dst.parent.glob(f"{_TMP}{glob.escape(dst.name)}-old-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         return uri
 
     def _replace_s3(self, src: Path, files: list[str], uri: str) -> str:

@@ -133,6 +133,16 @@ def test_replace_dir_removes_stale_files(store, tmp_path):
         assert sorted(p.name for p in (tmp_path / "root" / "run" / "train").iterdir()) == ["model"]
 
 
+def test_replace_dir_removes_an_old_folder_left_by_a_crash_between_the_renames(tmp_path):
+    st, root = Storage(), str(tmp_path / "root")
+    parent = tmp_path / "root" / "run" / "train"
+    crashed = _folder(parent / ".tmp-model-old-0123456789ab", {"a.txt": "0"})  # no model/: the crash's state
+    other = _folder(parent / ".tmp-model2-old-0123456789ab", {"a.txt": "x"})  # another folder's: not ours
+    st.replace_dir(_folder(tmp_path / "v1", {"a.txt": "1"}), str(parent / "model"), root=root)
+    assert _tree(st, str(parent / "model")) == {"a.txt": "1"}
+    assert not crashed.exists() and other.exists()
+
+
 def test_replace_dir_creates_a_missing_folder(store, tmp_path):
     st, root = store
     dst = join(root, "new", "served")
