@@ -509,7 +509,7 @@ def run_loop(
     policy: Policy,
     regressions: list[dict[str, Any]],
     labels,
-    held: list[dict[str, Any]] | None = None,
+    held: list[dict[str, Any]],
 ) -> float:
     """The product's DAG over the whole stream; returns the seconds spent in DAG runs.
 
@@ -528,17 +528,14 @@ def run_loop(
                 if when == t - 1 and old:
                     regressions.append(_regression(y, pred, loop.predict(old, texts), old, new, labels, name))
             for when, staged in loop.held:
-                if when == t - 1 and version and held is not None:
+                if when == t - 1 and version:
                     staged_pred = loop.predict(staged, texts)
                     entry = _regression(y, staged_pred, pred, version, staged, labels, name)
-                    entry["f1"] = {
-                        version: policy.scores[-1]["macro_f1"],
-                        staged: score(y, staged_pred, labels)["macro_f1"],
-                    }
+                    entry.update(new_f1=score(y, staged_pred, labels)["macro_f1"], old_f1=policy.scores[-1]["macro_f1"])
                     held.append(entry)
                     log(
                         f"loop, batch {t + 1}/{len(stream)} {name}: held challenger v{staged} (not reviewed) would "
-                        f"have scored {100 * entry['f1'][staged]:.1f}"
+                        f"have scored {100 * entry['new_f1']:.1f}"
                     )
             shown = f"{100 * policy.scores[-1]['macro_f1']:.1f}" if version else "- (no champion)"
             log(f"loop, batch {t + 1}/{len(stream)} {name}: champion v{version or '-'} next-batch macro-F1 {shown}")
@@ -616,10 +613,9 @@ def report(
     loop_s: float,
     total_s: float,
     labels: list[str],
-    held: list[dict[str, Any]] | None = None,
+    held: list[dict[str, Any]],
 ) -> int:
     """Print the per-batch table and the summary; the last line is the JSON object."""
-    held = held or []
     names = [n for n, _ in stream]
     width = max(len(n) for n in names) + 2
     print()
@@ -653,7 +649,7 @@ def report(
         for h in held:
             print(
                 f"held challenger v{h['new']} (staged for a review nobody gave), on {h['batch']}: "
-                f"{100 * h['f1'][h['new']]:.1f} against champion v{h['old']}'s {100 * h['f1'][h['old']]:.1f}, diff "
+                f"{100 * h['new_f1']:.1f} against champion v{h['old']}'s {100 * h['old_f1']:.1f}, diff "
                 f"{100 * h['diff']:+.1f} points, 95 % CI [{100 * h['ci'][0]:+.1f}, {100 * h['ci'][1]:+.1f}]"
             )
     passes = {p: policies[p].passes for p in chosen}
@@ -684,8 +680,8 @@ def report(
                 "batch": h["batch"],
                 "version": h["new"],
                 "champion": h["old"],
-                "f1": round(100 * h["f1"][h["new"]], 2),
-                "champion_f1": round(100 * h["f1"][h["old"]], 2),
+                "f1": round(100 * h["new_f1"], 2),
+                "champion_f1": round(100 * h["old_f1"], 2),
                 "diff_ci": [round(100 * c, 1) for c in h["ci"]],
             }
             for h in held

@@ -609,7 +609,6 @@ def _check_s3(uri: str) -> None:
 
 def _check_store_uri(value: str) -> str:
     """An MLflow tracking or registry URI with a scheme MLflow knows, a host for http(s), a file for sqlite."""
-
     uri = value.strip()
     if not uri:
         raise ValueError("must not be empty; e.g. sqlite:///var/mlflow.db or http://mlflow:5000")
@@ -655,7 +654,6 @@ def _setting_keys() -> dict[str, Any]:
 
 
 def _closest(key: str, candidates: list[str]) -> str:
-
     match = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
     return f"; did you mean {match[0]!r}?" if match else ""
 
@@ -821,7 +819,6 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
     Unset (None) values are left out; the container then uses the same defaults.
     """
-
     env: dict[str, str] = {}
     for section, values in settings.model_dump().items():
         for key, value in values.items():

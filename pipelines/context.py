@@ -241,5 +241,4 @@ class StepContext:
             raise ValueError(f"step {self.step!r} reads input {name!r} without declaring it in pipelines.context.SPECS")
 
     def with_step(self, step: str) -> StepContext:
-
         return replace(self, step=step)

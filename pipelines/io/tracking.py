@@ -70,7 +70,6 @@ def rebase_moved_store(settings: Settings, db: Path) -> int:
     (``file://`` and bare forms), once per process. A store on S3 or behind a server, and a setting that points at
     an unrelated folder, are left alone.
     """
-
     location = settings.mlflow.artifact_location or settings.uri("mlruns")
     if location.startswith(("s3://", "mlflow-artifacts:")) or not db.is_file():
         return 0
@@ -183,7 +182,6 @@ def step_run(ctx: StepContext) -> Iterator[Any]:
 def extend_parent_run(ctx: StepContext) -> None:
     """Stretch the parent run's end time to now, so that it spans every nested run (and the register step) in the
     MLflow UI's duration column; the parent is created finished at its first use, and each step moves its end."""
-
     client = configure(ctx.settings)
     exp = client.get_experiment_by_name(ctx.settings.mlflow.experiment_name)
     if exp is None:

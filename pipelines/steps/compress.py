@@ -443,7 +443,6 @@ def sample_texts(ctx: StepContext) -> tuple[list[str], dict[str, int]]:
     Held-out texts first (the evaluation set, else accepted hold-out rows), up to ``compress.parity_sample_rows``;
     when they are fewer, accepted training rows top the sample up (``compress.agreement_train_rows``).
     """
-
     settings = ctx.settings
     cfg, text, seed = settings.compress, settings.data.text_column, settings.train.seed
     eval_uri = ctx.get("eval_uri")
@@ -578,7 +577,6 @@ def _slug(level: str) -> str:
 
 def load(ctx: StepContext, scratch: Path) -> Job:
     """Download the trained model and the drift reference, draw the sample and its fp32 PyTorch labels."""
-
     settings, cfg = ctx.settings, ctx.settings.compress
     model_uri = ctx.require("model_uri")
     texts, counts = sample_texts(ctx)
@@ -855,7 +853,6 @@ def choose_level(job: Job) -> tuple[Attempt, list[Attempt]]:
 # --- distillation ----------------------------------------------------------------------------------
 def _eval_frame(ctx: StepContext) -> Any:
     """The labelled evaluation set (the train step's ``eval.parquet``), or None when there is none."""
-
     settings = ctx.settings
     eval_uri = ctx.get("eval_uri")
     if not eval_uri or not ctx.storage.exists(eval_uri):
@@ -1191,7 +1188,6 @@ def run(ctx: StepContext) -> dict[str, Any]:
         ModelRejected: the fp32 ONNX graph does not reproduce PyTorch, or no configured level agrees.
         ValueError: an input is missing or the model's labels differ from the settings.
     """
-
     served_uri = ctx.output("served")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mlops-compress-") as tmp, step_run(ctx):

@@ -204,7 +204,6 @@ def _latency(model: Any, texts: list[str], settings: Settings) -> dict[str, Any]
 
 # --- gates: one function each ------------------------------------------------------------------------------------
 def _bootstrap(y: np.ndarray, a: np.ndarray, b: np.ndarray, labels: list[str], g: GateSettings) -> BootstrapResult:
-
     return paired_bootstrap(y, a, b, labels, samples=g.bootstrap_samples, alpha=g.alpha, seed=g.seed)
 
 
@@ -328,7 +327,6 @@ def gate_baseline(p: Predictions, labels: list[str], g: GateSettings) -> Gate:
 def gate_non_inferiority(p: Predictions, labels: list[str], g: GateSettings) -> Gate:
     """Non-inferiority against the champion (:func:`pipelines.stats.non_inferiority`): pass, fail, or review when
     the interval straddles the margin (the evaluation set is too small to tell). Skipped with no champion."""
-
     threshold, comparator = -g.noninferiority_margin or 0.0, "CI low ≥"
     if p.champion is None:
         note = "no champion (bootstrap): nothing to compare against"
@@ -372,7 +370,6 @@ def gate_slices(eval_df: pd.DataFrame, p: Predictions, settings: Settings) -> Ga
     ``-slice_tolerance`` (a regression on that slice beyond doubt), ``review`` when only the point estimate does
     (a human looks at it; the slice is too small to tell), else ``pass``.
     """
-
     g, column = settings.gates, settings.data.slice_column
     name, threshold, comparator = "slices", -g.slice_tolerance, "Δ ≥"
     base = {"min_slice_size": g.min_slice_size, "n": p.n}
@@ -501,7 +498,6 @@ def run(ctx: StepContext) -> dict[str, Any]:
         FileNotFoundError: the served folder or its bundle is missing.
         CorruptArtifact: the candidate's or the champion's bundle does not load.
     """
-
     s = ctx.settings
     labels = list(s.data.labels)
     ctx.require("served_uri")  # fail on a missing input before reading anything
@@ -598,7 +594,6 @@ def _predict_all(ctx: StepContext, served_dir: Path, eval_df: pd.DataFrame, work
 # --- metrics -------------------------------------------------------------------------------------------------
 def _metrics(p: Predictions, labels: list[str]) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Scores of the candidate, champion, TF-IDF baseline and majority class, and the candidate's calibration."""
-
     y, cand, champ, baseline = p.y, p.candidate, p.champion, p.baseline
     per_class = _per_class(y, cand, labels)
     champ_per_class = _per_class(y, champ, labels) if champ is not None else None
@@ -664,7 +659,6 @@ def _figures(
     folder: Path, p: Predictions, metrics: dict[str, Any], calib: dict[str, Any] | None, settings: Settings
 ) -> dict[str, Path]:
     """Confusion matrices, per-class bars, reliability diagram and the comparison with champion and baselines."""
-
     labels, y, per_class = list(settings.data.labels), p.y, metrics["per_class"]
     folder.mkdir()
     cm_champ = _confusion(y, p.champion, labels) if p.champion is not None else None

@@ -401,7 +401,6 @@ def _confidence(ref_conf: np.ndarray, conf: np.ndarray, p_threshold: float) -> d
 
 def join_labels(settings: Settings, ok: pd.DataFrame) -> dict[str, Any]:
     """Realised macro-F1 of the captured rows whose labels landed since (accepted batches matched by id or text)."""
-
     import pandas as pd  # heavy (pandas): imported when used
 
     text_col, label_col = settings.data.text_column, settings.data.label_column
@@ -432,7 +431,6 @@ def join_labels(settings: Settings, ok: pd.DataFrame) -> dict[str, Any]:
 
 def rate(tests: dict[str, Any], estimate: dict[str, Any], system: dict[str, Any], settings: Settings):
     """ok / warn / act and the reasons (see the module doc)."""
-
     mon = settings.monitoring
     act: list[str] = []
     warn: list[str] = []

@@ -252,7 +252,6 @@ class _CountingCollator:
 
 def epochs_for(rows: int, settings: Settings, action: str) -> float:
     """Epochs for ``rows`` training rows: about ``target_sample_passes`` rows seen, within [min_epochs, cap]."""
-
     cfg = settings.train
     if action == "fine_tune":
         target, cap, floor = (
@@ -667,7 +666,6 @@ def _training_data(ctx: StepContext, action: str, accepted_uri: str) -> dict[str
 
 def _start_model(ctx: StepContext, action: str, scratch: Path) -> tuple[Any, Any, str]:
     """The model to train, its tokenizer, and a description of where it came from."""
-
     settings = ctx.settings
     if action == "retrain":
         model, tokenizer = load_base(settings)

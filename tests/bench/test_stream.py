@@ -124,9 +124,9 @@ def test_a_held_challenger_is_scored_on_the_next_batch_beside_the_champion_but_n
     stream.run_loop([("a", batch), ("b", batch), ("c", batch)], loop, policy, regressions, labels, held)
 
     assert [h["batch"] for h in held] == ["c"] and held[0]["old"] == "1" and held[0]["new"] == "2"
-    assert held[0]["f1"]["2"] > held[0]["f1"]["1"] and held[0]["diff"] > 0 and held[0]["ci"][0] > 0
+    assert held[0]["new_f1"] > held[0]["old_f1"] and held[0]["diff"] > 0 and held[0]["ci"][0] > 0
     # the loop is scored with its champion only
-    assert [round(s["macro_f1"], 4) for s in policy.scores] == [round(held[0]["f1"]["1"], 4)] * 2
+    assert [round(s["macro_f1"], 4) for s in policy.scores] == [round(held[0]["old_f1"], 4)] * 2
     stream.report(
         [("a", batch), ("b", batch), ("c", batch)],
         ["loop"],
@@ -145,8 +145,8 @@ def test_a_held_challenger_is_scored_on_the_next_batch_beside_the_champion_but_n
             "batch": "c",
             "version": "2",
             "champion": "1",
-            "f1": round(100 * held[0]["f1"]["2"], 2),
-            "champion_f1": round(100 * held[0]["f1"]["1"], 2),
+            "f1": round(100 * held[0]["new_f1"], 2),
+            "champion_f1": round(100 * held[0]["old_f1"], 2),
             "diff_ci": [round(100 * c, 1) for c in held[0]["ci"]],
         }
     ]
