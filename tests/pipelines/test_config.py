@@ -77,10 +77,11 @@ def test_config_with_overrides_validates():
 
 def test_config_import_is_cheap_and_airflow_free():
     # DAG files import pipelines.config at parse time. What must hold: no heavy module comes with it. Its own cost
-    # (the typed sections, with pydantic and yaml already loaded) is bounded loosely: the machine is shared and noisy.
+    # (the typed sections, with pydantic and yaml already loaded) is bounded in CPU time, which other processes on a
+    # busy machine do not inflate the way they do wall time.
     code = (
-        "import sys, time; import pydantic, yaml; t=time.perf_counter(); import pipelines.config; "
-        "d=time.perf_counter()-t; "
+        "import sys, time; import pydantic, yaml; t=time.process_time(); import pipelines.config; "
+        "d=time.process_time()-t; "
         "heavy=[m for m in ('torch','transformers','mlflow','great_expectations','alibi_detect','airflow','pandas')"
         " if m in sys.modules]; print(d, ','.join(heavy))"
     )
@@ -88,7 +89,7 @@ def test_config_import_is_cheap_and_airflow_free():
     runs += [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()]
     assert all(len(out) == 1 for out in runs), f"heavy modules imported by pipelines.config: {runs[0][1:]}"
     best = min(float(out[0]) for out in runs)
-    assert best < 0.5, f"import pipelines.config took {best:.3f}s on top of pydantic and yaml"
+    assert best < 0.5, f"import pipelines.config took {best:.3f}s of CPU on top of pydantic and yaml"
 
 
 def test_pipelines_has_no_airflow_import():
