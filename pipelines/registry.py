@@ -15,7 +15,9 @@ table in the registered model's description. Each entry: ``action`` (promote | r
 ``version``, ``from``, ``to``, ``when`` (UTC), ``by`` (a person, a DAG or a policy), ``why``, ``request`` and
 ``state`` (requested | done | abandoned). The entry is written with ``state=requested`` *before* the alias moves
 and marked ``done`` after, keyed by its request id (default: the pipeline run id): a retry of the same request
-finds it, finishes an interrupted move, and never moves twice. The audit timestamp and the time a challenger is
+finds it, finishes an interrupted move, and never moves twice. An entry is merged into the trail as stored at the
+time of writing and read back (:func:`_store_entry`), so a mover with an older copy does not drop another's entry.
+The audit timestamp and the time a challenger is
 superseded are the only places where this module reads the clock: they record when a side effect happened, and
 are not an input to any decision.
 
@@ -312,14 +314,51 @@ def _done_before(entries: list[dict[str, Any]], action: str, request: str | None
     return next((e for e in reversed(entries) if e.get("request") == request and e["action"] == action), None)
 
 
+def _entry_key(entry: dict[str, Any]) -> tuple[Any, ...]:
+    return (entry.get("request"), entry["action"], str(entry["version"]), entry["when"])
+
+
+def _stored_audit(client: Any, name: str) -> list[dict[str, Any]]:
+    raw = (client.get_registered_model(name).tags or {}).get(AUDIT_TAG)
+    return json.loads(raw) if raw else []
+
+
+def _store_entry(client: Any, settings: Settings, entries: list[dict[str, Any]], entry: dict[str, Any]) -> None:
+    """Write ``entry`` (new, or with a new state) into the stored trail, then make ``entries`` that trail.
+
+    MLflow has no compare-and-set for tags, and ``entries`` was read earlier: writing it back whole would drop an
+    entry that another mover (a manual promote beside the DAG's) stored in between. So the entry is merged into the
+    trail as stored now, and the trail is read back: when another write replaced it meanwhile, the merge is done
+    again. This narrows the window to one read and one write; it does not make two movers atomic.
+
+    Raises:
+        RuntimeError: the entry was overwritten by other writes three times in a row.
+    """
+    name, key = settings.registry.model_name, _entry_key(entry)
+    for _ in range(3):
+        stored = _stored_audit(client, name)
+        keys = [_entry_key(e) for e in stored]
+        if key in keys:
+            stored[keys.index(key)] = entry
+        else:
+            stored.append(entry)
+        _write_audit(client, settings, stored)
+        if any(_entry_key(e) == key and _state(e) == _state(entry) for e in _stored_audit(client, name)):
+            entries[:] = stored
+            return
+    raise RuntimeError(
+        f"the audit trail of {name!r} was rewritten by other writers three times while recording "
+        f"{entry['action']} of version {entry['version']} (request {entry.get('request')!r}); retry the request"
+    )
+
+
 def _append(client: Any, settings: Settings, entries: list[dict[str, Any]], entry: dict[str, Any]) -> None:
-    entries.append(entry)
-    _write_audit(client, settings, entries)
+    _store_entry(client, settings, entries, entry)
 
 
 def _mark(client: Any, settings: Settings, entries: list[dict[str, Any]], entry: dict[str, Any], state: str) -> None:
     entry["state"] = state
-    _write_audit(client, settings, entries)
+    _store_entry(client, settings, entries, entry)
 
 
 # --- the promotion policy and the review -------------------------------------------------------------------------

@@ -252,3 +252,64 @@ def test_champion_cache_is_private_and_outside_the_shared_temp_folder(settings, 
     assert (champion.model_dir / "MLmodel").is_file()
     assert not [p for p in champion.model_dir.parent.iterdir() if p.name.startswith(".")]  # no partial download left
     assert get_champion(settings).model_dir == champion.model_dir  # cached: the same folder, not downloaded again
+
+
+def test_a_mover_with_a_stale_trail_keeps_the_entries_written_since_it_read(settings, served, monkeypatch):
+    # MLflow has no compare-and-set on tags: a mover that read the trail before another mover wrote used to write its
+    # stale copy back whole, dropping the other's entry (last writer wins). Here a rejection reads the trail as it
+    # was before v2's promotion was recorded.
+    import pipelines.registry as registry
+
+    v1, v2, v3 = (add_version(settings, served) for _ in range(3))
+    promote(settings, v1, by="alice", reason="first", request="a")
+    stale = read_audit(settings)
+    promote(settings, v2, by="dag", reason="gates passed", request="b")
+    monkeypatch.setattr(registry, "read_audit", lambda s: [dict(e) for e in stale])
+
+    reject(settings, v3, by="bob", reason="worse on slices", request="c")
+
+    monkeypatch.undo()
+    trail = read_audit(settings)
+    assert [(e["request"], e["action"], e["version"], e["state"]) for e in trail] == [
+        ("a", "promote", v1, "done"),
+        ("b", "promote", v2, "done"),
+        ("c", "reject", v3, "done"),
+    ]
+    assert registry_state(settings)["champion"] == v2
+
+
+def test_an_entry_overwritten_right_after_its_write_is_merged_again(settings, served):
+    # Another mover's write lands between this write and its read-back: the entry is missing, so it is merged in
+    # again on top of the other's trail; three losses in a row raise instead of reporting a move as recorded.
+    import json
+
+    import pipelines.registry as registry
+
+    v1 = add_version(settings, served)
+    promote(settings, v1, by="alice", reason="first", request="a")
+    real = configure(settings)
+    theirs = {"action": "refuse", "version": v1, "when": "2026-01-01T00:00:00+00:00", "request": "x", "state": "done"}
+
+    class Racing:
+        def __init__(self, losses, drop):
+            self.losses, self.drop = losses, drop
+
+        def __getattr__(self, attr):
+            return getattr(real, attr)
+
+        def set_registered_model_tag(self, name, key, value):
+            real.set_registered_model_tag(name, key, value)
+            if key == AUDIT_TAG and self.losses:
+                self.losses -= 1
+                other = [e for e in json.loads(value) if e.get("request") != self.drop] + [theirs]
+                real.set_registered_model_tag(name, key, json.dumps(other))
+
+    entries = read_audit(settings)
+    mine = {"action": "reject", "version": v1, "when": "2026-01-02T00:00:00+00:00", "request": "c", "state": "done"}
+    registry._append(Racing(losses=1, drop="c"), settings, entries, mine)
+    assert [e["request"] for e in read_audit(settings)] == ["a", "x", "c"]
+    assert [e["request"] for e in entries] == ["a", "x", "c"]
+
+    late = {**mine, "request": "d"}
+    with pytest.raises(RuntimeError, match=r"rewritten by other writers three times while recording reject"):
+        registry._append(Racing(losses=3, drop="d"), settings, entries, late)
