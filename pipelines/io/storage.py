@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,6 +46,7 @@ _CHUNK = 8 * 1024 * 1024
 BATCH_SUFFIXES = (".csv", ".parquet")
 _MAX_REF_CHARS = 1024
 _TMP = ".tmp-"
+_STALE_COPY_S = 24 * 3600  # a replace_dir copy no file of which changed for this long was abandoned
 
 
 def is_s3(uri: str) -> bool:
@@ -136,6 +138,15 @@ def _copy_matches(entry: Path, record: Path, uri: str, objects: dict[str, list[A
         return saved.get("uri") == uri and saved.get("objects") == objects and saved.get("files") == _file_hashes(entry)
     except (OSError, ValueError):
         return False
+
+
+def _untouched_for(folder: Path, seconds: float) -> bool:
+    """No entry in ``folder`` (nor the folder) was modified in the last ``seconds``."""
+    try:
+        newest = max([folder.lstat().st_mtime] + [p.lstat().st_mtime for p in folder.rglob("*")])
+    except OSError:  # removed meanwhile
+        return False
+    return time.time() - newest > seconds
 
 
 class Storage:
@@ -407,7 +418,8 @@ class Storage:
         Local: the files are copied into a temporary sibling (``.tmp-<name>-new-<random>``); then the old folder is
         renamed away, the new one renamed in, and the old one removed. A failure while copying leaves the old folder
         as it was; a crash between the two renames leaves no folder at ``uri`` and the old one beside it as
-        ``.tmp-<name>-old-<random>``, never a folder that mixes both (the next successful call removes it).
+        ``.tmp-<name>-old-<random>``, never a folder that mixes both (the next successful call removes it). A copy
+        killed mid-way stays as ``.tmp-<name>-new-<random>`` until a successful call finds it untouched for a day.
 
         S3 has no rename. The files are uploaded under a temporary sibling prefix (``.tmp-<name>-<random>/``), copied
         server-side under ``uri`` and checked by size; only then is every key under ``uri`` that the new folder does
@@ -472,6 +484,10 @@ class Storage:
         # an earlier call that crashed between its two renames left the old folder beside: this one replaced it
         for stale in dst.parent.glob(f"{_TMP}{glob.escape(dst.name)}-old-*"):
             shutil.rmtree(stale, ignore_errors=True)
+        # a copy killed mid-way: untouched for a day, so no attempt is still writing it
+        for partial in dst.parent.glob(f"{_TMP}{glob.escape(dst.name)}-new-*"):
+            if _untouched_for(partial, _STALE_COPY_S):
+                shutil.rmtree(partial, ignore_errors=True)
         return uri
 
     def _replace_s3(self, src: Path, files: list[str], uri: str) -> str:

@@ -1,5 +1,8 @@
 """The same storage suite against a local folder and a real S3 endpoint on loopback."""
 
+import os
+import time
+
 import pytest
 
 from pipelines.io.storage import Storage, join
@@ -303,3 +306,16 @@ def test_list_skips_temporary_folders(store, tmp_path):
     st.write_text(join(root, "f", "a.txt"), "a")
     st.write_text(join(root, "f", ".tmp-model-new-123", "b.txt"), "b")
     assert st.list(join(root, "f")) == [join(root, "f", "a.txt")]
+
+
+def test_replace_dir_removes_a_killed_copy_only_once_it_is_a_day_old(tmp_path):
+    st, root = Storage(), str(tmp_path / "root")
+    parent = tmp_path / "root" / "run" / "train"
+    killed = _folder(parent / ".tmp-model-new-0123456789ab", {"a.txt": "half", "sub/b.txt": "half"})
+    in_flight = _folder(parent / ".tmp-model-new-ba9876543210", {"a.txt": "copying"})  # another attempt's, live
+    two_days = time.time() - 2 * 24 * 3600
+    for p in [killed, *killed.rglob("*")]:
+        os.utime(p, (two_days, two_days))
+    st.replace_dir(_folder(tmp_path / "v1", {"a.txt": "1"}), str(parent / "model"), root=root)
+    assert _tree(st, str(parent / "model")) == {"a.txt": "1"}
+    assert not killed.exists() and in_flight.exists()
