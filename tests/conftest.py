@@ -266,6 +266,17 @@ def mlflow_server(tmp_path_factory):
         proc.wait(timeout=20)
 
 
+def pytest_configure(config):
+    """SIGTERM (a CI timeout, ``kill``) ends the session like Ctrl-C, so fixture teardowns still stop the servers
+    they started (moto, ``mlflow server``, the UI tests' Airflow stack) instead of leaving them running."""
+    import signal
+
+    def _interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 def pytest_sessionfinish(session, exitstatus):
     """Name any thread a test left running that would keep the interpreter from exiting (CI once hung on one)."""
     import threading
