@@ -151,3 +151,12 @@ def test_a_held_challenger_is_scored_on_the_next_batch_beside_the_champion_but_n
         }
     ]
     assert "held challenger v2 (staged for a review nobody gave), on c" in out
+
+
+def test_baseline_fingerprint_ignores_comments_docstrings_and_layout_of_the_training_code(tmp_path):
+    code = '"""Module doc."""\n\n\ndef f(x):\n    """Doc."""\n    return x + 1  # add one\n'
+    (tmp_path / "a.py").write_text(code)
+    (tmp_path / "b.py").write_text("def f(x):\n\n    return x + 1\n")
+    (tmp_path / "c.py").write_text(code.replace("x + 1", "x + 2"))
+    a, b, c = (stream._code(tmp_path / n) for n in ("a.py", "b.py", "c.py"))
+    assert a == b and a != c
