@@ -17,9 +17,8 @@ table in the registered model's description. Each entry: ``action`` (promote | r
 and marked ``done`` after, keyed by its request id (default: the pipeline run id): a retry of the same request
 finds it, finishes an interrupted move, and never moves twice. An entry is merged into the trail as stored at the
 time of writing and read back (:func:`_store_entry`), so a mover with an older copy does not drop another's entry.
-The audit timestamp and the time a challenger is
-superseded are the only places where this module reads the clock: they record when a side effect happened, and
-are not an input to any decision.
+The audit timestamp and the time a challenger is superseded are the only places where this module reads the clock:
+they record when a side effect happened, and are not an input to any decision.
 
 Review (version tags): a reviewer sets ``review`` = ``approved`` | ``rejected`` and names themselves in
 ``review_by`` (``registry.require_reviewer``: an approval without a reviewer does not count). The pipeline never
