@@ -351,10 +351,6 @@ def _store_entry(client: Any, settings: Settings, entries: list[dict[str, Any]],
     )
 
 
-def _append(client: Any, settings: Settings, entries: list[dict[str, Any]], entry: dict[str, Any]) -> None:
-    _store_entry(client, settings, entries, entry)
-
-
 def _mark(client: Any, settings: Settings, entries: list[dict[str, Any]], entry: dict[str, Any], state: str) -> None:
     entry["state"] = state
     _store_entry(client, settings, entries, entry)
@@ -518,7 +514,7 @@ def _request_move(
         "evidence": version_url(settings, version),
         "state": "requested",
     }
-    _append(client, settings, entries, entry)  # recorded before the alias moves
+    _store_entry(client, settings, entries, entry)  # recorded before the alias moves
     return entry
 
 
@@ -736,7 +732,7 @@ def reject(
             "evidence": version_url(settings, v),
             "state": "requested",
         }
-        _append(client, settings, entries, entry)  # recorded before the version is archived
+        _store_entry(client, settings, entries, entry)  # recorded before the version is archived
     tags = mv.tags or {}
     if read_review(settings, mv)["state"] != REJECTED:
         client.set_model_version_tag(name, v, reg.review_tag, REJECTED)
@@ -834,7 +830,7 @@ def refuse(settings: Settings, version: str, champion: str | None, request: str,
             "request": request,
             "state": "done",
         }
-        _append(client, settings, entries, entry)
+        _store_entry(client, settings, entries, entry)
     log.error("promote: %s", why)
     raise PromotionRefused(why)
 

@@ -306,10 +306,10 @@ def test_an_entry_overwritten_right_after_its_write_is_merged_again(settings, se
 
     entries = read_audit(settings)
     mine = {"action": "reject", "version": v1, "when": "2026-01-02T00:00:00+00:00", "request": "c", "state": "done"}
-    registry._append(Racing(losses=1, drop="c"), settings, entries, mine)
+    registry._store_entry(Racing(losses=1, drop="c"), settings, entries, mine)
     assert [e["request"] for e in read_audit(settings)] == ["a", "x", "c"]
     assert [e["request"] for e in entries] == ["a", "x", "c"]
 
     late = {**mine, "request": "d"}
     with pytest.raises(RuntimeError, match=r"rewritten by other writers three times while recording reject"):
-        registry._append(Racing(losses=3, drop="d"), settings, entries, late)
+        registry._store_entry(Racing(losses=3, drop="d"), settings, entries, late)
