@@ -7,6 +7,7 @@ imports Airflow: Airflow reads ``AIRFLOW_HOME`` when it is first imported.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -107,8 +108,25 @@ def run_dag(dag_id: str, conf: dict[str, Any] | None = None) -> DagRunOutcome:
     from airflow.sdk import timezone
 
     dag = load_dag(dag_id)
+    from mlops_airflow.operators import TERMINATED  # the plugins folder is on sys.path once Airflow is loaded
+
+    # dag.test() runs each task under Airflow's SIGTERM handler, which calls the task's on_kill() and returns, and
+    # leaves it installed: after a run, SIGTERM would no longer stop this process. Restore ours, and deliver again
+    # a SIGTERM that a step took (RunStepOperator.on_kill stopped it).
+    previous = signal.getsignal(signal.SIGTERM)
+    TERMINATED.clear()
     started = time.perf_counter()
-    dr = dag.test(run_conf=conf or {}, logical_date=timezone.utcnow())
+    try:
+        dr = dag.test(run_conf=conf or {}, logical_date=timezone.utcnow())
+    except Exception:
+        if not TERMINATED.is_set():  # on_kill raises wherever the signal lands, also between two tasks
+            raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    if TERMINATED.is_set():
+        signal.raise_signal(signal.SIGTERM)
+        raise RuntimeError(f"DAG run of {dag_id!r} stopped by SIGTERM")  # when our handler returns (SIG_IGN)
     wall = time.perf_counter() - started
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session

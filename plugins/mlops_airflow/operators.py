@@ -16,6 +16,7 @@ turns into a failure, never a skip.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
 K8S_XCOM_FILE = "/airflow/xcom/return.json"
 #: The CLI's exit code for a failure a retry cannot help (pipelines.errors.EXIT_PERMANENT).
 PERMANENT_EXIT_CODES = [2]
+#: Set when SIGTERM reached a step running in this process (``on_kill``); ``scripts/dag_runner.run_dag`` delivers the
+#: signal again once ``dag.test()`` returns, so the process still stops.
+TERMINATED = threading.Event()
 
 
 def step_inputs(step: str) -> dict[str, str]:
@@ -188,8 +192,20 @@ class RunStepOperator(BaseOperator):
         raise ValueError(f"runtime.mode={settings.runtime.mode!r} has no container operator")
 
     def on_kill(self) -> None:
+        """Airflow calls this on SIGTERM (a worker's shutdown, a killed task): stop the step's container, or the step
+        running in this process. The latter fails at once, its cleanups running (temporary folders, the MLflow run
+        ended as failed), instead of running on unnoticed: Airflow's handler only calls this and returns.
+
+        Raises:
+            AirflowFailException: the in-process step was stopped (not retried: the process is going away).
+        """
         if self._container_op is not None:
             self._container_op.on_kill()
+            return
+        from airflow.sdk.exceptions import AirflowFailException
+
+        TERMINATED.set()
+        raise AirflowFailException(f"task {self.task_id!r}: step {self.step!r} stopped by SIGTERM")
 
 
 def _push_links(context: Context, ui_url: str = "", result: dict[str, Any] | None = None) -> None:

@@ -225,9 +225,13 @@ def test_no_decision_within_the_timeout_fails_the_review_and_keeps_the_champion(
 
 
 def test_a_continuous_training_run_with_nothing_to_do_ends_in_seconds(env):
+    import signal
+
     from scripts.dag_runner import run_dag
 
+    handler = signal.getsignal(signal.SIGTERM)
     out = run_dag("continuous_training", {})
+    assert signal.getsignal(signal.SIGTERM) is handler  # dag.test() leaves Airflow's in place; run_dag restores it
     assert out.state == "success", out.task_states
     assert out.task_states["pick_batch"] == "skipped"
     assert set(out.task_states.values()) == {"skipped"}

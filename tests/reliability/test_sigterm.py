@@ -1,0 +1,81 @@
+"""SIGTERM still stops the process that runs DAGs in line (``make run``, the stream bench, the tests).
+
+``dag.test()`` runs each task under Airflow's own SIGTERM handler, which only calls the task's ``on_kill()`` and
+returns, and leaves it installed after the run (checked against the real DAG in tests/dags/test_review_dag.py).
+"""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+
+class Stopped(BaseException):
+    pass
+
+
+def _stop(signum, frame):
+    raise Stopped(signum)
+
+
+def test_an_in_process_step_fails_at_once_on_sigterm_and_says_why():
+    from airflow.sdk.exceptions import AirflowFailException
+    from mlops_airflow.operators import TERMINATED, RunStepOperator
+
+    op = RunStepOperator(task_id="train", step="train")
+    TERMINATED.clear()
+    try:
+        with pytest.raises(AirflowFailException, match="'train' stopped by SIGTERM"):
+            op.on_kill()
+        assert TERMINATED.is_set()
+    finally:
+        TERMINATED.clear()
+
+
+def test_a_step_that_took_sigterm_stops_the_runner_with_the_callers_handler(monkeypatch):
+    """A step stopped by SIGTERM (here between two tasks, where on_kill raises out of dag.test itself): the caller's
+    handler is back in place and receives the signal, so the process stops instead of starting the next run."""
+    from mlops_airflow.operators import TERMINATED
+
+    from scripts import dag_runner
+
+    def airflow_handler(signum, frame):  # what dag.test() leaves behind
+        pass
+
+    class FakeDag:
+        def test(self, **kwargs):
+            signal.signal(signal.SIGTERM, airflow_handler)
+            TERMINATED.set()
+            raise RuntimeError("raised by on_kill")
+
+    monkeypatch.setattr(dag_runner, "load_dag", lambda dag_id: FakeDag())
+    before = signal.signal(signal.SIGTERM, _stop)
+    try:
+        with pytest.raises(Stopped):
+            dag_runner.run_dag("continuous_training")
+        assert signal.getsignal(signal.SIGTERM) is _stop
+    finally:
+        signal.signal(signal.SIGTERM, before)
+        TERMINATED.clear()
+
+
+def test_an_unrelated_dag_failure_is_not_taken_for_a_sigterm(monkeypatch):
+    from mlops_airflow.operators import TERMINATED
+
+    from scripts import dag_runner
+
+    class FakeDag:
+        def test(self, **kwargs):
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            raise ValueError("a bug")
+
+    monkeypatch.setattr(dag_runner, "load_dag", lambda dag_id: FakeDag())
+    before = signal.signal(signal.SIGTERM, _stop)
+    try:
+        with pytest.raises(ValueError, match="a bug"):
+            dag_runner.run_dag("continuous_training")
+        assert signal.getsignal(signal.SIGTERM) is _stop
+        assert not TERMINATED.is_set()
+    finally:
+        signal.signal(signal.SIGTERM, before)
