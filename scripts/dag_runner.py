@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,25 +109,40 @@ def run_dag(dag_id: str, conf: dict[str, Any] | None = None) -> DagRunOutcome:
     from airflow.sdk import timezone
 
     dag = load_dag(dag_id)
+    from airflow.sdk.exceptions import AirflowFailException
+
     from mlops_airflow.operators import TERMINATED  # the plugins folder is on sys.path once Airflow is loaded
 
-    # dag.test() runs each task under Airflow's SIGTERM handler, which calls the task's on_kill() and returns, and
-    # leaves it installed: after a run, SIGTERM would no longer stop this process. Restore ours, and deliver again
-    # a SIGTERM that a step took (RunStepOperator.on_kill stopped it).
-    previous = signal.getsignal(signal.SIGTERM)
+    # Under dag.test() a signal would not stop this process: each task runs under Airflow's SIGTERM handler, which
+    # only calls the task's on_kill() and stays installed after the run, and the task runner catches a Ctrl-C's
+    # KeyboardInterrupt and retries the task. So SIGTERM (through RunStepOperator.on_kill) and SIGINT (here) fail
+    # the running step without a retry, the run ends, the caller's handlers are put back, and the signal is
+    # delivered again.
+    interrupted = threading.Event()
+
+    def _on_sigint(signum: int, frame: Any) -> None:
+        interrupted.set()
+        raise AirflowFailException(f"DAG run of {dag_id!r} stopped by Ctrl-C (SIGINT)")
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     TERMINATED.clear()
+    if previous[signal.SIGINT] is not signal.SIG_IGN:  # a background job ignores SIGINT: leave it so
+        signal.signal(signal.SIGINT, _on_sigint)
     started = time.perf_counter()
     try:
         dr = dag.test(run_conf=conf or {}, logical_date=timezone.utcnow())
     except Exception:
-        if not TERMINATED.is_set():  # on_kill raises wherever the signal lands, also between two tasks
+        if not (TERMINATED.is_set() or interrupted.is_set()):  # the stop raises wherever it lands, e.g. between tasks
             raise
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+    if interrupted.is_set():
+        raise KeyboardInterrupt(f"DAG run of {dag_id!r} stopped by Ctrl-C")
     if TERMINATED.is_set():
         signal.raise_signal(signal.SIGTERM)
-        raise RuntimeError(f"DAG run of {dag_id!r} stopped by SIGTERM")  # when our handler returns (SIG_IGN)
+        raise RuntimeError(f"DAG run of {dag_id!r} stopped by SIGTERM")  # when the caller's handler returns
     wall = time.perf_counter() - started
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session

@@ -1,7 +1,8 @@
-"""SIGTERM still stops the process that runs DAGs in line (``make run``, the stream bench, the tests).
+"""SIGTERM and Ctrl-C still stop the process that runs DAGs in line (``make run``, the stream bench, the tests).
 
 ``dag.test()`` runs each task under Airflow's own SIGTERM handler, which only calls the task's ``on_kill()`` and
-returns, and leaves it installed after the run (checked against the real DAG in tests/dags/test_review_dag.py).
+returns, and leaves it installed after the run (checked against the real DAG in tests/dags/test_review_dag.py);
+its task runner catches a Ctrl-C's KeyboardInterrupt and retries the task.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ def _stop(signum, frame):
 
 def test_an_in_process_step_fails_at_once_on_sigterm_and_says_why():
     from airflow.sdk.exceptions import AirflowFailException
+
     from mlops_airflow.operators import TERMINATED, RunStepOperator
 
     op = RunStepOperator(task_id="train", step="train")
@@ -37,7 +39,6 @@ def test_a_step_that_took_sigterm_stops_the_runner_with_the_callers_handler(monk
     """A step stopped by SIGTERM (here between two tasks, where on_kill raises out of dag.test itself): the caller's
     handler is back in place and receives the signal, so the process stops instead of starting the next run."""
     from mlops_airflow.operators import TERMINATED
-
     from scripts import dag_runner
 
     def airflow_handler(signum, frame):  # what dag.test() leaves behind
@@ -62,7 +63,6 @@ def test_a_step_that_took_sigterm_stops_the_runner_with_the_callers_handler(monk
 
 def test_an_unrelated_dag_failure_is_not_taken_for_a_sigterm(monkeypatch):
     from mlops_airflow.operators import TERMINATED
-
     from scripts import dag_runner
 
     class FakeDag:
@@ -79,3 +79,26 @@ def test_an_unrelated_dag_failure_is_not_taken_for_a_sigterm(monkeypatch):
         assert not TERMINATED.is_set()
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def test_ctrl_c_fails_the_running_step_without_a_retry_and_then_interrupts_the_caller(monkeypatch):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from scripts import dag_runner
+
+    seen = []
+
+    class FakeDag:
+        def test(self, **kwargs):
+            try:  # a task: the runner catches what the step raised and records the task's failure
+                signal.raise_signal(signal.SIGINT)
+            except BaseException as exc:
+                seen.append(exc)
+            return object()
+
+    monkeypatch.setattr(dag_runner, "load_dag", lambda dag_id: FakeDag())
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt, match="stopped by Ctrl-C"):
+        dag_runner.run_dag("continuous_training")
+    assert len(seen) == 1 and isinstance(seen[0], AirflowFailException)  # AirflowFailException: never retried
+    assert signal.getsignal(signal.SIGINT) is before
