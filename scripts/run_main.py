@@ -129,4 +129,8 @@ def _rel(path: Path) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as exc:  # Ctrl-C: run_dag ended the run (its step failed, nothing half-written)
+        print(f"\nstopped: {exc or 'Ctrl-C'}; the runs so far are in the Airflow and MLflow stores", file=sys.stderr)
+        sys.exit(130)
