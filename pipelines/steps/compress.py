@@ -20,9 +20,9 @@ Pruning without retraining costs accuracy, so the requested pruning share is bac
 quartered, then dropped) until the pruned PyTorch model agrees with the original on at least half-way between
 ``min_agreement`` and 1; what was applied is reported.
 
-Agreement is measured on ``compress.parity_sample_rows`` texts: the held-out evaluation set, topped up with
-accepted training rows when it is smaller (``compress.agreement_train_rows``); the summary gives the count and a
-Wilson 95 % interval, and a sample under 200 texts is logged as a warning.
+Agreement is measured on up to ``compress.parity_sample_rows`` texts the model did not learn from (the held-out
+evaluation set; training rows overstate it, see ``compress.agreement_train_rows``); the summary gives the count and
+a Wilson 95 % interval, and a sample under 200 texts is logged as a warning.
 
 The served artifact is an MLflow pyfunc model folder (``<step_uri>/served``) whose ``artifacts/bundle`` holds
 the layout documented in :mod:`pipelines.champion`; :class:`pipelines.serving.OnnxTextClassifier` serves it.
@@ -440,8 +440,8 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
 def sample_texts(ctx: StepContext) -> tuple[list[str], dict[str, int]]:
     """The seeded sample for the parity and agreement checks, and how many texts came from where.
 
-    Held-out texts first (the evaluation set, else accepted hold-out rows), up to ``compress.parity_sample_rows``;
-    when they are fewer, accepted training rows top the sample up (``compress.agreement_train_rows``).
+    Held-out texts (the evaluation set, else accepted hold-out rows), up to ``compress.parity_sample_rows``; when
+    they are fewer and ``compress.agreement_train_rows`` is on (off by default), accepted training rows top it up.
     """
     settings = ctx.settings
     cfg, text, seed = settings.compress, settings.data.text_column, settings.train.seed

@@ -305,7 +305,7 @@ def test_wilson_interval():
     assert wilson_interval(10, 10)[1] == 1.0 and wilson_interval(0, 0) == (0.0, 1.0)
 
 
-def test_agreement_sample_is_topped_up_with_training_rows(trained, tmp_path, caplog):
+def test_agreement_sample_holds_unseen_texts_only_unless_training_rows_are_asked_for(trained, tmp_path, caplog):
     import logging
 
     import pandas as pd
@@ -314,17 +314,18 @@ def test_agreement_sample_is_topped_up_with_training_rows(trained, tmp_path, cap
 
     settings, train = trained
     few = tmp_path / "eval_small.parquet"
-    pd.read_parquet(train["eval_uri"]).head(20).to_parquet(few)
+    held_out = pd.read_parquet(train["eval_uri"]).head(20)
+    held_out.to_parquet(few)
     ctx = StepContext(step="compress", run_id="run-11", settings=settings, inputs={"eval_uri": str(few)})
     with caplog.at_level(logging.WARNING, logger="pipelines.steps.compress"):
         texts, counts = sample_texts(ctx)
-    assert counts == {"held_out": 20, "train": 44} and len(texts) == 64
-    assert "agreement measured on only 64 texts (20 held-out, 44 training rows)" in caplog.text
+    assert counts == {"held_out": 20, "train": 0} and sorted(texts) == sorted(held_out["text"].astype(str))
+    assert "agreement measured on only 20 texts (20 held-out, 0 training rows)" in caplog.text
 
-    alone = settings.with_overrides({"compress.agreement_train_rows": False})
-    ctx = StepContext(step="compress", run_id="run-11", settings=alone, inputs={"eval_uri": str(few)})
+    topped = settings.with_overrides({"compress.agreement_train_rows": True})
+    ctx = StepContext(step="compress", run_id="run-11", settings=topped, inputs={"eval_uri": str(few)})
     texts, counts = sample_texts(ctx)
-    assert counts == {"held_out": 20, "train": 0} and len(texts) == 20
+    assert counts == {"held_out": 20, "train": 44} and len(texts) == 64
 
 
 def test_compress_without_held_out_texts_says_where_to_get_them(trained, tmp_path):
