@@ -21,8 +21,8 @@ quartered, then dropped) until the pruned PyTorch model agrees with the original
 ``min_agreement`` and 1; what was applied is reported.
 
 Agreement is measured on up to ``compress.parity_sample_rows`` texts the model did not learn from (the held-out
-evaluation set; training rows overstate it, see ``compress.agreement_train_rows``); the summary gives the count and
-a Wilson 95 % interval, and a sample under 200 texts is logged as a warning.
+evaluation set, then captured request texts; training rows overstate it, see ``compress.agreement_train_rows``);
+the summary gives the counts and a Wilson 95 % interval, and a sample under 200 texts is logged as a warning.
 
 The served artifact is an MLflow pyfunc model folder (``<step_uri>/served``) whose ``artifacts/bundle`` holds
 the layout documented in :mod:`pipelines.champion`; :class:`pipelines.serving.OnnxTextClassifier` serves it.
@@ -441,7 +441,8 @@ def sample_texts(ctx: StepContext) -> tuple[list[str], dict[str, int]]:
     """The seeded sample for the parity and agreement checks, and how many texts came from where.
 
     Held-out texts (the evaluation set, else accepted hold-out rows), up to ``compress.parity_sample_rows``; when
-    they are fewer and ``compress.agreement_train_rows`` is on (off by default), accepted training rows top it up.
+    they are fewer, texts of served requests captured by the champion (``captures/``, none that is a training row),
+    newest first; then, only with ``compress.agreement_train_rows`` (off by default), accepted training rows.
     """
     settings = ctx.settings
     cfg, text, seed = settings.compress, settings.data.text_column, settings.train.seed
@@ -460,22 +461,31 @@ def sample_texts(ctx: StepContext) -> tuple[list[str], dict[str, int]]:
         )
     n = min(cfg.parity_sample_rows, len(held_out))
     texts = held_out.sample(n=n, random_state=seed)[text].astype(str).tolist()
-    counts = {"held_out": len(texts), "train": 0}
-    missing = cfg.parity_sample_rows - len(texts)
-    if missing > 0 and cfg.agreement_train_rows:
+    counts = {"held_out": len(texts), "captured": 0, "train": 0}
+    trainable = None
+    if len(texts) < cfg.parity_sample_rows:
+        # Served requests are the traffic the compressed model will see; those not in a training row are unseen.
+        from pipelines.model.distill import captured_texts
+
         trainable = (accepted or split_holdout(load_accepted(settings), settings))[0]
-        if text in trainable.columns:
-            pool = trainable[text].dropna().astype(str).drop_duplicates()
-            pool = pool[~pool.isin(set(texts))]
-            extra = pool.sample(n=min(missing, len(pool)), random_state=seed).tolist()
-            texts += extra
-            counts["train"] = len(extra)
+        seen = set(trainable[text].dropna().astype(str)) if text in trainable.columns else set()
+        extra = captured_texts(settings, cfg.parity_sample_rows - len(texts), seen | set(texts))
+        texts += extra
+        counts["captured"] = len(extra)
+    missing = cfg.parity_sample_rows - len(texts)
+    if missing > 0 and cfg.agreement_train_rows and trainable is not None and text in trainable.columns:
+        pool = trainable[text].dropna().astype(str).drop_duplicates()
+        pool = pool[~pool.isin(set(texts))]
+        extra = pool.sample(n=min(missing, len(pool)), random_state=seed).tolist()
+        texts += extra
+        counts["train"] = len(extra)
     if len(texts) < _FEW_AGREEMENT_ROWS:
         log.warning(
-            "compress: agreement measured on only %d texts (%d held-out, %d training rows); under %d its 95 %% "
-            "interval is too wide to tell 0.95 from 0.90",
+            "compress: agreement measured on only %d texts (%d held-out, %d captured requests, %d training rows); "
+            "under %d its 95 %% interval is too wide to tell 0.95 from 0.90",
             len(texts),
             counts["held_out"],
+            counts["captured"],
             counts["train"],
             _FEW_AGREEMENT_ROWS,
         )

@@ -319,13 +319,42 @@ def test_agreement_sample_holds_unseen_texts_only_unless_training_rows_are_asked
     ctx = StepContext(step="compress", run_id="run-11", settings=settings, inputs={"eval_uri": str(few)})
     with caplog.at_level(logging.WARNING, logger="pipelines.steps.compress"):
         texts, counts = sample_texts(ctx)
-    assert counts == {"held_out": 20, "train": 0} and sorted(texts) == sorted(held_out["text"].astype(str))
-    assert "agreement measured on only 20 texts (20 held-out, 0 training rows)" in caplog.text
+    assert counts == {"held_out": 20, "captured": 0, "train": 0} and sorted(texts) == sorted(held_out["text"])
+    assert "agreement measured on only 20 texts (20 held-out, 0 captured requests, 0 training rows)" in caplog.text
 
     topped = settings.with_overrides({"compress.agreement_train_rows": True})
     ctx = StepContext(step="compress", run_id="run-11", settings=topped, inputs={"eval_uri": str(few)})
     texts, counts = sample_texts(ctx)
-    assert counts == {"held_out": 20, "train": 44} and len(texts) == 64
+    assert counts == {"held_out": 20, "captured": 0, "train": 44} and len(texts) == 64
+
+
+def test_agreement_sample_takes_captured_requests_that_are_not_training_rows(trained, tmp_path):
+    from datetime import UTC, datetime
+
+    import pandas as pd
+
+    from pipelines.data.datasets import capture_root, load_accepted, split_holdout
+    from pipelines.io.storage import get_storage, join
+    from pipelines.serving import capture_file_name
+    from pipelines.steps.compress import sample_texts
+
+    settings, train = trained
+    few = tmp_path / "eval_small.parquet"
+    pd.read_parquet(train["eval_uri"]).head(20).to_parquet(few)
+    trained_on = split_holdout(load_accepted(settings), settings)[0]["text"].astype(str).iloc[0]
+    rows = [{"request_id": "r1", "row": i, "status": "ok", "text": f"served request number {i}"} for i in range(7)]
+    rows += [{"request_id": "r2", "row": 0, "status": "ok", "text": trained_on}]  # seen in training: not unseen
+    rows += [{"request_id": "r3", "row": 0, "status": "error", "text": "a failed request"}]
+    name = capture_file_name(datetime(2026, 1, 2, tzinfo=UTC), "w", 1)
+    storage, root = get_storage(settings), capture_root(settings)
+    storage.write_text(join(root, name), "".join(json.dumps(r) + "\n" for r in rows))
+    try:
+        ctx = StepContext(step="compress", run_id="run-12", settings=settings, inputs={"eval_uri": str(few)})
+        texts, counts = sample_texts(ctx)
+    finally:
+        storage.delete(join(root, name))
+    assert counts == {"held_out": 20, "captured": 7, "train": 0}
+    assert {f"served request number {i}" for i in range(7)} <= set(texts) and trained_on not in texts[20:]
 
 
 def test_compress_without_held_out_texts_says_where_to_get_them(trained, tmp_path):
