@@ -272,13 +272,7 @@ class TrainSettings(_Section):
 
 
 class CompressSettings(_Section):
-    # Pruning without retraining is off by default: it moves the low-margin predictions that drifted traffic is full
-    # of. On the stream bench the first drug model's pruned level (4 of 72 attention heads, then int8) agreed with fp32
-    # on 0.967 of its 92 held-out reviews, then on 0.955, 0.894 and 0.930 of the next three batches, where int8
-    # alone agreed on 0.98-0.99 of every batch's held-out texts; it saved 0.2 of 23.3 MB. bench/compress.py found no
-    # head-pruning share that kept agreement on MiniLM without retraining. "heads" or "magnitude" turn the
-    # prune+int8 level on (it is tried first, with its own back-off).
-    prune: Literal["none", "heads", "magnitude"] = "none"
+    prune: Literal["none", "heads", "magnitude"] = "heads"
     prune_heads_share: float = Field(default=0.25, ge=0, lt=1)
     magnitude_sparsity: float = Field(default=0.3, ge=0, lt=1)
     quantize: bool = True

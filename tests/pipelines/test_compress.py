@@ -16,11 +16,8 @@ def trained(tmp_path_factory, tiny_model_dir, demo_frames):
 
     Decision offsets off: the tiny BERT leaves a class unpredicted on the demo batch, and raising it puts many rows
     on a near-tie that pruning flips, so prune+int8 would miss the agreement floor. These tests are about the levels;
-    the offsets have their own (tests/pipelines/test_decision.py). Head pruning on (off by default): every level is
-    tried here."""
-    settings = tiny_settings(
-        tmp_path_factory.mktemp("compress"), tiny_model_dir, train__decision_floor=0, compress__prune="heads"
-    )
+    the offsets have their own (tests/pipelines/test_decision.py)."""
+    settings = tiny_settings(tmp_path_factory.mktemp("compress"), tiny_model_dir, train__decision_floor=0)
     uri = settings.uri(settings.paths.accepted, "batch_000.parquet")
     write_parquet(demo_frames["batch_000_reference"], uri, settings)
     ctx = StepContext(
