@@ -97,8 +97,12 @@ def test_ctrl_c_fails_the_running_step_without_a_retry_and_then_interrupts_the_c
             return object()
 
     monkeypatch.setattr(dag_runner, "load_dag", lambda dag_id: FakeDag())
-    before = signal.getsignal(signal.SIGINT)
-    with pytest.raises(KeyboardInterrupt, match="stopped by Ctrl-C"):
-        dag_runner.run_dag("continuous_training")
-    assert len(seen) == 1 and isinstance(seen[0], AirflowFailException)  # AirflowFailException: never retried
-    assert signal.getsignal(signal.SIGINT) is before
+    # Python's own Ctrl-C handler, as in a terminal (a background job, e.g. `make test &`, ignores SIGINT).
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt, match="stopped by Ctrl-C"):
+            dag_runner.run_dag("continuous_training")
+        assert len(seen) == 1 and isinstance(seen[0], AirflowFailException)  # AirflowFailException: never retried
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
