@@ -111,7 +111,7 @@ def run_dag(dag_id: str, conf: dict[str, Any] | None = None) -> DagRunOutcome:
     dag = load_dag(dag_id)
     from airflow.sdk.exceptions import AirflowFailException
 
-    from mlops_airflow.operators import TERMINATED  # the plugins folder is on sys.path once Airflow is loaded
+    from mlops_airflow.operators import IN_LINE, TERMINATED  # the plugins folder is on sys.path once Airflow is loaded
 
     # Under dag.test() a signal would not stop this process: each task runs under Airflow's SIGTERM handler, which
     # only calls the task's on_kill() and stays installed after the run, and the task runner catches a Ctrl-C's
@@ -126,6 +126,7 @@ def run_dag(dag_id: str, conf: dict[str, Any] | None = None) -> DagRunOutcome:
 
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     TERMINATED.clear()
+    IN_LINE.set()
     if previous[signal.SIGINT] is not signal.SIG_IGN:  # a background job ignores SIGINT: leave it so
         signal.signal(signal.SIGINT, _on_sigint)
     started = time.perf_counter()
@@ -135,6 +136,7 @@ def run_dag(dag_id: str, conf: dict[str, Any] | None = None) -> DagRunOutcome:
         if not (TERMINATED.is_set() or interrupted.is_set()):  # the stop raises wherever it lands, e.g. between tasks
             raise
     finally:
+        IN_LINE.clear()
         for sig, handler in previous.items():
             if handler is not None:
                 signal.signal(sig, handler)

@@ -38,6 +38,9 @@ PERMANENT_EXIT_CODES = [2]
 #: Set when SIGTERM reached a step running in this process (``on_kill``); ``scripts/dag_runner.run_dag`` delivers the
 #: signal again once ``dag.test()`` returns, so the process still stops.
 TERMINATED = threading.Event()
+#: Set by ``run_dag`` while it runs a DAG in this process: a step stopped then is not retried (the process is going
+#: away). Under a worker, a stopped step is retried as configured (a worker's shutdown says nothing about the step).
+IN_LINE = threading.Event()
 
 
 def step_inputs(step: str) -> dict[str, str]:
@@ -197,15 +200,17 @@ class RunStepOperator(BaseOperator):
         ended as failed), instead of running on unnoticed: Airflow's handler only calls this and returns.
 
         Raises:
-            AirflowFailException: the in-process step was stopped (not retried: the process is going away).
+            AirflowFailException: the step was stopped in an in-line run (``IN_LINE``): not retried.
+            AirflowException: the step was stopped under a worker: retried as configured.
         """
         if self._container_op is not None:
             self._container_op.on_kill()
             return
-        from airflow.sdk.exceptions import AirflowFailException
+        from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
         TERMINATED.set()
-        raise AirflowFailException(f"task {self.task_id!r}: step {self.step!r} stopped by SIGTERM")
+        message = f"task {self.task_id!r}: step {self.step!r} stopped by SIGTERM"
+        raise (AirflowFailException if IN_LINE.is_set() else AirflowException)(message)
 
 
 def _push_links(context: Context, ui_url: str = "", result: dict[str, Any] | None = None) -> None:

@@ -21,31 +21,39 @@ def _stop(signum, frame):
 
 
 def test_an_in_process_step_fails_at_once_on_sigterm_and_says_why():
-    from airflow.sdk.exceptions import AirflowFailException
+    """In an in-line run (make run) the step is not retried; under a worker it may be (its shutdown is no bug)."""
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-    from mlops_airflow.operators import TERMINATED, RunStepOperator
+    from mlops_airflow.operators import IN_LINE, TERMINATED, RunStepOperator
 
     op = RunStepOperator(task_id="train", step="train")
     TERMINATED.clear()
     try:
+        with pytest.raises(AirflowException, match="'train' stopped by SIGTERM") as raised:
+            op.on_kill()
+        assert TERMINATED.is_set() and not isinstance(raised.value, AirflowFailException)
+        IN_LINE.set()
         with pytest.raises(AirflowFailException, match="'train' stopped by SIGTERM"):
             op.on_kill()
-        assert TERMINATED.is_set()
     finally:
         TERMINATED.clear()
+        IN_LINE.clear()
 
 
 def test_a_step_that_took_sigterm_stops_the_runner_with_the_callers_handler(monkeypatch):
     """A step stopped by SIGTERM (here between two tasks, where on_kill raises out of dag.test itself): the caller's
     handler is back in place and receives the signal, so the process stops instead of starting the next run."""
-    from mlops_airflow.operators import TERMINATED
+    from mlops_airflow.operators import IN_LINE, TERMINATED
     from scripts import dag_runner
 
     def airflow_handler(signum, frame):  # what dag.test() leaves behind
         pass
 
+    in_line = []
+
     class FakeDag:
         def test(self, **kwargs):
+            in_line.append(IN_LINE.is_set())  # on_kill then stops the step without a retry
             signal.signal(signal.SIGTERM, airflow_handler)
             TERMINATED.set()
             raise RuntimeError("raised by on_kill")
@@ -56,6 +64,7 @@ def test_a_step_that_took_sigterm_stops_the_runner_with_the_callers_handler(monk
         with pytest.raises(Stopped):
             dag_runner.run_dag("continuous_training")
         assert signal.getsignal(signal.SIGTERM) is _stop
+        assert in_line == [True] and not IN_LINE.is_set()
     finally:
         signal.signal(signal.SIGTERM, before)
         TERMINATED.clear()
