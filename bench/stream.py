@@ -608,8 +608,8 @@ def _cached_baselines(path: Path | None, fingerprint: str, wanted: list[str]) ->
     }
 
 
-#: Resamples of the paired bootstrap that calls a promotion a regression: as many as the gates' default, because the
-#: verdict hangs on the interval's upper end, which 1,000 resamples moved by about a point from seed to seed on ~200 rows.
+#: Resamples of the paired bootstrap that calls a promotion a regression: as many as the gates' default. The verdict
+#: hangs on an end of the interval, and 1,000 resamples moved the lower end of a 228-row one by 1.2 points by seed.
 REGRESSION_BOOTSTRAP_SAMPLES = 10_000
 
 

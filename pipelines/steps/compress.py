@@ -462,19 +462,25 @@ def sample_texts(ctx: StepContext) -> tuple[list[str], dict[str, int]]:
     n = min(cfg.parity_sample_rows, len(held_out))
     texts = held_out.sample(n=n, random_state=seed)[text].astype(str).tolist()
     counts = {"held_out": len(texts), "captured": 0, "train": 0}
-    trainable = None
-    if len(texts) < cfg.parity_sample_rows:
-        # Served requests are the traffic the compressed model will see; those not in a training row are unseen.
-        from pipelines.model.distill import captured_texts
-
-        trainable = (accepted or split_holdout(load_accepted(settings), settings))[0]
-        seen = set(trainable[text].dropna().astype(str)) if text in trainable.columns else set()
-        extra = captured_texts(settings, cfg.parity_sample_rows - len(texts), seen | set(texts))
-        texts += extra
-        counts["captured"] = len(extra)
     missing = cfg.parity_sample_rows - len(texts)
-    if missing > 0 and cfg.agreement_train_rows and trainable is not None and text in trainable.columns:
-        pool = trainable[text].dropna().astype(str).drop_duplicates()
+    # Served requests are the traffic the compressed model will see. The training rows are read only when there are
+    # captured texts to check against them (a request since labelled and trained on is not unseen) or to top up with.
+    from pipelines.model.distill import captured_texts
+
+    captured = captured_texts(settings, missing, set(texts)) if missing > 0 else []
+    trained_on = None
+    if captured or (missing > 0 and cfg.agreement_train_rows):
+        trainable = (accepted or split_holdout(load_accepted(settings), settings))[0]
+        if text in trainable.columns:
+            trained_on = trainable[text].dropna().astype(str)
+    if captured:
+        seen = set(trained_on) if trained_on is not None else set()
+        captured = [t for t in captured if t not in seen]
+        texts += captured
+        counts["captured"] = len(captured)
+    missing = cfg.parity_sample_rows - len(texts)
+    if missing > 0 and cfg.agreement_train_rows and trained_on is not None:
+        pool = trained_on.drop_duplicates()
         pool = pool[~pool.isin(set(texts))]
         extra = pool.sample(n=min(missing, len(pool)), random_state=seed).tolist()
         texts += extra

@@ -305,11 +305,14 @@ def test_wilson_interval():
     assert wilson_interval(10, 10)[1] == 1.0 and wilson_interval(0, 0) == (0.0, 1.0)
 
 
-def test_agreement_sample_holds_unseen_texts_only_unless_training_rows_are_asked_for(trained, tmp_path, caplog):
+def test_agreement_sample_holds_unseen_texts_only_unless_training_rows_are_asked_for(
+    trained, tmp_path, caplog, monkeypatch
+):
     import logging
 
     import pandas as pd
 
+    from pipelines.steps import compress
     from pipelines.steps.compress import sample_texts
 
     settings, train = trained
@@ -317,7 +320,8 @@ def test_agreement_sample_holds_unseen_texts_only_unless_training_rows_are_asked
     held_out = pd.read_parquet(train["eval_uri"]).head(20)
     held_out.to_parquet(few)
     ctx = StepContext(step="compress", run_id="run-11", settings=settings, inputs={"eval_uri": str(few)})
-    with caplog.at_level(logging.WARNING, logger="pipelines.steps.compress"):
+    with monkeypatch.context() as m, caplog.at_level(logging.WARNING, logger="pipelines.steps.compress"):
+        m.setattr(compress, "load_accepted", lambda s: pytest.fail("training rows read with no capture to check"))
         texts, counts = sample_texts(ctx)
     assert counts == {"held_out": 20, "captured": 0, "train": 0} and sorted(texts) == sorted(held_out["text"])
     assert "agreement measured on only 20 texts (20 held-out, 0 captured requests, 0 training rows)" in caplog.text
