@@ -526,10 +526,15 @@ def _training_lines(m: dict[str, Any]) -> list[str]:
     """The training cost, and the decision offsets when a class the model never predicted was raised."""
     lines = []
     if m.get("sample_passes") is not None:
+        kept = (
+            f"last of {_f(m.get('epochs_run'), 0)} epochs kept ({_f(m.get('val_rows'), 0)} validation rows: too few "
+            "to stop early)"
+            if m.get("early_stopping") == 0
+            else f"best epoch {_f(m.get('best_epoch'), 0)} of {_f(m.get('epochs_run'), 0)}"
+        )
         lines.append(
             f"- training: {_f(m.get('sample_passes'), 0)} sample passes, {_f(m.get('train_seconds'), 0)} s, "
-            f"best epoch {_f(m.get('best_epoch'), 0)} of {_f(m.get('epochs_run'), 0)} "
-            f"(validation macro-F1 {_f(m.get('val_macro_f1'))})"
+            f"{kept} (validation macro-F1 {_f(m.get('val_macro_f1'))})"
         )
     raised = {k.removeprefix("decision_offset_"): v for k, v in m.items() if k.startswith("decision_offset_") and v}
     if raised:

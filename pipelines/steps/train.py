@@ -264,7 +264,10 @@ def epochs_for(rows: int, settings: Settings, action: str) -> float:
     return float(max(floor, min(cap, math.ceil(target / max(rows, 1)))))
 
 
-def _training_args(settings: Settings, work_dir: str | Path, learning_rate: float, epochs: float, optimized: bool):
+def _training_args(
+    settings: Settings, work_dir: str | Path, learning_rate: float, epochs: float, optimized: bool, stop_early: bool
+):
+    """Trainer arguments; ``stop_early`` keeps a checkpoint per epoch and restores the best one at the end."""
     from transformers import TrainingArguments  # heavy (transformers): imported when used
 
     cfg = settings.train
@@ -281,10 +284,10 @@ def _training_args(settings: Settings, work_dir: str | Path, learning_rate: floa
         lr_scheduler_type="linear",
         group_by_length=optimized,
         eval_strategy="epoch",
-        save_strategy="epoch",
+        save_strategy="epoch" if stop_early else "no",
         save_only_model=True,
         save_total_limit=1,
-        load_best_model_at_end=True,
+        load_best_model_at_end=stop_early,
         metric_for_best_model="macro_f1",
         greater_is_better=True,
         logging_strategy="steps",
@@ -317,7 +320,9 @@ def fit(
     """Train ``model`` on ``train_df`` with early stopping on ``val_df``; return the best model and its metrics.
 
     Validation runs after every epoch; early stopping watches validation macro-F1 (not loss: with imbalanced
-    classes the loss can fall while the minority class is lost) and the best epoch's weights are restored.
+    classes the loss can fall while the minority class is lost) and the best epoch's weights are restored. With
+    fewer than ``train.early_stopping_min_rows`` validation rows the epochs run in full and the last one is kept:
+    a tiny split picks an epoch by noise.
 
     Args:
         settings: the settings (``train`` section: batch size, length, seed, weighting, patience ...).
@@ -332,28 +337,32 @@ def fit(
             row to ``train.max_length`` in random order (the baseline of ``bench/train.py``).
 
     Returns:
-        The best model (by validation macro-F1), final metrics (``sample_passes``: training rows actually fed,
-        i.e. rows x epochs run; ``best_epoch``), the logged history, device and precision.
+        The best model (by validation macro-F1; the last one without early stopping), final metrics
+        (``sample_passes``: training rows actually fed, i.e. rows x epochs run; ``best_epoch``; ``early_stopping``
+        1 or 0), the logged history, device and precision.
     """
     import torch  # heavy (torch): imported when used
 
-    args = _training_args(settings, work_dir, learning_rate, epochs, optimized)
-    run = _make_trainer(settings, model, tokenizer, (train_df, val_df), args, optimized)
+    stop_early = len(val_df) >= settings.train.early_stopping_min_rows
+    args = _training_args(settings, work_dir, learning_rate, epochs, optimized, stop_early)
+    run = _make_trainer(settings, model, tokenizer, (train_df, val_df), args, optimized, stop_early)
     torch.set_grad_enabled(True)  # in case a library switched autograd off process-wide
     initial = run.trainer.evaluate()
     log.info(
-        "training %s rows (%d validation) on %s in %s, lr %.1e, up to %s epochs, class weights %s",
+        "training %s rows (%d validation) on %s in %s, lr %.1e, %s %s epochs, class weights %s",
         len(run.trainer.train_dataset),
         len(run.trainer.eval_dataset),
         run.device,
         run.precision,
         learning_rate,
+        "up to" if stop_early else f"all (fewer than {settings.train.early_stopping_min_rows} validation rows)",
         epochs,
         [round(w, 2) for w in run.weights] if run.weights else "off",
     )
     out = run.trainer.train()
     final = run.trainer.evaluate()
     metrics = _fit_metrics(run, out, initial, final)
+    metrics["early_stopping"] = float(stop_early)
     if run.device == "cuda":
         metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return FitResult(
@@ -380,9 +389,10 @@ def _make_trainer(
     frames: tuple[pd.DataFrame, pd.DataFrame],
     args: Any,
     optimized: bool,
+    stop_early: bool = True,
 ) -> _TrainerRun:
     """The weighted Trainer on (train, validation) ``frames`` with ``args`` (:func:`_training_args`): early
-    stopping on validation macro-F1, a sample counter and progress logging."""
+    stopping on validation macro-F1 (when ``stop_early``), a sample counter and progress logging."""
     from transformers import (  # heavy (transformers): imported when used
         DataCollatorWithPadding,
         EarlyStoppingCallback,
@@ -411,7 +421,7 @@ def _make_trainer(
         data_collator=_CountingCollator(inner, counter),
         compute_metrics=_compute_metrics,
         callbacks=[
-            EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience),
+            *([EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)] if stop_early else []),
             _progress_callback(history, counter),
         ],
         class_weights=weights,

@@ -127,3 +127,9 @@ def test_the_decision_section_shows_training_cost_and_decision_offsets():
     assert offsets and "neutral +0.42" in offsets[0] and "negative" not in offsets[0]
     quiet = _decision_section(None, {"base": "minilm", "metrics": {"decision_offset_neutral": 0.0}})
     assert not [line for line in quiet if "decision offsets" in line or "training:" in line]
+    whole = {**train["metrics"], "early_stopping": 0.0, "val_rows": 23.0, "epochs_run": 10.0}
+    lines = _decision_section({"action": "retrain", "severity": "none", "reasons": ["bootstrap"]}, {"metrics": whole})
+    assert (
+        "- training: 1032 sample passes, 98 s, last of 10 epochs kept (23 validation rows: too few to stop early) "
+        "(validation macro-F1 0.438)" in lines
+    )

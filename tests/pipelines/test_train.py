@@ -155,7 +155,9 @@ def test_fit_stops_early_on_validation_macro_f1_and_restores_the_best_epoch(tmp_
     from pipelines.model.modeling import load_base
     from pipelines.steps.train import fit
 
-    settings = tiny_settings(tmp_path, tiny_model_dir, train__early_stopping_patience=2)
+    settings = tiny_settings(
+        tmp_path, tiny_model_dir, train__early_stopping_patience=2, train__early_stopping_min_rows=50
+    )
     rows = demo_frames["batch_000_reference"].drop_duplicates(subset=["text"]).head(400)
     train_df, val_df = validation_split(rows, settings)
     flip = {"negative": "positive", "positive": "negative", "neutral": "neutral"}
@@ -173,6 +175,37 @@ def test_fit_stops_early_on_validation_macro_f1_and_restores_the_best_epoch(tmp_
     # The returned model is the best epoch's: evaluating it again gives that epoch's validation macro-F1.
     assert abs(m["val_macro_f1"] - best["eval_macro_f1"]) < 1e-6, (m, evals)
     assert m["sample_passes"] == len(train_df) * m["epochs_run"]
+    assert m["early_stopping"] == 1.0 and len(val_df) >= 50
+
+
+def test_fit_runs_every_epoch_and_keeps_the_last_when_the_validation_split_is_too_small(
+    tmp_path, tiny_model_dir, demo_frames
+):
+    """The same contradicting validation labels, but fewer rows than train.early_stopping_min_rows: no epoch is
+    picked by the split, all planned epochs run, the last epoch's weights are returned and no checkpoint is kept."""
+    from pipelines.data.datasets import validation_split
+    from pipelines.model.modeling import load_base
+    from pipelines.steps.train import fit
+
+    settings = tiny_settings(
+        tmp_path, tiny_model_dir, train__early_stopping_patience=2, train__early_stopping_min_rows=500
+    )
+    rows = demo_frames["batch_000_reference"].drop_duplicates(subset=["text"]).head(400)
+    train_df, val_df = validation_split(rows, settings)
+    flip = {"negative": "positive", "positive": "negative", "neutral": "neutral"}
+    val_df = val_df.assign(label=val_df["label"].map(flip))
+    model, tokenizer = load_base(settings)
+
+    result = fit(settings, model, tokenizer, train_df, val_df, learning_rate=1e-3, epochs=5, work_dir=tmp_path / "ck")
+
+    evals = [h for h in result.history if "eval_macro_f1" in h and h["epoch"] > 0]
+    m = result.metrics
+    assert m["early_stopping"] == 0.0
+    assert m["epochs_run"] == 5 and sorted({h["epoch"] for h in evals}) == [1, 2, 3, 4, 5]
+    assert m["best_epoch"] < 5, evals  # a better epoch existed on the split, and was not restored
+    assert abs(m["val_macro_f1"] - evals[-1]["eval_macro_f1"]) < 1e-6, (m, evals)
+    assert m["sample_passes"] == len(train_df) * 5
+    assert not list((tmp_path / "ck").glob("checkpoint-*"))
 
 
 def test_epochs_follow_the_data_size(tmp_path, tiny_model_dir):
