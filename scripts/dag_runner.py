@@ -6,6 +6,7 @@ imports Airflow: Airflow reads ``AIRFLOW_HOME`` when it is first imported.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -104,6 +106,26 @@ def load_dag(dag_id: str) -> Any:
     return bag.dags[dag_id]
 
 
+def _withdraw_attempt(dag_id: str, logical_date: Any) -> None:
+    """A run stopped by the user does not count toward its batch's ``dag.batch_max_attempts``."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    from pipelines.config import get_settings
+    from pipelines.io.storage import withdraw_attempt
+
+    try:
+        with create_session() as session:
+            run = session.query(DagRun).filter(DagRun.dag_id == dag_id, DagRun.logical_date == logical_date).first()
+            run_id = run.run_id if run is not None else None
+        if run_id is None:  # stopped before the run was created: nothing was counted
+            return
+        for batch in withdraw_attempt(get_settings(), run_id):
+            log.warning("%s stopped: its pick of %s is not counted as a failed attempt", run_id, batch)
+    except Exception as exc:  # the stop goes on; the attempt then counts, as a failed run's would
+        log.warning("DAG run of %r stopped; could not withdraw its batch attempt: %s", dag_id, exc)
+
+
 def run_dag(dag_id: str, conf: dict[str, Any] | None = None) -> DagRunOutcome:
     """Run one DAG run in this process and return its state, task states and step summaries."""
     from airflow.sdk import timezone
@@ -130,8 +152,9 @@ def run_dag(dag_id: str, conf: dict[str, Any] | None = None) -> DagRunOutcome:
     if previous[signal.SIGINT] is not signal.SIG_IGN:  # a background job ignores SIGINT: leave it so
         signal.signal(signal.SIGINT, _on_sigint)
     started = time.perf_counter()
+    logical_date = timezone.utcnow()
     try:
-        dr = dag.test(run_conf=conf or {}, logical_date=timezone.utcnow())
+        dr = dag.test(run_conf=conf or {}, logical_date=logical_date)
     except Exception:
         if not (TERMINATED.is_set() or interrupted.is_set()):  # the stop raises wherever it lands, e.g. between tasks
             raise
@@ -140,6 +163,8 @@ def run_dag(dag_id: str, conf: dict[str, Any] | None = None) -> DagRunOutcome:
         for sig, handler in previous.items():
             if handler is not None:
                 signal.signal(sig, handler)
+    if interrupted.is_set() or TERMINATED.is_set():
+        _withdraw_attempt(dag_id, logical_date)
     if interrupted.is_set():
         raise KeyboardInterrupt(f"DAG run of {dag_id!r} stopped by Ctrl-C")
     if TERMINATED.is_set():

@@ -711,6 +711,29 @@ def note_attempt(settings: Settings, record: dict[str, Any], run_id: str) -> dic
     return record
 
 
+def withdraw_attempt(settings: Settings, run_id: str) -> list[str]:
+    """Take ``run_id`` off every batch's attempts record (a run the user stopped is not a failed try: a batch
+    must not be set aside because its runs were interrupted); returns the batch URIs it was taken off."""
+    storage = get_storage(settings)
+    withdrawn = []
+    for uri in storage.list(settings.uri(settings.paths.set_aside, "_attempts")):
+        if not uri.endswith(".json"):
+            continue
+        try:
+            record = json.loads(storage.read_text(uri))
+        except (FileNotFoundError, ValueError):  # gone meanwhile, or not a record: not this run's
+            continue
+        if run_id not in record.get("runs", []):
+            continue
+        runs = [r for r in record["runs"] if r != run_id]
+        if runs:
+            storage.write_text(uri, json.dumps({**record, "runs": runs}, indent=2))
+        else:
+            storage.delete(uri)
+        withdrawn.append(record.get("batch_uri", uri))
+    return withdrawn
+
+
 def clear_attempts(settings: Settings, source_hash: str) -> None:
     """Forget the attempts on a batch content (it left landing)."""
     get_storage(settings).delete(_attempts_uri(settings, source_hash))

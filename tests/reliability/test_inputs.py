@@ -391,6 +391,21 @@ def test_failing_batch_is_set_aside_after_max_attempts_and_next_proceeds(setting
     assert not list((tmp_path / "var" / "set_aside" / "_attempts").glob(f"{note['source_hash']}*"))
 
 
+def test_a_run_the_user_stopped_is_not_counted_toward_setting_the_batch_aside(settings, tmp_path):
+    from pipelines.io.storage import batch_attempts, withdraw_attempt
+
+    a = _land(settings, "a.csv", b"text,label\n")
+    for run_id in ("run-1", "run-2", "run-3"):
+        assert tasks.pick_batch({}, run_id) == a
+        if run_id != "run-1":  # run-2 and run-3 were stopped by Ctrl-C / SIGTERM (make run, scripts/dag_runner)
+            assert withdraw_attempt(get_settings(), run_id) == [a]
+    assert batch_attempts(get_settings(), a)["runs"] == ["run-1"]
+    assert withdraw_attempt(get_settings(), "run-9") == []
+    assert tasks.pick_batch({}, "run-4") == a and Path(a).exists()  # still waiting, not set aside
+    assert withdraw_attempt(get_settings(), "run-1") == [a]
+    assert batch_attempts(get_settings(), a)["runs"] == ["run-4"]
+
+
 def test_quarantined_batch_leaves_the_queue(settings, tmp_path):
     bad = _land(settings, "a_bad.csv", b"")
     good = _land(settings, "b_next.csv", b"text,label\n")

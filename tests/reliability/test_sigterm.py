@@ -106,6 +106,8 @@ def test_ctrl_c_fails_the_running_step_without_a_retry_and_then_interrupts_the_c
             return object()
 
     monkeypatch.setattr(dag_runner, "load_dag", lambda dag_id: FakeDag())
+    withdrawn = []
+    monkeypatch.setattr(dag_runner, "_withdraw_attempt", lambda dag_id, when: withdrawn.append(dag_id))
     # Python's own Ctrl-C handler, as in a terminal (a background job, e.g. `make test &`, ignores SIGINT).
     before = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
@@ -113,5 +115,6 @@ def test_ctrl_c_fails_the_running_step_without_a_retry_and_then_interrupts_the_c
             dag_runner.run_dag("continuous_training")
         assert len(seen) == 1 and isinstance(seen[0], AirflowFailException)  # AirflowFailException: never retried
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert withdrawn == ["continuous_training"]  # the stopped run's batch pick is not a failed attempt
     finally:
         signal.signal(signal.SIGINT, before)
