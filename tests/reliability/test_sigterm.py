@@ -118,3 +118,45 @@ def test_ctrl_c_fails_the_running_step_without_a_retry_and_then_interrupts_the_c
         assert withdrawn == ["continuous_training"]  # the stopped run's batch pick is not a failed attempt
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_real_dag_run_leaves_the_batch_waiting_with_no_attempt_counted(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    """The real continuous_training DAG, stopped by Ctrl-C in its validate step: the run stops the caller, the batch
+    stays in landing, and its attempts record does not count the stopped run (dag.batch_max_attempts)."""
+    from conftest import dag_environment, tiny_settings
+
+    from pipelines.config import settings_env
+    from pipelines.steps import validate
+    from scripts import dag_runner
+
+    env = settings_env(tiny_settings(tmp_path, tiny_model_dir, dag__retries=0, dag__batch_max_attempts=1))
+    with dag_environment(env):
+        from pipelines.config import get_settings
+        from pipelines.data.demo import write_demo_batches
+        from pipelines.io.storage import batch_attempts
+
+        settings = get_settings()
+        [batch] = write_demo_batches(settings, only=["batch_000_reference"])[:1]
+        reached = []
+
+        def stopped_by_the_user(ctx):
+            reached.append(ctx.run_id)
+            signal.raise_signal(signal.SIGINT)
+            raise AssertionError("the Ctrl-C did not stop the step")
+
+        monkeypatch.setattr(validate, "run", stopped_by_the_user)
+        before = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            with pytest.raises(KeyboardInterrupt, match="stopped by Ctrl-C"):
+                dag_runner.run_dag("continuous_training")
+        finally:
+            signal.signal(signal.SIGINT, before)
+        assert len(reached) == 1  # picked, then stopped in validate (not retried)
+        assert batch_attempts(settings, batch)["runs"] == []
+        monkeypatch.undo()
+        from mlops_airflow import tasks
+
+        assert tasks.pick_batch({}, "next-run") == batch  # with batch_max_attempts=1 a counted stop set it aside
