@@ -148,24 +148,32 @@ def test_class_weights_balance_counts():
     assert class_weights([0, 0, 0, 1], 3) == [4 / 6, 2.0, 1.0]
 
 
-def test_fit_stops_early_on_validation_macro_f1_and_restores_the_best_epoch(tmp_path, tiny_model_dir, demo_frames):
-    """Validation labels that contradict the training labels: validation macro-F1 is best after the first epoch and
-    falls as the model learns, so early stopping ends the run and the first epoch's weights come back."""
+def _fit_on_contradicting_validation(tmp_path, tiny_model_dir, demo_frames, min_rows: int, epochs: int):
+    """``fit`` with validation labels that contradict the training labels: validation macro-F1 is best after the
+    first epoch and falls as the model learns. Returns (settings, train_df, val_df, result)."""
     from pipelines.data.datasets import validation_split
     from pipelines.model.modeling import load_base
     from pipelines.steps.train import fit
 
     settings = tiny_settings(
-        tmp_path, tiny_model_dir, train__early_stopping_patience=2, train__early_stopping_min_rows=50
+        tmp_path, tiny_model_dir, train__early_stopping_patience=2, train__early_stopping_min_rows=min_rows
     )
     rows = demo_frames["batch_000_reference"].drop_duplicates(subset=["text"]).head(400)
     train_df, val_df = validation_split(rows, settings)
     flip = {"negative": "positive", "positive": "negative", "neutral": "neutral"}
     val_df = val_df.assign(label=val_df["label"].map(flip))
     model, tokenizer = load_base(settings)
+    result = fit(
+        settings, model, tokenizer, train_df, val_df, learning_rate=1e-3, epochs=epochs, work_dir=tmp_path / "ck"
+    )
+    return settings, train_df, val_df, result
 
-    result = fit(settings, model, tokenizer, train_df, val_df, learning_rate=1e-3, epochs=8, work_dir=tmp_path / "ck")
 
+def test_fit_stops_early_on_validation_macro_f1_and_restores_the_best_epoch(tmp_path, tiny_model_dir, demo_frames):
+    """Early stopping ends the run and the first epoch's weights come back."""
+    settings, train_df, val_df, result = _fit_on_contradicting_validation(
+        tmp_path, tiny_model_dir, demo_frames, min_rows=50, epochs=8
+    )
     evals = [h for h in result.history if "eval_macro_f1" in h and h["epoch"] > 0]
     best = max(evals, key=lambda h: (h["eval_macro_f1"], -h["epoch"]))
     m = result.metrics
@@ -181,26 +189,14 @@ def test_fit_stops_early_on_validation_macro_f1_and_restores_the_best_epoch(tmp_
 def test_fit_runs_every_epoch_and_keeps_the_last_when_the_validation_split_is_too_small(
     tmp_path, tiny_model_dir, demo_frames
 ):
-    """The same contradicting validation labels, but fewer rows than train.early_stopping_min_rows: no epoch is
-    picked by the split, all planned epochs run, the last epoch's weights are returned and no checkpoint is kept."""
-    from pipelines.data.datasets import validation_split
-    from pipelines.model.modeling import load_base
-    from pipelines.steps.train import fit
-
-    settings = tiny_settings(
-        tmp_path, tiny_model_dir, train__early_stopping_patience=2, train__early_stopping_min_rows=500
+    """Fewer validation rows than train.early_stopping_min_rows: no epoch is picked by the split, all planned epochs
+    run, the last epoch's weights are returned and no checkpoint is kept."""
+    _, train_df, val_df, result = _fit_on_contradicting_validation(
+        tmp_path, tiny_model_dir, demo_frames, min_rows=500, epochs=5
     )
-    rows = demo_frames["batch_000_reference"].drop_duplicates(subset=["text"]).head(400)
-    train_df, val_df = validation_split(rows, settings)
-    flip = {"negative": "positive", "positive": "negative", "neutral": "neutral"}
-    val_df = val_df.assign(label=val_df["label"].map(flip))
-    model, tokenizer = load_base(settings)
-
-    result = fit(settings, model, tokenizer, train_df, val_df, learning_rate=1e-3, epochs=5, work_dir=tmp_path / "ck")
-
     evals = [h for h in result.history if "eval_macro_f1" in h and h["epoch"] > 0]
     m = result.metrics
-    assert m["early_stopping"] == 0.0
+    assert m["early_stopping"] == 0.0 and len(val_df) < 500
     assert m["epochs_run"] == 5 and sorted({h["epoch"] for h in evals}) == [1, 2, 3, 4, 5]
     assert m["best_epoch"] < 5, evals  # a better epoch existed on the split, and was not restored
     assert abs(m["val_macro_f1"] - evals[-1]["eval_macro_f1"]) < 1e-6, (m, evals)
