@@ -119,6 +119,14 @@ class RegistrySettings(_Section):
     audit_max_entries: int = Field(
         default=50, gt=0, description="Champion moves kept in the registered model's audit tag."
     )
+    # Promote, reject and rollback hold one lock per model (a file under the artifact root) from their checks to
+    # their last write; a move takes seconds, so a holder older than the TTL is taken to have died.
+    lock_wait_seconds: float = Field(
+        default=300, gt=0, description="How long a registry move waits for another's lock; then it fails (retried)."
+    )
+    lock_ttl_seconds: float = Field(
+        default=600, gt=0, description="A registry lock older than this is stale (its holder died) and taken over."
+    )
 
 
 class DataSettings(_Section):

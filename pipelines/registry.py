@@ -39,13 +39,19 @@ MLflow is imported inside the functions that call it: an Airflow worker imports 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
+import os
+import socket
 import warnings
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pipelines.errors import PromotionRefused
+from pipelines.io.storage import exclusive
 from pipelines.io.tracking import TAG_PIPELINE_RUN, configure
 from pipelines.report import compose_version_description, how_to_decide, report_part, status_line
 
@@ -356,6 +362,31 @@ def _mark(client: Any, settings: Settings, entries: list[dict[str, Any]], entry:
     _store_entry(client, settings, entries, entry)
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _serialized(func: _F) -> _F:
+    """Run a registry decision (promote, reject, rollback) under the model's lock, from its checks to its last
+    write: two movers (the DAG's auto promotion, a review's approval, a rollback from the form or the CLI) never
+    interleave their reads and alias moves. The lock lives in the artifact root (:func:`pipelines.io.storage.exclusive`),
+    which every runtime shares."""
+    signature = inspect.signature(func)
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        settings, reg = bound.arguments["settings"], bound.arguments["settings"].registry
+        owner = (
+            f"{func.__name__} of {bound.arguments.get('version')} by {bound.arguments.get('by')!r}, request "
+            f"{bound.arguments.get('request')!r} (pid {os.getpid()} on {socket.gethostname()})"
+        )
+        lock = f"registry-{reg.model_name}"
+        with exclusive(settings, lock, owner, wait_s=reg.lock_wait_seconds, ttl_s=reg.lock_ttl_seconds):
+            return func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 # --- the promotion policy and the review -------------------------------------------------------------------------
 def resolve_policy(settings: Settings, requested: Any = None) -> str:
     """The promotion policy of a run: ``registry.promotion``, lowered by the run's ``promotion`` param if asked.
@@ -632,6 +663,7 @@ def _make_champion(
     return {"champion_before": entry["from"], "champion_after": version, "changed": changed}
 
 
+@_serialized
 def promote(
     settings: Settings,
     version: Any,
@@ -682,6 +714,7 @@ def promote(
     return _make_champion(settings, v, "promote", by, reason, when, request, review)
 
 
+@_serialized
 def reject(
     settings: Settings, version: Any, by: str, reason: str, *, when: str | None = None, request: str | None = None
 ) -> dict[str, Any]:
@@ -759,6 +792,7 @@ def reject(
     return {"champion_before": champion, "champion_after": champion, "changed": False}
 
 
+@_serialized
 def rollback(
     settings: Settings,
     version: Any = None,

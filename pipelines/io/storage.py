@@ -273,6 +273,38 @@ class Storage:
     def write_text(self, uri: str, text: str) -> str:
         return self.write_bytes(uri, text.encode("utf-8"))
 
+    def write_new(self, uri: str, data: bytes) -> bool:
+        """Write ``data`` at ``uri`` only if nothing is there; True when this call wrote it. Atomic against other
+        writers: S3's conditional put (``If-None-Match: *``), or a hard link of a complete temporary file, which
+        fails when the name exists."""
+        if is_s3(uri):
+            from botocore.exceptions import ClientError  # heavy (botocore): imported when used
+
+            bucket, key = _split_s3(uri)
+            try:
+                self.s3.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+            except ClientError as exc:
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if status in (409, 412):  # PreconditionFailed, or ConditionalRequestConflict (a concurrent put)
+                    return False
+                raise
+            return True
+        path = Path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            return True
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
     def upload_file(self, local_path: str | Path, uri: str) -> str:
         """Copy a local file to ``uri`` atomically (multipart for big files on S3)."""
         if is_s3(uri):
@@ -709,6 +741,62 @@ def note_attempt(settings: Settings, record: dict[str, Any], run_id: str) -> dic
         record = {**record, "runs": [*record["runs"], run_id]}
         get_storage(settings).write_text(_attempts_uri(settings, record["source_hash"]), json.dumps(record, indent=2))
     return record
+
+
+LOCKS = "_locks"
+
+
+@contextmanager
+def exclusive(settings: Settings, name: str, owner: str, *, wait_s: float, ttl_s: float) -> Iterator[None]:
+    """Hold the lock ``name`` while the block runs: a small file under ``<artifact_root>/_locks`` created only if
+    absent (:meth:`Storage.write_new`), so every process that shares the artifact root (workers, containers, pods,
+    the CLI) waits for it. A holder that died leaves its lock behind: after ``ttl_s`` it counts as stale and the
+    next waiter takes it over. That takeover is a read then a delete, not atomic; the TTL must exceed the longest
+    hold, and a warning names the holder it replaced.
+
+    Raises:
+        TimeoutError: the lock stayed held by a live holder for ``wait_s`` seconds; the message names the holder.
+    """
+    storage = get_storage(settings)
+    uri = settings.uri(LOCKS, f"{name}.json")
+    token = uuid.uuid4().hex
+    deadline = time.monotonic() + wait_s
+    delay = 0.05
+    while True:
+        now = time.time()
+        mine = {"owner": owner, "token": token, "acquired": now, "expires": now + ttl_s}
+        if storage.write_new(uri, json.dumps(mine).encode()):
+            break
+        try:
+            raw = storage.read_text(uri)
+        except FileNotFoundError:  # released meanwhile: try again at once
+            continue
+        try:
+            held = json.loads(raw)
+        except ValueError:
+            held = {}
+        if float(held.get("expires", 0)) < now:
+            log.warning(
+                "lock %s: taking over from %s, whose lease ran out", name, held.get("owner", "an unknown holder")
+            )
+            if storage.read_text(uri) == raw:
+                storage.delete(uri)
+            continue
+        if time.monotonic() >= deadline:
+            raise TimeoutError(
+                f"lock {name!r} held by {held.get('owner')!r} for over {wait_s:.0f} s (lease until "
+                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(float(held['expires'])))}); retry later"
+            )
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+    try:
+        yield
+    finally:
+        try:
+            if json.loads(storage.read_text(uri)).get("token") == token:
+                storage.delete(uri)
+        except (FileNotFoundError, ValueError):  # taken over as stale: not ours to remove
+            pass
 
 
 def withdraw_attempt(settings: Settings, run_id: str) -> list[str]:

@@ -228,3 +228,52 @@ def test_supersede_older_closes_every_older_pending_version_once(settings, serve
     state = registry_state(settings)
     assert state["stages"] == {v1: "Archived", v2: "Archived", v3: "None"} and state["challenger"] is None
     assert "review" not in client.get_model_version(NAME, v3).tags
+
+
+# --- one mover at a time -----------------------------------------------------------------------------------
+def test_a_move_waits_for_another_movers_lock_and_gives_up_without_moving(tmp_path, served):
+    import json
+    import time
+
+    settings = make_registry_settings(tmp_path, registry__model_name=NAME, registry__lock_wait_seconds=0.5)
+    v1, v2 = add_version(settings, served), add_version(settings, served)
+    promote(settings, v1, by="alice", reason="first", request="seed")
+    lock = tmp_path / "var" / "_locks" / f"registry-{NAME}.json"
+    lock.write_text(json.dumps({"owner": "rollback by 'bob'", "token": "t", "expires": time.time() + 60}))
+
+    with pytest.raises(TimeoutError, match=r"lock 'registry-sentiment' held by \"rollback by 'bob'\""):
+        promote(settings, v2, by="alice", reason="better", request="r2")
+
+    assert registry_state(settings)["champion"] == v1
+    assert [e["request"] for e in read_audit(settings)] == ["seed"]  # nothing recorded, nothing half-done
+    lock.unlink()
+    promote(settings, v2, by="alice", reason="better", request="r2")
+    assert registry_state(settings)["champion"] == v2 and not lock.exists()
+
+
+def test_two_concurrent_promotions_are_applied_one_after_the_other(settings, served):
+    """Each move reads the champion it replaces under the lock, so the audit trail chains: the second move's
+    ``from`` is the first one's ``to``, and the alias ends where the last entry says."""
+    import threading
+
+    v1, v2, v3 = (add_version(settings, served) for _ in range(3))
+    promote(settings, v1, by="alice", reason="first", request="seed")
+    start, errors = threading.Barrier(2), []
+
+    def move(version, request):
+        start.wait()
+        try:
+            promote(settings, version, by="alice", reason="race", request=request)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=move, args=(v, f"r{v}")) for v in (v2, v3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    moves = [e for e in read_audit(settings) if e["request"] != "seed"]
+    assert [e["state"] for e in moves] == ["done", "done"]
+    assert moves[0]["from"] == v1 and moves[1]["from"] == moves[0]["to"]
+    assert registry_state(settings)["champion"] == moves[1]["to"]

@@ -319,3 +319,77 @@ def test_replace_dir_removes_a_killed_copy_only_once_it_is_a_day_old(tmp_path):
     st.replace_dir(_folder(tmp_path / "v1", {"a.txt": "1"}), str(parent / "model"), root=root)
     assert _tree(st, str(parent / "model")) == {"a.txt": "1"}
     assert not killed.exists() and in_flight.exists()
+
+
+# --- write-once files and the lock built on them ------------------------------------------------------------
+def test_write_new_writes_only_when_nothing_is_there(store):
+    st, root = store
+    uri = join(root, "locks", "a.json")
+    assert st.write_new(uri, b"first") is True
+    assert st.write_new(uri, b"second") is False
+    assert st.read_bytes(uri) == b"first"
+    assert st.list(join(root, "locks")) == [uri]  # no temporary file left behind
+
+
+def test_write_new_has_one_winner_among_concurrent_writers(store):
+    from concurrent.futures import ThreadPoolExecutor
+
+    st, root = store
+    uri = join(root, "race.json")
+    with ThreadPoolExecutor(8) as pool:
+        won = list(pool.map(lambda i: st.write_new(uri, str(i).encode()), range(8)))
+    assert won.count(True) == 1
+    assert st.read_bytes(uri) == str(won.index(True)).encode()
+
+
+def _lock_settings(tmp_path):
+    from pipelines.config import get_settings
+
+    return get_settings(paths__artifact_root=str(tmp_path / "var"))
+
+
+def test_exclusive_lets_one_holder_in_at_a_time_and_removes_its_lock(tmp_path):
+    import threading
+
+    from pipelines.io.storage import exclusive
+
+    settings = _lock_settings(tmp_path)
+    spans, start = [], threading.Barrier(3)
+
+    def hold(who):
+        start.wait()
+        with exclusive(settings, "registry-m", who, wait_s=10, ttl_s=60):
+            entered = time.monotonic()
+            time.sleep(0.2)
+            spans.append((entered, time.monotonic()))
+
+    threads = [threading.Thread(target=hold, args=(f"mover {i}",)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    spans.sort()
+    assert len(spans) == 3
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))  # no two holders overlapped
+    assert not (tmp_path / "var" / "_locks" / "registry-m.json").exists()
+
+
+def test_exclusive_gives_up_naming_a_live_holder_and_takes_over_a_stale_one(tmp_path, caplog):
+    import json
+
+    from pipelines.io.storage import exclusive
+
+    settings = _lock_settings(tmp_path)
+    lock = tmp_path / "var" / "_locks" / "registry-m.json"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"owner": "promote of 3 by 'alice'", "token": "t", "expires": time.time() + 60}))
+    with pytest.raises(TimeoutError, match=r"lock 'registry-m' held by \"promote of 3 by 'alice'\" for over 0 s"):
+        with exclusive(settings, "registry-m", "me", wait_s=0.3, ttl_s=60):
+            pytest.fail("entered a held lock")
+    assert json.loads(lock.read_text())["token"] == "t"  # a waiter that gives up leaves the holder's lock alone
+
+    lock.write_text(json.dumps({"owner": "a crashed run", "token": "t", "expires": time.time() - 1}))
+    with exclusive(settings, "registry-m", "me", wait_s=1, ttl_s=60):
+        assert json.loads(lock.read_text())["owner"] == "me"
+    assert not lock.exists()
+    assert "taking over from a crashed run" in caplog.text
