@@ -257,13 +257,8 @@ class Storage:
             self.s3.put_object(Bucket=bucket, Key=key, Body=data)
             return uri
         path = Path(uri)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        tmp = _temporary_copy(path, data)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -289,21 +284,14 @@ class Storage:
                     return False
                 raise
             return True
-        path = Path(uri)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        tmp = _temporary_copy(Path(uri), data)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                return False
-            return True
+            os.link(tmp, uri)
+        except FileExistsError:
+            return False
         finally:
             Path(tmp).unlink(missing_ok=True)
+        return True
 
     def upload_file(self, local_path: str | Path, uri: str) -> str:
         """Copy a local file to ``uri`` atomically (multipart for big files on S3)."""
@@ -592,6 +580,21 @@ class Storage:
 @lru_cache(maxsize=8)
 def _storage(endpoint_url: str | None, region: str) -> Storage:
     return Storage(endpoint_url, region)
+
+
+def _temporary_copy(path: Path, data: bytes) -> str:
+    """``data`` in a hidden temporary file beside ``path`` (its folder created), flushed to disk; returns its path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp
 
 
 def get_storage(settings: Settings) -> Storage:
