@@ -46,7 +46,8 @@ import logging
 import os
 import socket
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -375,16 +376,26 @@ def _serialized(func: _F) -> _F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         bound = signature.bind(*args, **kwargs)
-        settings, reg = bound.arguments["settings"], bound.arguments["settings"].registry
         owner = (
             f"{func.__name__} of {bound.arguments.get('version')} by {bound.arguments.get('by')!r}, request "
-            f"{bound.arguments.get('request')!r} (pid {os.getpid()} on {socket.gethostname()})"
+            f"{bound.arguments.get('request')!r}"
         )
-        lock = f"registry-{reg.model_name}"
-        with exclusive(settings, lock, owner, wait_s=reg.lock_wait_seconds, ttl_s=reg.lock_ttl_seconds):
+        with registry_lock(bound.arguments["settings"], owner):
             return func(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def registry_lock(settings: Settings, owner: str) -> Iterator[None]:
+    """The model's registry lock (not reentrant): held by promote, reject, rollback and the register step's
+    challenger staging. ``owner`` says who holds it in a waiter's error."""
+    reg = settings.registry
+    who = f"{owner} (pid {os.getpid()} on {socket.gethostname()})"
+    with exclusive(
+        settings, f"registry-{reg.model_name}", who, wait_s=reg.lock_wait_seconds, ttl_s=reg.lock_ttl_seconds
+    ):
+        yield
 
 
 # --- the promotion policy and the review -------------------------------------------------------------------------

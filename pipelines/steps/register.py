@@ -62,6 +62,7 @@ from pipelines.registry import (
     mirror_stage,
     promote,
     refresh_model_description,
+    registry_lock,
     resolve_policy,
     supersede_older,
 )
@@ -458,7 +459,8 @@ def run(ctx: StepContext) -> dict[str, Any]:
     fresh = mv.current_stage in {"None", "Staging"} and not mv.tags.get(reg.review_tag)
     superseded: list[str] = []
     if fresh and champion_before != version:
-        superseded = _stage_challenger(client, s, version)
+        with registry_lock(s, f"register of {version}, run {ctx.run_id!r}"):  # one mover at a time, as promote
+            superseded = _stage_challenger(client, s, version)
     needs_review = bool(evaluate.get("needs_review"))
     promoted = _auto_promote(ctx, version, evaluate, policy, fresh=fresh, champion_before=champion_before)
     refresh_model_description(s, client)  # it names the champion and the challenger

@@ -296,3 +296,32 @@ def test_register_and_promote_through_mlflow_server(tmp_path, demo_frames, eval_
     assert registry_state(settings)["champion"] == result["version"]
     out = mlflow.pyfunc.load_model("models:/sentiment@champion").predict(pd.DataFrame({"text": ["love it"]}))
     assert out["label"].iloc[0] == "positive"
+
+
+def test_register_stages_the_challenger_under_the_registry_lock(tmp_path, demo_frames, eval_set, monkeypatch):
+    """Staging (the challenger alias, superseding older pending versions) holds the model's lock, as promote,
+    reject and rollback do, so it never interleaves with a reviewer's promotion."""
+    import json
+
+    from pipelines.steps import register
+
+    settings, eval_uri = _settings(tmp_path, demo_frames, eval_set)
+    truth = eval_set["label"].to_numpy()
+    served = save_served(
+        tmp_path / "served", table=dict(zip(eval_set["text"], corrupt(truth, 0.1, seed=1), strict=True))
+    )
+    _evaluated(settings, eval_uri, served, "run-2")
+    lock = tmp_path / "var" / "_locks" / "registry-sentiment.json"
+    holders = []
+    real = register._stage_challenger
+
+    def staging(*args, **kwargs):
+        holders.append(json.loads(lock.read_text())["owner"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(register, "_stage_challenger", staging)
+    result = _register(settings, served, "run-2")
+
+    assert result["alias"] == "challenger"
+    assert len(holders) == 1 and holders[0].startswith("register of 1, run 'run-2'")
+    assert not lock.exists()
