@@ -725,7 +725,11 @@ def waiting_batches(settings: Settings) -> list[str]:
 
 
 def _attempts_uri(settings: Settings, source_hash: str) -> str:
-    return settings.uri(settings.paths.set_aside, "_attempts", f"{source_hash}.json")
+    return join(_attempts_folder(settings), f"{source_hash}.json")
+
+
+def _attempts_folder(settings: Settings) -> str:
+    return settings.uri(settings.paths.set_aside, "_attempts")
 
 
 def batch_attempts(settings: Settings, batch_uri: str) -> dict[str, Any]:
@@ -779,10 +783,12 @@ def exclusive(settings: Settings, name: str, owner: str, *, wait_s: float, ttl_s
         except ValueError:
             held = {}
         if float(held.get("expires", 0)) < now:
-            log.warning(
-                "lock %s: taking over from %s, whose lease ran out", name, held.get("owner", "an unknown holder")
-            )
-            if storage.read_text(uri) == raw:
+            try:
+                unchanged = storage.read_text(uri) == raw
+            except FileNotFoundError:  # its holder released it after all
+                continue
+            if unchanged:
+                log.warning("lock %s: taking over from %s, whose lease ran out", name, held.get("owner", "unknown"))
                 storage.delete(uri)
             continue
         if time.monotonic() >= deadline:
@@ -807,7 +813,7 @@ def withdraw_attempt(settings: Settings, run_id: str) -> list[str]:
     must not be set aside because its runs were interrupted); returns the batch URIs it was taken off."""
     storage = get_storage(settings)
     withdrawn = []
-    for uri in storage.list(settings.uri(settings.paths.set_aside, "_attempts")):
+    for uri in storage.list(_attempts_folder(settings)):
         if not uri.endswith(".json"):
             continue
         try:

@@ -345,7 +345,7 @@ def fit(
 
     stop_early = len(val_df) >= settings.train.early_stopping_min_rows
     args = _training_args(settings, work_dir, learning_rate, epochs, optimized, stop_early)
-    run = _make_trainer(settings, model, tokenizer, (train_df, val_df), args, optimized, stop_early)
+    run = _make_trainer(settings, model, tokenizer, (train_df, val_df), args, optimized)
     torch.set_grad_enabled(True)  # in case a library switched autograd off process-wide
     initial = run.trainer.evaluate()
     log.info(
@@ -389,10 +389,9 @@ def _make_trainer(
     frames: tuple[pd.DataFrame, pd.DataFrame],
     args: Any,
     optimized: bool,
-    stop_early: bool = True,
 ) -> _TrainerRun:
     """The weighted Trainer on (train, validation) ``frames`` with ``args`` (:func:`_training_args`): early
-    stopping on validation macro-F1 (when ``stop_early``), a sample counter and progress logging."""
+    stopping on validation macro-F1 (when ``args`` restores the best epoch), a sample counter and progress logging."""
     from transformers import (  # heavy (transformers): imported when used
         DataCollatorWithPadding,
         EarlyStoppingCallback,
@@ -421,7 +420,11 @@ def _make_trainer(
         data_collator=_CountingCollator(inner, counter),
         compute_metrics=_compute_metrics,
         callbacks=[
-            *([EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)] if stop_early else []),
+            *(
+                [EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)]
+                if args.load_best_model_at_end
+                else []
+            ),
             _progress_callback(history, counter),
         ],
         class_weights=weights,
